@@ -1,0 +1,29 @@
+# Every target creates the virtual environment itself, so a fresh clone needs only python3 and make.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint bench model clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/plcbridge demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check bridge adapters
+	$(BIN)/mypy bridge adapters
+
+model: $(STAMP)
+	$(BIN)/python -m models.recipes.pump_pca --out models/pump_pca.onnx
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

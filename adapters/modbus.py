@@ -1,0 +1,401 @@
+"""Modbus adapter: the only module that talks to pymodbus (pinned to 3.16.x in pyproject).
+
+Design choices, and why:
+
+* Devices on the same physical line (``ModbusDeviceConfig.line``: one TCP endpoint, one
+  gateway, one serial port) share one pymodbus client, kept in a small per-event-loop pool
+  with reference counts. Requests on a line are serialized by an ``asyncio.Lock`` (an RS-485
+  bus carries one request at a time) and spaced by the device's ``inter_request_delay_ms``.
+* pymodbus' own reconnect task and timeouts are disabled / pushed out of the way
+  (``reconnect_delay=0``, ``retries=0``, a generous client timeout); every wait is bounded
+  here by the requesting device's ``timeout``, retried ``retries`` times. A dead device
+  therefore costs at most ``timeout * (retries + 1)`` per read, holds only its own line, and
+  the next read simply tries to connect again.
+* ``read`` never raises for device faults: each tag gets a Reading, bad with a reason.
+  ``write`` and ``connect`` raise typed errors from ``bridge.errors``; the core decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymodbus import FramerType
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException
+
+from adapters._modbus_codec import decode, encode
+from adapters._modbus_plan import ReadRequest, plan_reads
+from adapters.base import DeviceStatus
+from bridge.config import ModbusDeviceConfig, ModbusTagConfig, RegisterTarget
+from bridge.errors import (
+    ConfigError,
+    DecodeError,
+    DeviceExceptionError,
+    DeviceTimeoutError,
+    NotConnectedError,
+)
+from bridge.tags import Reading, bad, good
+
+_MAX_WRITE = 123  # registers per FC16 request (Modbus limit)
+
+__all__ = ["EXCEPTION_NAMES", "ModbusAdapter", "open_lines"]
+
+log = logging.getLogger("plcbridge.modbus")
+
+EXCEPTION_NAMES: dict[int, str] = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "server device failure",
+    5: "acknowledge",
+    6: "server device busy",
+    8: "memory parity error",
+    10: "gateway path unavailable",
+    11: "gateway target device failed to respond",
+}
+
+# pymodbus' own response timeout only backs ours up; ours (per device) always fires first.
+_CLIENT_TIMEOUT = 120.0
+_Client = AsyncModbusTcpClient | AsyncModbusSerialClient
+
+
+class _Failure(Exception):
+    """A request failed; ``kind`` keys DeviceStatus.errors, ``reason`` goes into Readings."""
+
+    def __init__(self, kind: str, reason: str, code: int = 0) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+        self.code = code
+
+
+# --------------------------------------------------------------------------- line pool
+
+
+@dataclass
+class _Line:
+    """One shared client and the lock that serializes its requests."""
+
+    key: str
+    settings: tuple[Any, ...]
+    client: _Client = field(init=False)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    refs: int = 0
+    last_request_end: float = 0.0  # monotonic; for inter_request_delay_ms
+    # The request in flight and whether its connection dropped under it: pymodbus leaves the
+    # response future pending on a lost connection, so we cancel the request ourselves rather
+    # than wait out the timeout.
+    inflight: asyncio.Future[Any] | None = None
+    lost: bool = False
+
+    def on_connection(self, connected: bool) -> None:
+        """pymodbus' trace_connect callback."""
+        if not connected and self.inflight is not None and not self.inflight.done():
+            self.lost = True
+            self.inflight.cancel()
+
+
+# Keyed by event loop: a client is bound to the loop that created it, and tests run one
+# loop per test. Weak, so a finished loop's leftovers cannot be handed out again.
+_POOL: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Line]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _line_settings(config: ModbusDeviceConfig) -> tuple[Any, ...]:
+    if config.transport == "rtu":
+        return (config.transport, config.baudrate, config.parity, config.stopbits, config.bytesize)
+    return (config.transport,)
+
+
+def _new_client(config: ModbusDeviceConfig, line: _Line) -> _Client:
+    # reconnect_delay=0 turns pymodbus' background reconnect task off: reconnecting is our
+    # job, done inline by the next request, so it can never outlive a read or hog a line.
+    common: dict[str, Any] = {
+        "name": config.line, "reconnect_delay": 0, "timeout": _CLIENT_TIMEOUT, "retries": 0,
+        "trace_connect": line.on_connection,
+    }
+    if config.transport == "rtu":
+        assert config.serial_port is not None
+        return AsyncModbusSerialClient(
+            config.serial_port, framer=FramerType.RTU, baudrate=config.baudrate,
+            bytesize=config.bytesize, parity=config.parity, stopbits=config.stopbits, **common)
+    assert config.host is not None
+    framer = FramerType.RTU if config.transport == "rtu-over-tcp" else FramerType.SOCKET
+    return AsyncModbusTcpClient(config.host, port=config.port, framer=framer, **common)
+
+
+def _acquire_line(config: ModbusDeviceConfig) -> _Line:
+    lines = _POOL.setdefault(asyncio.get_running_loop(), {})
+    line = lines.get(config.line)
+    settings = _line_settings(config)
+    if line is None:
+        line = lines[config.line] = _Line(config.line, settings)
+        line.client = _new_client(config, line)
+    elif line.settings != settings:
+        raise ConfigError([f"devices: {config.name!r} shares line {config.line!r} but its serial "
+                           f"settings {settings[1:]} differ from {line.settings[1:]}"])
+    line.refs += 1
+    return line
+
+
+def _release_line(line: _Line) -> None:
+    line.refs -= 1
+    if line.refs > 0:
+        return
+    line.client.close()
+    for lines in _POOL.values():
+        if lines.get(line.key) is line:
+            del lines[line.key]
+
+
+def open_lines() -> list[str]:
+    """Lines with a live client in this loop's pool (for tests and diagnostics)."""
+    return sorted(_POOL.get(asyncio.get_running_loop(), {}))
+
+
+# --------------------------------------------------------------------------- adapter
+
+
+class ModbusAdapter:
+    """One Modbus device (one unit id on one line)."""
+
+    def __init__(self, config: ModbusDeviceConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self.status = DeviceStatus(config.name)
+        # Planned once: the poll loop only walks this list.
+        self.plan: list[ReadRequest] = plan_reads(
+            config.tags, max_registers=config.max_registers, max_bits=config.max_bits,
+            max_gap=config.max_gap)
+        self._line: _Line | None = None
+        self._failing = False
+
+    # ---- lifecycle
+
+    async def connect(self) -> None:
+        """Join the shared line and open it. Raises NotConnectedError if unreachable."""
+        line = self._join()
+        async with line.lock:
+            failure = await self._ensure_connected(line)
+        if failure is not None:
+            self.status.connected = False
+            raise NotConnectedError(self.name, failure.reason.removeprefix("not connected: "))
+        self.status.connected = True
+
+    async def close(self) -> None:
+        """Leave the line; the client closes when its last device leaves. Idempotent."""
+        line, self._line = self._line, None
+        if line is not None:
+            _release_line(line)
+        self.status.connected = False
+
+    def _join(self) -> _Line:
+        if self._line is None:
+            self._line = _acquire_line(self.config)
+        return self._line
+
+    async def _ensure_connected(self, line: _Line) -> _Failure | None:
+        """Open the line if needed (lock held). Bounded by this device's timeout."""
+        if line.client.connected:
+            return None
+        try:
+            async with asyncio.timeout(self.config.timeout):
+                ok = await line.client.connect()
+        except TimeoutError:
+            return _Failure("not_connected", f"not connected: connect to {line.key} timed out "
+                                             f"after {self.config.timeout:g} s")
+        except Exception as exc:  # pymodbus lets termios/serial errors escape connect()
+            line.client.close()
+            return _Failure("not_connected", f"not connected: cannot open {line.key} ({exc})")
+        if not ok:
+            return _Failure("not_connected", f"not connected: cannot open {line.key}")
+        return None
+
+    # ---- requests
+
+    async def _execute(self, call: Callable[[_Client], Awaitable[Any]]) -> Any:
+        """Run one request with this device's timeout and retries; raise _Failure."""
+        line = self._join()
+        config = self.config
+        for attempt in range(config.retries + 1):
+            async with line.lock:
+                failure = await self._ensure_connected(line)
+                if failure is not None:
+                    raise failure
+                # A bus needs silence between frames; this is timing, not waiting for state.
+                wait = line.last_request_end + config.inter_request_delay_ms / 1000 - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                line.lost, line.inflight = False, asyncio.ensure_future(call(line.client))
+                try:
+                    async with asyncio.timeout(config.timeout):
+                        response = await line.inflight
+                except TimeoutError:
+                    response = None
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if not line.lost or (task is not None and task.cancelling()):
+                        raise  # our caller is being cancelled: not a device fault
+                    raise _Failure("not_connected", "not connected: connection lost") from None
+                except ConnectionException as exc:
+                    raise _Failure("not_connected", f"not connected: {exc}") from None
+                except ModbusException as exc:
+                    raise _Failure("protocol", f"protocol error: {exc}") from None
+                finally:
+                    line.inflight = None
+                    line.last_request_end = time.monotonic()
+            if response is None:
+                if not line.client.connected:
+                    raise _Failure("not_connected", "not connected: connection lost")
+                log.debug("timeout device=%s attempt=%d", self.name, attempt + 1)
+                continue
+            if response.isError():
+                code = int(getattr(response, "exception_code", 0))
+                name = EXCEPTION_NAMES.get(code, "unknown")
+                raise _Failure("exception", f"exception code {code} ({name})", code)
+            return response
+        raise _Failure("timeout", "timeout")
+
+    async def _read_request(self, request: ReadRequest) -> list[int] | list[bool]:
+        unit, address, count = self.config.unit_id, request.address, request.count
+        calls: dict[str, Callable[[_Client], Awaitable[Any]]] = {
+            "holding": lambda c: c.read_holding_registers(address, count=count, device_id=unit),
+            "input": lambda c: c.read_input_registers(address, count=count, device_id=unit),
+            "coil": lambda c: c.read_coils(address, count=count, device_id=unit),
+            "discrete": lambda c: c.read_discrete_inputs(address, count=count, device_id=unit),
+        }
+        response = await self._execute(calls[request.table])
+        # Bit responses are padded to whole bytes; registers must be complete.
+        values = list(response.bits if request.is_bits else response.registers)
+        if len(values) < count:
+            raise _Failure("decode", f"decode error: asked {count} values, got {len(values)}")
+        return values[:count]
+
+    async def read(self) -> list[Reading]:
+        """One Reading per tag, in plan order. Never raises for device faults."""
+        started = time.monotonic()
+        readings: list[Reading] = []
+        failures: list[_Failure] = []
+        timed_out = False
+        for request in self.plan:
+            if timed_out:
+                # The device did not answer within timeout*(retries+1): do not spend that
+                # again on every remaining request of this poll.
+                failure = _Failure("timeout", "timeout (not sent: the device did not answer "
+                                              "an earlier request)")
+                readings.extend(bad(tag.name, failure.reason) for tag, _ in request.tags)
+                continue
+            try:
+                values = await self._read_request(request)
+            except _Failure as failure:
+                failures.append(failure)
+                timed_out = failure.kind in ("timeout", "not_connected")
+                readings.extend(bad(tag.name, failure.reason) for tag, _ in request.tags)
+                continue
+            received = time.time()
+            readings.extend(self._decode(tag, values[offset:offset + tag.registers], received)
+                            for tag, offset in request.tags)
+        self._record(failures, time.monotonic() - started)
+        return readings
+
+    def _decode(self, tag: ModbusTagConfig, values: list[int] | list[bool], received: float) -> Reading:
+        config = self.config
+        try:
+            value = decode([int(v) for v in values], tag, tag.byte_order or config.byte_order,
+                           tag.word_order or config.word_order)
+        except DecodeError as exc:
+            return bad(tag.name, f"decode error: {exc}", received_time=received)
+        if isinstance(value, float) and not math.isfinite(value):
+            return bad(tag.name, "not finite", received_time=received, value=value)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if tag.valid_min is not None and value < tag.valid_min:
+                return bad(tag.name, f"out of range: {value} < valid_min {tag.valid_min}",
+                           received_time=received, value=value)
+            if tag.valid_max is not None and value > tag.valid_max:
+                return bad(tag.name, f"out of range: {value} > valid_max {tag.valid_max}",
+                           received_time=received, value=value)
+        return good(tag.name, value, received_time=received)
+
+    def _record(self, failures: list[_Failure], latency: float) -> None:
+        """Update status and log a failure once: ERROR on start, DEBUG while down, INFO on recovery."""
+        status = self.status
+        if not failures:
+            status.record_success(latency)
+            if self._failing:
+                self._failing = False
+                log.info("device recovered device=%s line=%s", self.name, self.config.line)
+            return
+        first = failures[0]
+        status.record_error(first.kind, first.reason)
+        for extra in failures[1:]:
+            # record_error also counts a poll; further failures of the same poll only count.
+            status.errors[extra.kind] = status.errors.get(extra.kind, 0) + 1
+        if any(f.kind in ("not_connected", "timeout") for f in failures):
+            status.connected = False
+        if not self._failing:
+            self._failing = True
+            log.error("device failing device=%s line=%s kind=%s reason=%r",
+                      self.name, self.config.line, first.kind, first.reason)
+        else:
+            log.debug("device still failing device=%s kind=%s reason=%r",
+                      self.name, first.kind, first.reason)
+
+    async def write(self, target: object, value: float) -> None:
+        """Write ``value`` to one holding-register ``target`` (a RegisterTarget); see write_many."""
+        await self.write_many([(target, value)])
+
+    async def write_many(self, items: Sequence[tuple[object, float]]) -> None:
+        """Write several holding-register targets, merging adjacent ones into one FC16 request.
+
+        A PLC reading score and flag must never see one updated and the other not, so targets
+        that sit next to each other go out in a single request. Only the registers of the given
+        targets are written; gaps between targets are never filled. Raises ValueError
+        (EncodeError) for an unencodable value before anything is sent, NotConnectedError,
+        DeviceTimeoutError or DeviceExceptionError for device failures. Whether a write is
+        allowed is decided by the caller (bridge.writeback), not here.
+        """
+        blocks = self._write_blocks(items)
+        unit = self.config.unit_id
+        for address, registers in blocks:
+            def request(client: Any, a: int = address, r: list[int] = registers) -> Awaitable[Any]:
+                return client.write_registers(a, r, device_id=unit)  # type: ignore[no-any-return]
+
+            try:
+                await self._execute(request)
+            except _Failure as failure:
+                if failure.kind == "not_connected":
+                    raise NotConnectedError(self.name, failure.reason) from None
+                if failure.kind == "timeout":
+                    raise DeviceTimeoutError(self.name, f"write holding {address}") from None
+                if failure.kind == "exception":
+                    raise DeviceExceptionError(self.name, failure.code, failure.reason) from None
+                raise NotConnectedError(self.name, failure.reason) from None
+
+    def _write_blocks(self, items: Sequence[tuple[object, float]]) -> list[tuple[int, list[int]]]:
+        encoded: list[tuple[int, list[int]]] = []
+        for target, value in items:
+            if not isinstance(target, RegisterTarget):
+                raise TypeError(f"target must be a RegisterTarget, not {type(target).__name__}")
+            registers = encode(value, target.type, target.byte_order or self.config.byte_order,
+                               target.word_order or self.config.word_order)
+            assert len(registers) == target.registers  # the codec and config agree on widths
+            encoded.append((target.address, registers))
+        encoded.sort(key=lambda item: item[0])
+        blocks: list[tuple[int, list[int]]] = []
+        for address, registers in encoded:
+            if blocks:
+                start, merged = blocks[-1]
+                if start + len(merged) > address:
+                    raise ValueError(f"write targets overlap at holding {address}")
+                if start + len(merged) == address and len(merged) + len(registers) <= _MAX_WRITE:
+                    merged.extend(registers)
+                    continue
+            blocks.append((address, list(registers)))
+        return blocks

@@ -1,0 +1,174 @@
+"""The REST API (FastAPI), versioned under /api/v1. SCADA polls it; it never writes devices."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+
+from bridge import __version__
+from bridge.runtime import Bridge
+from bridge.scores import Score
+from bridge.tags import Reading
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("plcbridge.api")
+
+MAX_LIMIT = 10_000
+
+
+def iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _epoch(since: datetime | None) -> float | None:
+    """The cut-off for ``since``: items in a later millisecond than ``since`` are newer.
+
+    Times are shown at millisecond resolution, so a client that passes back the time of the
+    last item it saw must not get that item again.
+    """
+    if since is None:
+        return None
+    # A time without a zone is UTC, like every time in plcbridge.
+    stamp = (since if since.tzinfo else since.replace(tzinfo=UTC)).timestamp()
+    return (math.floor(stamp * 1000 + 1e-6) + 1) / 1000 - 1e-6
+
+
+def _finite(value: Any) -> Any:
+    # JSON has no NaN/Inf; a bad float reads as null, its quality says why.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _reading(bridge: Bridge, name: str, reading: Reading | None) -> dict[str, Any]:
+    device, tag = bridge.tags[name]
+    body: dict[str, Any] = {"name": name, "device": device, "unit": tag.unit}
+    if reading is None:
+        body.update(value=None, quality="bad", reason="no reading yet",
+                    source_time=None, received_time=None)
+    else:
+        body.update(value=_finite(reading.value), quality=reading.quality.value, reason=reading.reason,
+                    source_time=iso(reading.source_time), received_time=iso(reading.received_time))
+    return body
+
+
+def _score(score: Score) -> dict[str, Any]:
+    return {
+        "model": score.model, "time": iso(score.time), "score": _finite(score.score),
+        "threshold": score.threshold, "anomaly": score.anomaly, "window_valid": score.window_valid,
+        "reason": score.reason, "contributions": score.contributions,
+    }
+
+
+def create_app(bridge: Bridge) -> FastAPI:
+    app = FastAPI(title="plcbridge", version=__version__,
+                  description="Tag values and anomaly scores from plcbridge.")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Log the detail for the operator; the client gets no internals.
+        log.exception("unhandled error path=%s", request.url.path)
+        return JSONResponse({"detail": "internal error"}, status_code=500)
+
+    def runner_or_404(name: str) -> Any:
+        runner = bridge.runners.get(name)
+        if runner is None:
+            raise HTTPException(404, f"unknown model {name!r}")
+        return runner
+
+    def tag_or_404(name: str) -> None:
+        if name not in bridge.tags:
+            raise HTTPException(404, f"unknown tag {name!r}")
+
+    @app.get("/api/v1/health")
+    def health() -> dict[str, Any]:
+        devices = []
+        for name, adapter in bridge.adapters.items():
+            status = adapter.status
+            devices.append({
+                "name": name, "connected": status.connected,
+                "last_success": iso(status.last_success), "last_error": status.last_error,
+                "last_error_time": iso(status.last_error_time), "polls": status.polls,
+                "errors": dict(status.errors), "error_count": status.error_count,
+                "poll_latency_ms": (None if status.last_latency is None
+                                    else round(status.last_latency * 1000, 3)),
+            })
+        models = []
+        for name, runner in bridge.runners.items():
+            latest = bridge.scores.latest(name)
+            wb = bridge.writebacks.get(name)
+            models.append({
+                "name": name, "scored": runner.scored, "anomalies": runner.anomalies,
+                "last_score_time": iso(latest.time) if latest else None,
+                "window_valid": latest.window_valid if latest else False,
+                "writeback": None if wb is None else {
+                    "mode": wb.mode, "device": wb.config.device, "written": wb.stats.written,
+                    "dry_run": wb.stats.dry_run, "refused": wb.stats.refused,
+                    "failed": wb.stats.failed, "last_error": wb.stats.last_error},
+            })
+        ok = all(d["connected"] for d in devices)
+        return {"status": "ok" if ok else "degraded", "version": __version__,
+                "uptime_s": round(time.time() - bridge.started_at, 1),
+                "devices": devices, "models": models}
+
+    @app.get("/api/v1/tags")
+    def tags() -> list[dict[str, Any]]:
+        return [_reading(bridge, name, bridge.store.latest(name)) for name in bridge.tags]
+
+    @app.get("/api/v1/tags/{name}")
+    def tag(name: str) -> dict[str, Any]:
+        tag_or_404(name)
+        return _reading(bridge, name, bridge.store.latest(name))
+
+    @app.get("/api/v1/tags/{name}/history")
+    def tag_history(name: str, since: Annotated[datetime | None, Query()] = None,
+                    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100) -> list[dict[str, Any]]:
+        tag_or_404(name)
+        return [_reading(bridge, name, r) for r in bridge.store.history(name, _epoch(since), limit)]
+
+    @app.get("/api/v1/models")
+    def models() -> list[dict[str, Any]]:
+        return [model_info(name) for name in bridge.runners]
+
+    @app.get("/api/v1/models/{name}")
+    def model_info(name: str) -> dict[str, Any]:
+        runner = runner_or_404(name)
+        contract = runner.detector.contract
+        return {
+            "name": name, "file": str(runner.detector.path), "version": contract.version,
+            "kind": contract.kind, "recipe": contract.recipe,
+            "features": list(contract.inputs), "tags": runner.tags,
+            "window_length": contract.window_length, "period": contract.period,
+            "threshold": runner.threshold, "model_threshold": contract.threshold,
+            "score_meaning": contract.score, "normalization": contract.normalization,
+            "training": contract.training,
+        }
+
+    @app.get("/api/v1/models/{name}/score")
+    def latest_score(name: str) -> dict[str, Any]:
+        runner_or_404(name)
+        score = bridge.scores.latest(name)
+        if score is None:
+            raise HTTPException(404, f"model {name!r} has no score yet")
+        return _score(score)
+
+    @app.get("/api/v1/models/{name}/scores")
+    def score_history(name: str, since: Annotated[datetime | None, Query()] = None,
+                      limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100) -> list[dict[str, Any]]:
+        runner_or_404(name)
+        return [_score(s) for s in bridge.scores.history(name, _epoch(since), limit)]
+
+    @app.get("/api/v1/events")
+    def events(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
+        return [{**e, "time": iso(e["time"])} for e in bridge.events[-limit:]]
+
+    return app

@@ -1,0 +1,190 @@
+"""`plcbridge` command line: run, check, simulate, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from bridge import __version__
+from bridge.config import DEFAULT_MODEL, Config, load_config
+from bridge.errors import ConfigError, ModelContractError
+
+__all__ = ["main"]
+
+EXIT_CONFIG = 2
+
+
+class _KeyValueFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = (f"{self.formatTime(record, '%Y-%m-%dT%H:%M:%S')} level={record.levelname.lower()} "
+                f"logger={record.name} {record.getMessage()}")
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def _setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_KeyValueFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("pymodbus", "apscheduler", "uvicorn.error"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def _load(path: str) -> Config | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"{path}: invalid configuration", file=sys.stderr)
+        for line in exc.errors:
+            print(f"  {line}", file=sys.stderr)
+        return None
+
+
+def _check(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    from adapters._modbus_plan import describe, plan_reads  # pure: no protocol library
+    from bridge.inference import Detector
+    from bridge.scoring import resolve_inputs
+
+    print(f"{args.config}: valid")
+    total = 0
+    for device in config.devices:
+        where = device.serial_port if device.transport == "rtu" else f"{device.host}:{device.port}"
+        print(f"\ndevice {device.name}: modbus {device.transport} {where} unit {device.unit_id}, "
+              f"every {device.poll_interval:g} s, timeout {device.timeout:g} s, retries {device.retries}")
+        for tag in device.tags:
+            unit = f" [{tag.unit}]" if tag.unit else ""
+            print(f"  tag {tag.name:<24} {tag.table:<8} {tag.address:>5}  {tag.data_type}{unit}")
+        try:
+            requests = plan_reads(device.tags, max_registers=device.max_registers,
+                                  max_bits=device.max_bits, max_gap=device.max_gap)
+        except ValueError as exc:
+            print(f"devices.{device.name}: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        total += len(requests)
+        print(f"  {len(requests)} request(s) per cycle:")
+        for line in describe(requests):
+            print(f"    {line}")
+    status = 0
+    for index, model in enumerate(config.models):
+        path = Path(model.file) if model.file is not None else DEFAULT_MODEL
+        try:
+            detector = Detector(path)
+            tags = resolve_inputs(model, detector.contract.inputs, detector)
+        except ModelContractError as exc:
+            print(f"models[{index}] ({model.name}): {exc}", file=sys.stderr)
+            status = EXIT_CONFIG
+            continue
+        c = detector.contract
+        print(f"\nmodel {model.name}: {path.name} ({c.kind}, version {c.version}), window "
+              f"{c.window_length} x {c.period:g} s, threshold "
+              f"{model.threshold if model.threshold is not None else c.threshold:g}")
+        for feature, tag_name in zip(c.inputs, tags, strict=True):
+            print(f"  input {feature:<16} <- {tag_name}")
+        if model.writeback is not None:
+            targets = ", ".join(f"{k}@{t.address} ({t.type})" for k, t in model.writeback.targets().items())
+            print(f"  write-back ({config.writeback.mode}) to {model.writeback.device}: {targets}")
+    print(f"\n{len(config.devices)} device(s), {len(config.tag_names())} tag(s), "
+          f"{total} request(s) per cycle, {len(config.models)} model(s)")
+    return status
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    _setup_logging(args.log_level or config.bridge.log_level)
+    from bridge.runtime import Bridge
+    from bridge.server import run_until_stopped
+
+    try:
+        bridge = Bridge(config)
+    except (ModelContractError, ValueError) as exc:
+        print(f"{args.config}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    asyncio.run(run_until_stopped(bridge))
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    _setup_logging(args.log_level or "info")
+    from adapters.simulator import run_simulator_forever
+
+    schedule = []
+    for item in args.fault_at or []:
+        seconds, _, fault = item.partition(":")
+        try:
+            schedule.append((float(seconds), fault))
+        except ValueError:
+            print(f"--fault-at: {item!r} is not SECONDS:FAULT", file=sys.stderr)
+            return EXIT_CONFIG
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_simulator_forever(args.host, args.port, args.seed, schedule or None,
+                                          Path(args.replay) if args.replay else None, args.speed))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    _setup_logging(args.log_level or "warning")
+    from bridge.demo import run_demo
+
+    try:
+        return asyncio.run(run_demo(args.port, args.fault, args.fault_after, args.duration))
+    except KeyboardInterrupt:
+        return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="plcbridge", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"plcbridge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="poll devices, score models, serve the API")
+    run.add_argument("config")
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    run.set_defaults(func=_run)
+
+    check = sub.add_parser("check", help="validate a config and print what it will do")
+    check.add_argument("config")
+    check.set_defaults(func=_check)
+
+    sim = sub.add_parser("simulate", help="serve a simulated pump station over Modbus TCP")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=5020)
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--fault-at", action="append", metavar="SECONDS:FAULT",
+                     help="inject a fault (spike, stuck, drift, cavitation) after SECONDS; repeatable")
+    sim.add_argument("--replay", metavar="FILE.csv", help="play a recorded SKAB-format CSV instead")
+    sim.add_argument("--speed", type=float, default=1.0, help="replay speed factor")
+    sim.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    sim.set_defaults(func=_simulate)
+
+    demo = sub.add_parser("demo", help="simulated plant + default model + API on 127.0.0.1")
+    demo.add_argument("--port", type=int, default=8080, help="API port (a free one if busy)")
+    demo.add_argument("--fault", default="cavitation", choices=["spike", "stuck", "drift", "cavitation"])
+    demo.add_argument("--fault-after", type=float, default=45.0, metavar="SECONDS")
+    demo.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                      help="stop after SECONDS (default: run until Ctrl-C)")
+    demo.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,441 @@
+"""The TOML configuration: pydantic models, loading, and cross-field checks.
+
+This is the one place configuration is validated. Every error names the key path and the
+bad value, e.g. ``devices[0].tags[3].type: 'flaot32' is not one of int16, uint16, ...``.
+Modbus addresses are zero-based protocol (wire) addresses: 40001 in vendor documentation is
+``table = "holding", address = 0``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from bridge.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "ApiConfig",
+    "BridgeConfig",
+    "BridgeSection",
+    "Config",
+    "ModbusDeviceConfig",
+    "ModbusTagConfig",
+    "ModelConfig",
+    "RegisterTarget",
+    "WritebackConfig",
+    "WritebackSection",
+    "load_config",
+    "parse_config",
+    "register_count",
+]
+
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "pump_pca.onnx"
+
+DataType = Literal[
+    "int16", "uint16", "int32", "uint32", "int64", "uint64",
+    "float32", "float64", "string", "bit", "bool",
+]
+Order = Literal["big", "little"]
+Table = Literal["holding", "input", "coil", "discrete"]
+
+# Registers per type; "string" uses the tag's ``length``, "bit"/"bool" read one register/bit.
+_WIDTH: dict[str, int] = {
+    "int16": 1, "uint16": 1, "bit": 1, "bool": 1,
+    "int32": 2, "uint32": 2, "float32": 2,
+    "int64": 4, "uint64": 4, "float64": 4,
+}
+_BIT_TABLES = ("coil", "discrete")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModbusTagConfig(_Strict):
+    """One value read from a Modbus device."""
+
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    table: Table = "holding"
+    address: Annotated[int, Field(ge=0, le=65535)]
+    type: DataType | None = None
+    length: Annotated[int, Field(ge=1, le=125)] | None = None
+    bit: Annotated[int, Field(ge=0, le=15)] | None = None
+    byte_order: Order | None = None
+    word_order: Order | None = None
+    scale: float = 1.0
+    offset: float = 0.0
+    unit: str = ""
+    valid_min: float | None = None
+    valid_max: float | None = None
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _check_type_options(self) -> ModbusTagConfig:
+        kind = self.type
+        if self.table in _BIT_TABLES:
+            if kind not in (None, "bool"):
+                raise ValueError(f"type: {kind!r} is not allowed on table {self.table!r} (only 'bool')")
+            for key in ("length", "bit", "byte_order", "word_order"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key}: has no meaning on table {self.table!r}")
+            return self
+        if kind is None:
+            raise ValueError(f"type: required for table {self.table!r}")
+        if kind == "bool":
+            raise ValueError("type: 'bool' is for coil/discrete tables; "
+                             "use 'bit' with bit = N for a bit of a register")
+        if kind == "string":
+            if self.length is None:
+                raise ValueError("length: required for type 'string' "
+                                 "(number of registers, 2 characters each)")
+        elif self.length is not None:
+            raise ValueError(f"length: only valid for type 'string', not {kind!r}")
+        if kind == "bit":
+            if self.bit is None:
+                raise ValueError("bit: required for type 'bit' (0 = least significant)")
+        elif self.bit is not None:
+            raise ValueError(f"bit: only valid for type 'bit', not {kind!r}")
+        if self.word_order is not None and (self.registers < 2 or kind == "string"):
+            what = "a string (characters are in register order)" if kind == "string" \
+                else f"a one-register type ({kind!r})"
+            raise ValueError(f"word_order: has no meaning for {what}")
+        if kind in ("string", "bit") and (self.scale != 1.0 or self.offset != 0.0):
+            raise ValueError(f"scale/offset: have no meaning for type {kind!r}")
+        if self.valid_min is not None and self.valid_max is not None and self.valid_min > self.valid_max:
+            raise ValueError(f"valid_min: {self.valid_min} is greater than valid_max {self.valid_max}")
+        return self
+
+    @property
+    def registers(self) -> int:
+        """Registers (or bits, for coil/discrete) this tag occupies."""
+        return register_count(self.type or "bool", self.length)
+
+    @property
+    def data_type(self) -> str:
+        return self.type or "bool"
+
+
+def register_count(data_type: str, length: int | None = None) -> int:
+    if data_type == "string":
+        return length or 1
+    return _WIDTH[data_type]
+
+
+class ModbusDeviceConfig(_Strict):
+    """One Modbus device: a unit id behind a TCP endpoint or on a serial line."""
+
+    name: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.\-]+$")]
+    protocol: Literal["modbus"] = "modbus"
+    transport: Literal["tcp", "rtu", "rtu-over-tcp"] = "tcp"
+    host: str | None = None
+    port: Annotated[int, Field(ge=1, le=65535)] = 502
+    serial_port: str | None = None
+    baudrate: Annotated[int, Field(ge=300, le=921600)] = 19200
+    parity: Literal["N", "E", "O"] = "E"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+    unit_id: Annotated[int, Field(ge=0, le=255)] = 1
+    poll_interval: Annotated[float, Field(gt=0, le=86400)] = 1.0
+    timeout: Annotated[float, Field(gt=0, le=60)] = 1.0
+    retries: Annotated[int, Field(ge=0, le=10)] = 1
+    max_gap: Annotated[int, Field(ge=0, le=124)] = 8
+    max_registers: Annotated[int, Field(ge=1, le=125)] = 125
+    max_bits: Annotated[int, Field(ge=1, le=2000)] = 2000
+    inter_request_delay_ms: Annotated[float, Field(ge=0, le=10000)] = 0.0
+    byte_order: Order = "big"
+    word_order: Order = "big"
+    tags: list[ModbusTagConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_transport(self) -> ModbusDeviceConfig:
+        if self.transport == "rtu":
+            if not self.serial_port:
+                raise ValueError("serial_port: required for transport 'rtu'")
+            if self.host is not None:
+                raise ValueError("host: has no meaning for transport 'rtu' (use serial_port)")
+        else:
+            if not self.host:
+                raise ValueError(f"host: required for transport {self.transport!r}")
+            if self.serial_port is not None:
+                raise ValueError(f"serial_port: has no meaning for transport {self.transport!r}")
+        return self
+
+    @property
+    def line(self) -> str:
+        """Identity of the physical connection; devices on the same line share one client."""
+        if self.transport == "rtu":
+            return f"rtu:{self.serial_port}"
+        return f"{self.transport}:{self.host}:{self.port}"
+
+
+class RegisterTarget(_Strict):
+    """A holding register (or pair/quad) the bridge may write."""
+
+    address: Annotated[int, Field(ge=0, le=65535)]
+    type: Literal["int16", "uint16", "int32", "uint32", "float32", "float64"] = "uint16"
+    byte_order: Order | None = None
+    word_order: Order | None = None
+    min: float | None = None
+    max: float | None = None
+
+    @property
+    def registers(self) -> int:
+        return register_count(self.type)
+
+
+class WritebackConfig(_Strict):
+    """Where a model's results go on a device. Each target is optional."""
+
+    device: str
+    score: RegisterTarget | None = None
+    anomaly: RegisterTarget | None = None
+    heartbeat: RegisterTarget | None = None
+    window_valid: RegisterTarget | None = None
+    allow_overlap_with_tags: bool = False
+
+    @field_validator("score")
+    @classmethod
+    def _score_is_float(cls, value: RegisterTarget | None) -> RegisterTarget | None:
+        if value is not None and value.type not in ("float32", "float64"):
+            raise ValueError(f"type: score needs float32 or float64, not {value.type!r}")
+        return value
+
+    def targets(self) -> dict[str, RegisterTarget]:
+        found = {
+            "score": self.score, "anomaly": self.anomaly,
+            "heartbeat": self.heartbeat, "window_valid": self.window_valid,
+        }
+        return {key: target for key, target in found.items() if target is not None}
+
+
+class ModelConfig(_Strict):
+    """One anomaly model and the tags that feed it."""
+
+    name: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.\-]+$")]
+    file: Path | None = None
+    inputs: list[str] | dict[str, str]
+    max_age: Annotated[float, Field(gt=0)] | None = None
+    threshold: float | None = None
+    writeback: WritebackConfig | None = None
+
+    @property
+    def input_tags(self) -> list[str]:
+        """The bridge tags feeding the model, in the order the config gives them."""
+        return list(self.inputs.values()) if isinstance(self.inputs, dict) else list(self.inputs)
+
+    @property
+    def feature_names(self) -> list[str]:
+        """The model's feature names as the config states them (keys of a mapping)."""
+        return list(self.inputs.keys()) if isinstance(self.inputs, dict) else list(self.inputs)
+
+
+class ApiConfig(_Strict):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    score_history: Annotated[int, Field(ge=1, le=1_000_000)] = 3600
+
+
+class WritebackSection(_Strict):
+    mode: Literal["off", "dry-run", "on"] = "off"
+    min_interval: Annotated[float, Field(ge=0)] = 0.5
+
+
+class BridgeSection(_Strict):
+    history_size: Annotated[int, Field(ge=1, le=100_000)] = 600
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Config(_Strict):
+    bridge: BridgeSection = Field(default_factory=BridgeSection)
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    writeback: WritebackSection = Field(default_factory=WritebackSection)
+    devices: list[ModbusDeviceConfig] = Field(default_factory=list)
+    models: list[ModelConfig] = Field(default_factory=list)
+
+    def device(self, name: str) -> ModbusDeviceConfig:
+        for device in self.devices:
+            if device.name == name:
+                return device
+        raise KeyError(name)
+
+    def tag_names(self) -> list[str]:
+        return [tag.name for device in self.devices for tag in device.tags]
+
+
+BridgeConfig = Config
+
+
+def _loc(parts: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def _format_pydantic(exc: ValidationError) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        # Union members and validator wrappers add noise to the location; keep real keys.
+        parts = tuple(
+            p for p in err["loc"]
+            if isinstance(p, int) or not (str(p).startswith(("function-", "literal[")) or p in (
+                "list[str]", "dict[str,str]", "RegisterTarget", "float", "constrained-float"))
+        )
+        path = _loc(parts)
+        message = err["msg"]
+        if message.startswith("Value error, "):
+            message = message[len("Value error, "):]
+            # Model validators report "key: message"; join the key onto the path.
+            key, sep, rest = message.partition(": ")
+            if sep and key.isidentifier():
+                path, message = (f"{path}.{key}" if path else key), rest
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        value = err.get("input")
+        shown = "" if isinstance(value, dict | list) or err["type"] in ("missing", "value_error") \
+            else f" (got {value!r})"
+        lines.append(f"{path or '<root>'}: {message}{shown}")
+    return lines
+
+
+def _check_cross_refs(config: Config) -> list[str]:
+    errors: list[str] = []
+    seen_devices: dict[str, int] = {}
+    seen_tags: dict[str, str] = {}
+    for d_index, device in enumerate(config.devices):
+        if device.name in seen_devices:
+            errors.append(f"devices[{d_index}].name: duplicate device name {device.name!r} "
+                          f"(also devices[{seen_devices[device.name]}])")
+        seen_devices.setdefault(device.name, d_index)
+        for t_index, tag in enumerate(device.tags):
+            where = f"devices[{d_index}].tags[{t_index}]"
+            if tag.name in seen_tags:
+                errors.append(f"{where}.name: duplicate tag name {tag.name!r} (also {seen_tags[tag.name]})")
+            seen_tags.setdefault(tag.name, where)
+    seen_models: set[str] = set()
+    for m_index, model in enumerate(config.models):
+        where = f"models[{m_index}]"
+        if model.name in seen_models:
+            errors.append(f"{where}.name: duplicate model name {model.name!r}")
+        seen_models.add(model.name)
+        if not model.input_tags:
+            errors.append(f"{where}.inputs: a model needs at least one input tag")
+        for key, tag_name in zip(model.feature_names, model.input_tags, strict=True):
+            if tag_name not in seen_tags:
+                sub = f"{where}.inputs.{key}" if isinstance(model.inputs, dict) else f"{where}.inputs"
+                errors.append(f"{sub}: {tag_name!r} is not a configured tag")
+        if model.writeback is not None:
+            errors.extend(_check_writeback(config, model, f"{where}.writeback"))
+    errors.extend(_check_writeback_overlaps(config))
+    errors.extend(_check_serial_lines(config))
+    return errors
+
+
+_LINE_SETTINGS = ("baudrate", "parity", "stopbits", "bytesize")
+
+
+def _check_serial_lines(config: Config) -> list[str]:
+    """Devices on one serial line share one port, so they must agree on its settings."""
+    errors = []
+    first: dict[str, int] = {}
+    for index, device in enumerate(config.devices):
+        if device.transport != "rtu":
+            continue
+        owner = first.setdefault(device.line, index)
+        if owner == index:
+            continue
+        other = config.devices[owner]
+        for key in _LINE_SETTINGS:
+            if getattr(device, key) != getattr(other, key):
+                errors.append(f"devices[{index}].{key}: {getattr(device, key)!r} differs from "
+                              f"devices[{owner}].{key} {getattr(other, key)!r} on the same serial line "
+                              f"{device.serial_port!r}")
+    return errors
+
+
+def _check_writeback(config: Config, model: ModelConfig, where: str) -> list[str]:
+    wb = model.writeback
+    assert wb is not None
+    if wb.device not in {d.name for d in config.devices}:
+        return [f"{where}.device: {wb.device!r} is not a configured device"]
+    if not wb.targets():
+        return [f"{where}: names no target (score, anomaly, heartbeat, window_valid)"]
+    errors = []
+    device = config.device(wb.device)
+    if not wb.allow_overlap_with_tags:
+        for key, target in wb.targets().items():
+            span = range(target.address, target.address + target.registers)
+            for tag in device.tags:
+                if tag.table == "holding" and \
+                        set(span) & set(range(tag.address, tag.address + tag.registers)):
+                    errors.append(
+                        f"{where}.{key}.address: {target.address} overlaps polled tag {tag.name!r} "
+                        f"(holding {tag.address}..{tag.address + tag.registers - 1}); "
+                        "set allow_overlap_with_tags = true if that is intended")
+    return errors
+
+
+def _check_writeback_overlaps(config: Config) -> list[str]:
+    errors = []
+    owners: dict[tuple[str, int], str] = {}
+    for m_index, model in enumerate(config.models):
+        if model.writeback is None:
+            continue
+        for key, target in model.writeback.targets().items():
+            where = f"models[{m_index}].writeback.{key}.address"
+            for address in range(target.address, target.address + target.registers):
+                owner = owners.get((model.writeback.device, address))
+                if owner is not None:
+                    errors.append(f"{where}: {target.address} overlaps {owner} "
+                                  f"at holding register {address} on device {model.writeback.device!r}")
+                    break
+                owners[(model.writeback.device, address)] = where
+    return errors
+
+
+def parse_config(data: dict[str, Any]) -> Config:
+    """Validate a TOML document already parsed into a dict. Raises ConfigError."""
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_pydantic(exc)) from None
+    errors = _check_cross_refs(config)
+    if errors:
+        raise ConfigError(errors)
+    return config
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML file. Raises ConfigError naming the file on any problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read ({exc.strerror or exc})"]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML ({exc})"]) from None
+    config = parse_config(data)
+    # Relative model files are relative to the config file, like every other path in it.
+    models = [
+        m.model_copy(update={"file": (path.parent / m.file)})
+        if m.file is not None and not m.file.is_absolute() else m
+        for m in config.models
+    ]
+    return config.model_copy(update={"models": models})

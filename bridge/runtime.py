@@ -1,0 +1,148 @@
+"""Wires config → adapters → TagStore → ModelRunners → sinks, and runs them in one event loop.
+
+One APScheduler ``AsyncIOScheduler`` holds one interval job per device (poll) and one per
+model (score), each ``max_instances=1, coalesce=True`` so a slow device skips cycles instead
+of piling them up. uvicorn serves the API from the same loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from adapters import create_adapter
+from adapters.base import Adapter
+from bridge.config import DEFAULT_MODEL, Config, ModbusDeviceConfig, ModbusTagConfig
+from bridge.errors import ModelContractError
+from bridge.inference import Detector
+from bridge.scores import Score, ScoreStore
+from bridge.scoring import ModelRunner
+from bridge.tags import TagStore
+from bridge.writeback import ModelWriteback
+
+__all__ = ["Bridge"]
+
+log = logging.getLogger("plcbridge.runtime")
+
+AdapterFactory = Callable[[ModbusDeviceConfig], Adapter]
+
+
+class Bridge:
+    """The running bridge. Construction validates models against the config (raises
+    ModelContractError); ``start()`` connects and schedules; ``stop()`` undoes it all."""
+
+    def __init__(self, config: Config, *, adapter_factory: AdapterFactory = create_adapter,
+                 speed: float = 1.0) -> None:
+        if speed <= 0:
+            raise ValueError("speed must be > 0")
+        self.config = config
+        # speed > 1 runs every interval (poll, model period, max age) that many times faster:
+        # tests and fast-forward demos drive a simulated plant running at the same speed.
+        self.speed = speed
+        self.started_at = time.time()
+        self.store = TagStore(config.tag_names(), config.bridge.history_size)
+        self.tags: dict[str, tuple[str, ModbusTagConfig]] = {
+            tag.name: (device.name, tag) for device in config.devices for tag in device.tags
+        }
+        self.adapters: dict[str, Adapter] = {d.name: adapter_factory(d) for d in config.devices}
+        self.runners: dict[str, ModelRunner] = {}
+        self.writebacks: dict[str, ModelWriteback] = {}
+        for index, model in enumerate(config.models):
+            path = Path(model.file) if model.file is not None else DEFAULT_MODEL
+            try:
+                detector = Detector(path)
+            except ModelContractError as exc:
+                raise ModelContractError(f"models[{index}].file: {exc}") from None
+            slowest = max(config.device(self.tags[t][0]).poll_interval for t in model.input_tags)
+            runner = ModelRunner(model, detector, self.store,
+                                 default_max_age=2.5 * max(slowest, detector.contract.period),
+                                 speed=speed)
+            self.runners[model.name] = runner
+            if model.writeback is not None:
+                self.writebacks[model.name] = ModelWriteback(
+                    model.name, model.writeback, self.adapters[model.writeback.device],
+                    mode=config.writeback.mode, min_interval=config.writeback.min_interval)
+        self.scores = ScoreStore(self.runners, config.api.score_history)
+        self.events: list[dict[str, Any]] = []
+        self._anomalous: dict[str, bool] = dict.fromkeys(self.runners, False)
+        self._write_tasks: dict[str, asyncio.Task[None]] = {}
+        self._scheduler: AsyncIOScheduler | None = None
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    async def poll_device(self, name: str) -> None:
+        readings = await self.adapters[name].read()
+        self.store.put_many(readings)
+
+    async def score_model(self, name: str) -> Score:
+        score = self.runners[name].step()
+        self.scores.put(score)
+        self._track_events(score)
+        writeback = self.writebacks.get(name)
+        if writeback is not None:
+            # A dead write-back device must not delay scoring: at most one write in flight per
+            # model, and a cycle that finds one still running skips its write.
+            running = self._write_tasks.get(name)
+            if running is None or running.done():
+                self._write_tasks[name] = asyncio.create_task(
+                    writeback.publish(score), name=f"plcbridge[{name}].writeback")
+            else:
+                writeback.stats.skipped_rate += 1
+        return score
+
+    def _track_events(self, score: Score) -> None:
+        was = self._anomalous[score.model]
+        if score.anomaly and not was:
+            log.warning("anomaly started model=%s score=%.3f threshold=%.3f",
+                        score.model, score.score or 0.0, score.threshold)
+            self.events.append({"model": score.model, "time": score.time, "kind": "anomaly-start",
+                                "score": score.score, "threshold": score.threshold})
+        elif was and score.window_valid and not score.anomaly:
+            log.info("anomaly cleared model=%s score=%.3f", score.model, score.score or 0.0)
+            self.events.append({"model": score.model, "time": score.time, "kind": "anomaly-end",
+                                "score": score.score, "threshold": score.threshold})
+        if score.window_valid:
+            self._anomalous[score.model] = score.anomaly
+        del self.events[:-1000]  # bounded: the persistent event log is a sink's job
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await asyncio.gather(*(adapter.connect() for adapter in self.adapters.values()),
+                             return_exceptions=True)
+        scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop(), timezone=UTC)
+        now = datetime.now(UTC)
+        for device in self.config.devices:
+            scheduler.add_job(self.poll_device, "interval", args=[device.name],
+                              seconds=device.poll_interval / self.speed, id=f"poll:{device.name}",
+                              max_instances=1, coalesce=True, next_run_time=now,
+                              misfire_grace_time=None)
+        for runner in self.runners.values():
+            scheduler.add_job(self.score_model, "interval", args=[runner.name],
+                              seconds=runner.period / self.speed, id=f"score:{runner.name}",
+                              max_instances=1, coalesce=True, next_run_time=now,
+                              misfire_grace_time=None)
+        scheduler.start()
+        self._scheduler = scheduler
+        log.info("bridge started devices=%d tags=%d models=%d writeback=%s",
+                 len(self.adapters), len(self.store), len(self.runners), self.config.writeback.mode)
+
+    async def stop(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+            self._scheduler = None
+        pending = [t for t in self._write_tasks.values() if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*(adapter.close() for adapter in self.adapters.values()),
+                             return_exceptions=True)
+        log.info("bridge stopped")

@@ -1,0 +1,149 @@
+"""Safety rules for everything the bridge writes to a device.
+
+Writes reach a device only when ``writeback.mode = "on"``, only to the targets a model's
+``writeback`` section declares, only with values inside the target's type and configured
+range, and no more often than ``min_interval`` per target. ``dry-run`` logs what would be
+written. A failing write is logged and counted; it never stops scoring or the API.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from bridge.config import RegisterTarget, WritebackConfig
+from bridge.errors import PlcBridgeError, WriteRefusedError
+from bridge.scores import Score
+
+__all__ = ["ModelWriteback", "WriteStats", "Writer", "check_value"]
+
+log = logging.getLogger("plcbridge.writeback")
+
+_INT_LIMITS = {
+    "int16": (-(2**15), 2**15 - 1),
+    "uint16": (0, 2**16 - 1),
+    "int32": (-(2**31), 2**31 - 1),
+    "uint32": (0, 2**32 - 1),
+}
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+class Writer(Protocol):
+    async def write_many(self, items: Sequence[tuple[object, float]]) -> None: ...
+
+
+@dataclass
+class WriteStats:
+    written: int = 0
+    dry_run: int = 0
+    refused: int = 0
+    failed: int = 0
+    skipped_rate: int = 0
+    last_error: str | None = None
+    last_write: float | None = None
+    values: dict[str, float] = field(default_factory=dict)
+
+
+def check_value(key: str, target: RegisterTarget, value: float) -> None:
+    """Raise WriteRefusedError unless ``value`` fits the target's type and configured range."""
+    where = f"{key} (holding {target.address}, {target.type})"
+    if not math.isfinite(value):
+        raise WriteRefusedError(f"{where}: value {value!r} is not finite")
+    limits = _INT_LIMITS.get(target.type)
+    if limits is not None:
+        if value != int(value):
+            raise WriteRefusedError(f"{where}: value {value!r} is not an integer")
+        if not limits[0] <= value <= limits[1]:
+            raise WriteRefusedError(f"{where}: value {value!r} outside {limits[0]}..{limits[1]}")
+    elif target.type == "float32" and abs(value) > _FLOAT32_MAX:
+        raise WriteRefusedError(f"{where}: value {value!r} does not fit float32")
+    if target.min is not None and value < target.min:
+        raise WriteRefusedError(f"{where}: value {value!r} below configured min {target.min}")
+    if target.max is not None and value > target.max:
+        raise WriteRefusedError(f"{where}: value {value!r} above configured max {target.max}")
+
+
+class ModelWriteback:
+    """Writes one model's Scores to the registers its config declares."""
+
+    def __init__(self, model: str, config: WritebackConfig, writer: Writer, *,
+                 mode: str, min_interval: float) -> None:
+        self.model = model
+        self.config = config
+        self.mode = mode
+        self.min_interval = min_interval
+        self.stats = WriteStats()
+        self._writer = writer
+        self._targets = config.targets()
+        self._last_sent: dict[str, float] = {}
+        self._heartbeat = 0
+        self._failing = False
+
+    def values_for(self, score: Score) -> dict[str, float]:
+        """The value each declared target receives for this Score."""
+        values: dict[str, float] = {}
+        if "score" in self._targets and score.score is not None and math.isfinite(score.score):
+            values["score"] = score.score
+        if "anomaly" in self._targets:
+            values["anomaly"] = 1.0 if score.anomaly else 0.0
+        if "window_valid" in self._targets:
+            values["window_valid"] = 1.0 if score.window_valid else 0.0
+        if "heartbeat" in self._targets:
+            values["heartbeat"] = float(self._heartbeat)
+        return values
+
+    async def publish(self, score: Score) -> None:
+        if self.mode == "off":
+            return
+        values = self.values_for(score)
+        heartbeat = self._targets.get("heartbeat")
+        if heartbeat is not None:
+            high = _INT_LIMITS.get(heartbeat.type, (0, 2**16 - 1))[1]
+            self._heartbeat = (self._heartbeat + 1) % (high + 1)
+        now = time.monotonic()
+        batch = [(key, value) for key, value in values.items() if self._allowed(key, value, now)]
+        if not batch:
+            return
+        for key, _ in batch:
+            self._last_sent[key] = now
+        if self.mode == "dry-run":
+            self.stats.dry_run += len(batch)
+            for key, value in batch:
+                log.info("dry-run write model=%s device=%s target=%s address=%d value=%r",
+                         self.model, self.config.device, key, self._targets[key].address, value)
+            return
+        try:
+            # One call: adjacent targets (score and flag) reach the device in one request.
+            await self._writer.write_many([(self._targets[key], value) for key, value in batch])
+        except PlcBridgeError as exc:
+            self.stats.failed += len(batch)
+            self.stats.last_error = str(exc)
+            if not self._failing:
+                log.error("write failed model=%s device=%s targets=%s error=%s",
+                          self.model, self.config.device, ",".join(k for k, _ in batch), exc)
+            self._failing = True
+            return
+        if self._failing:
+            log.info("writes recovered model=%s device=%s", self.model, self.config.device)
+        self._failing = False
+        self.stats.written += len(batch)
+        self.stats.last_write = time.time()
+        self.stats.values.update(batch)
+
+    def _allowed(self, key: str, value: float, now: float) -> bool:
+        """Rate limit and value checks for one target; a refusal is logged and counted."""
+        last = self._last_sent.get(key)
+        if last is not None and now - last < self.min_interval:
+            self.stats.skipped_rate += 1
+            return False
+        try:
+            check_value(key, self._targets[key], value)
+        except WriteRefusedError as exc:
+            self.stats.refused += 1
+            log.warning("write refused model=%s device=%s %s", self.model, self.config.device, exc)
+            return False
+        return True

@@ -1,0 +1,264 @@
+"""ModbusAdapter against real pymodbus servers: faults, isolation, sharing, write-back."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import time
+from typing import Any
+
+import pytest
+
+from adapters import ADAPTERS, create_adapter
+from adapters._modbus_plan import plan_reads
+from adapters.base import Adapter
+from adapters.modbus import ModbusAdapter, open_lines
+from bridge.config import ModbusDeviceConfig, RegisterTarget
+from bridge.errors import DeviceExceptionError, DeviceTimeoutError, NotConnectedError
+from bridge.tags import Quality, Reading
+from tests.modbus_servers import Unit, dead_port, silent_tcp_server, tcp_server
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def device(port: int, tags: list[dict[str, Any]] | None = None, **kw: Any) -> ModbusDeviceConfig:
+    kw.setdefault("name", "dev")
+    kw.setdefault("timeout", 1.0)
+    if tags is None:
+        tags = [{"name": "x", "address": 0, "type": "uint16"}]
+    return ModbusDeviceConfig(host="127.0.0.1", port=port, tags=tags, **kw)
+
+
+def by_tag(readings: list[Reading]) -> dict[str, Reading]:
+    return {r.tag: r for r in readings}
+
+
+def other_tasks() -> list[asyncio.Task[Any]]:
+    return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+
+
+# --------------------------------------------------------------------------- errors per request
+
+
+@pytest.mark.asyncio
+async def test_exception_response_marks_only_that_request_bad() -> None:
+    async with tcp_server({1: Unit(holding={0: 7, 1: 8})}) as server:
+        adapter = ModbusAdapter(device(server.port, [
+            {"name": "ok", "address": 0, "type": "uint16"},
+            {"name": "ok2", "address": 1, "type": "uint16"},
+            {"name": "unmapped", "address": 100, "type": "uint16"},
+        ]))
+        await adapter.connect()
+        got = by_tag(await adapter.read())
+        await adapter.close()
+    assert got["unmapped"].quality is Quality.BAD
+    assert got["unmapped"].reason == "exception code 2 (illegal data address)"
+    assert (got["ok"].value, got["ok2"].value) == (7, 8)
+    assert got["ok"].quality is Quality.GOOD
+    assert adapter.status.errors == {"exception": 1}
+    assert not other_tasks()
+
+
+@pytest.mark.asyncio
+async def test_timeout_is_bad_quality_and_bounded() -> None:
+    async with silent_tcp_server() as port:
+        adapter = ModbusAdapter(device(port, [
+            {"name": "a", "address": 0, "type": "uint16"},
+            {"name": "b", "address": 1000, "type": "uint16"},  # a second request
+        ], timeout=0.2, retries=1))
+        started = time.monotonic()
+        got = by_tag(await adapter.read())
+        elapsed = time.monotonic() - started
+        await adapter.close()
+    assert got["a"].reason == "timeout"
+    assert got["b"].quality is Quality.BAD and got["b"].reason.startswith("timeout")
+    # timeout * (retries + 1), and the second request is not tried again after the first.
+    assert 0.35 <= elapsed < 0.9, elapsed
+    assert adapter.status.errors == {"timeout": 1}
+    assert adapter.status.connected is False
+
+
+@pytest.mark.asyncio
+async def test_closed_port_returns_quickly_then_reconnects_and_logs_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="plcbridge.modbus")
+    port = dead_port()
+    adapter = ModbusAdapter(device(port, timeout=1.0, retries=2))
+    try:
+        with pytest.raises(NotConnectedError):
+            await adapter.connect()
+        for _ in range(3):
+            started = time.monotonic()
+            reading = (await adapter.read())[0]
+            assert time.monotonic() - started < 0.5
+            assert reading.quality is Quality.BAD
+            assert reading.reason.startswith("not connected: ")
+        async with tcp_server({1: Unit(holding={0: 42})}, port=port):
+            reading = (await adapter.read())[0]
+            assert (reading.quality, reading.value) == (Quality.GOOD, 42)
+        # Server gone again: the open connection is lost; the adapter notices without
+        # waiting out its timeout (pymodbus would leave the request pending).
+        started = time.monotonic()
+        reading = (await adapter.read())[0]
+        assert time.monotonic() - started < 0.5
+        assert reading.quality is Quality.BAD
+        assert reading.reason.startswith("not connected: "), reading.reason
+    finally:
+        await adapter.close()
+    records = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "plcbridge.modbus"]
+    levels = [level for level, message in records if "device" in message]
+    assert levels.count("ERROR") == 2  # started failing, and failing again after recovery
+    assert levels.count("INFO") == 1
+    assert levels[:3] == ["ERROR", "DEBUG", "DEBUG"]
+    assert adapter.status.errors["not_connected"] >= 3
+    assert adapter.status.last_success is not None
+
+
+# --------------------------------------------------------------------------- isolation
+
+
+async def _poll_for(adapter: ModbusAdapter, seconds: float, pause: float = 0.0) -> int:
+    """Poll back to back (or every ``pause`` s) until the deadline; count good polls."""
+    good = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        readings = await adapter.read()
+        good += all(r.quality is Quality.GOOD for r in readings)
+        if pause:
+            await asyncio.sleep(pause)  # a poll interval, not a wait for state
+    return good
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("fault", ["closed-port", "hung"])
+async def test_dead_device_does_not_slow_a_live_one(fault: str) -> None:
+    async with tcp_server({1: Unit(holding={i: i for i in range(10)})}) as server, \
+            silent_tcp_server() as silent_port:
+        live = ModbusAdapter(device(server.port, [{"name": "v", "address": 0, "type": "float32"}],
+                                    name="live"))
+        bad_port = dead_port() if fault == "closed-port" else silent_port
+        dead = ModbusAdapter(device(bad_port, [{"name": "d", "address": 0, "type": "uint16"}],
+                                    name="dead", timeout=0.3, retries=1))
+        try:
+            alone = await _poll_for(live, 1.0)
+            together, _ = await asyncio.gather(_poll_for(live, 1.0), _poll_for(dead, 1.0, pause=0.01))
+        finally:
+            await live.close()
+            await dead.close()
+    assert alone > 20
+    assert together >= 0.8 * alone, (together, alone)
+    assert dead.status.error_count > 0 and dead.status.last_success is None
+
+
+# --------------------------------------------------------------------------- shared lines
+
+
+@pytest.mark.asyncio
+async def test_devices_on_one_line_share_one_client() -> None:
+    units = {1: Unit(holding={0: 11}), 2: Unit(holding={0: 22})}
+    async with tcp_server(units) as server:
+        one = ModbusAdapter(device(server.port, [{"name": "one", "address": 0, "type": "uint16"}],
+                                   name="one", unit_id=1))
+        two = ModbusAdapter(device(server.port, [{"name": "two", "address": 0, "type": "uint16"}],
+                                   name="two", unit_id=2))
+        await one.connect()
+        await two.connect()
+        assert open_lines() == [f"tcp:127.0.0.1:{server.port}"]
+        for _ in range(3):
+            first, second = await asyncio.gather(one.read(), two.read())
+            assert (first[0].value, second[0].value) == (11, 22)
+        await one.close()
+        await one.close()  # idempotent
+        assert (await two.read())[0].value == 22  # the line stays open for the other device
+        await two.close()
+        assert open_lines() == []
+    assert not other_tasks()
+
+
+# --------------------------------------------------------------------------- write-back
+
+
+def test_adjacent_write_targets_merge_into_one_request() -> None:
+    adapter = ModbusAdapter(device(1))
+    blocks = adapter._write_blocks([
+        (RegisterTarget(address=102), 1), (RegisterTarget(address=100, type="float32"), 0.75),
+        (RegisterTarget(address=103), 7), (RegisterTarget(address=110), 1),
+    ])
+    hi, lo = struct.unpack(">HH", struct.pack(">f", 0.75))
+    assert blocks == [(100, [hi, lo, 1, 7]), (110, [1])]
+    with pytest.raises(ValueError, match="overlap at holding 101"):
+        adapter._write_blocks([(RegisterTarget(address=100, type="float32"), 1.0),
+                               (RegisterTarget(address=101), 1)])
+
+
+@pytest.mark.asyncio
+async def test_write_many_writes_targets_only() -> None:
+    async with tcp_server({1: Unit(holding={i: 9 for i in range(100, 112)})}) as server:
+        adapter = ModbusAdapter(device(server.port))
+        await adapter.connect()
+        await adapter.write_many([(RegisterTarget(address=100, type="float32"), 1.5),
+                                  (RegisterTarget(address=102), 1), (RegisterTarget(address=110), 3)])
+        regs = await server.holding(1, 100, 12)
+        await adapter.close()
+    assert regs == [*struct.unpack(">HH", struct.pack(">f", 1.5)), 1, 9, 9, 9, 9, 9, 9, 9, 3, 9]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("byte_order", "word_order"), [("big", "big"), ("big", "little")])
+async def test_write_round_trip(byte_order: str, word_order: str) -> None:
+    async with tcp_server({1: Unit(holding={i: 0 for i in range(10)})}) as server:
+        adapter = ModbusAdapter(device(server.port, byte_order=byte_order, word_order=word_order))
+        await adapter.connect()
+        await adapter.write(RegisterTarget(address=2, type="float32"), 0.75)
+        await adapter.write(RegisterTarget(address=5, type="uint16"), 4321)
+        await adapter.write(RegisterTarget(address=7, type="float32", word_order="big"), -2.5)
+        regs = await server.holding(1, 0, 10)
+        await adapter.close()
+    hi, lo = struct.unpack(">HH", struct.pack(">f", 0.75))
+    assert regs[2:4] == ([hi, lo] if word_order == "big" else [lo, hi])
+    assert regs[5] == 4321
+    assert regs[7:9] == list(struct.unpack(">HH", struct.pack(">f", -2.5)))
+    # Only the target registers were written.
+    assert regs[0:2] == [0, 0] and regs[4] == 0 and regs[6] == 0 and regs[9] == 0
+
+
+@pytest.mark.asyncio
+async def test_write_failures_raise_typed_errors() -> None:
+    async with tcp_server({1: Unit(holding={0: 0})}) as server:
+        adapter = ModbusAdapter(device(server.port))
+        await adapter.connect()
+        with pytest.raises(DeviceExceptionError) as info:
+            await adapter.write(RegisterTarget(address=300, type="uint16"), 1)
+        assert info.value.code == 2
+        with pytest.raises(ValueError, match="nan"):
+            await adapter.write(RegisterTarget(address=0, type="uint16"), float("nan"))
+        with pytest.raises(ValueError, match="70000"):
+            await adapter.write(RegisterTarget(address=0, type="uint16"), 70000)
+        assert await server.holding(1, 0) == [0]
+        await adapter.close()
+    dead = ModbusAdapter(device(dead_port()))
+    with pytest.raises(NotConnectedError):
+        await dead.write(RegisterTarget(address=0), 1)
+    await dead.close()
+    async with silent_tcp_server() as port:
+        hung = ModbusAdapter(device(port, timeout=0.2, retries=0))
+        with pytest.raises(DeviceTimeoutError):
+            await hung.write(RegisterTarget(address=0), 1)
+        await hung.close()
+
+
+# --------------------------------------------------------------------------- registry
+
+
+@pytest.mark.asyncio
+async def test_registry_builds_a_modbus_adapter_with_its_plan() -> None:
+    config = device(dead_port(), [{"name": "a", "address": 0, "type": "float32"},
+                                  {"name": "b", "address": 4, "type": "uint16"}])
+    adapter = create_adapter(config)
+    assert isinstance(adapter, ModbusAdapter) and isinstance(adapter, Adapter)
+    assert adapter.plan == plan_reads(config.tags)
+    assert ADAPTERS["modbus"] == "adapters.modbus:ModbusAdapter"
+    with pytest.raises(ValueError, match="opcua"):
+        create_adapter(type("Cfg", (), {"protocol": "opcua"})())
+    await adapter.close()
