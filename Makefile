@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench model clean
+.PHONY: demo test lint bench bench-quick model clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check bridge adapters
 	$(BIN)/mypy bridge adapters
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m bench --quick
 
 model: $(STAMP)
 	$(BIN)/python -m models.recipes.pump_pca --out models/pump_pca.onnx

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -117,9 +117,12 @@ class Bridge:
     async def start(self) -> None:
         await asyncio.gather(*(adapter.connect() for adapter in self.adapters.values()),
                              return_exceptions=True)
+        pushed = await self._subscribe_all()
         scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop(), timezone=UTC)
         now = datetime.now(UTC)
         for device in self.config.devices:
+            if device.name in pushed:
+                continue
             scheduler.add_job(self.poll_device, "interval", args=[device.name],
                               seconds=device.poll_interval / self.speed, id=f"poll:{device.name}",
                               max_instances=1, coalesce=True, next_run_time=now,
@@ -127,12 +130,28 @@ class Bridge:
         for runner in self.runners.values():
             scheduler.add_job(self.score_model, "interval", args=[runner.name],
                               seconds=runner.period / self.speed, id=f"score:{runner.name}",
-                              max_instances=1, coalesce=True, next_run_time=now,
+                              max_instances=1, coalesce=True,
+                              # after the first polls, so the first row is not "no reading yet"
+                              next_run_time=now + timedelta(seconds=runner.period / self.speed),
                               misfire_grace_time=None)
         scheduler.start()
         self._scheduler = scheduler
         log.info("bridge started devices=%d tags=%d models=%d writeback=%s",
                  len(self.adapters), len(self.store), len(self.runners), self.config.writeback.mode)
+
+    async def _subscribe_all(self) -> set[str]:
+        """Devices whose adapter pushes readings (e.g. OPC UA subscriptions) are not polled.
+
+        An adapter opts in with ``async subscribe(on_readings) -> bool``; True means it will
+        call ``on_readings`` with every change (and with bad-quality readings when it loses
+        the connection) from now on.
+        """
+        pushed: set[str] = set()
+        for name, adapter in self.adapters.items():
+            subscribe = getattr(adapter, "subscribe", None)
+            if subscribe is not None and await subscribe(self.store.put_many):
+                pushed.add(name)
+        return pushed
 
     async def stop(self) -> None:
         if self._scheduler is not None:

@@ -77,8 +77,10 @@ class WindowBuilder:
         values = self._rows[order].copy()
         if self._filled < self.length:
             return Window(now, values, False, f"filling ({self._filled}/{self.length} samples)")
-        if not bool(self._row_ok.all()):
-            return Window(now, values, False, self._last_problem)
+        bad_rows = int(self.length - self._row_ok.sum())
+        if bad_rows:
+            return Window(now, values, False,
+                          f"{bad_rows}/{self.length} samples invalid; last: {self._last_problem}")
         return Window(now, values, True)
 
     def reset(self) -> None:
