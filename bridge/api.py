@@ -8,10 +8,13 @@ import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
 from bridge import __version__
+from bridge.api_security import BodySizeLimit, require_scope
+from bridge.auth import TokenSet
 from bridge.runtime import Bridge
 from bridge.scores import Score
 from bridge.tags import Reading
@@ -69,9 +72,23 @@ def _score(score: Score) -> dict[str, Any]:
     }
 
 
-def create_app(bridge: Bridge) -> FastAPI:
+def create_app(bridge: Bridge, tokens: TokenSet | None = None) -> FastAPI:
+    """The API app. ``tokens``: with any configured, every /api/v1 route except
+    /api/v1/live needs a bearer token (read scope; admin for anything that changes state)."""
+    tokens = tokens or TokenSet([])
+    settings = bridge.config.api
     app = FastAPI(title="plcbridge", version=__version__,
                   description="Tag values and anomaly scores from plcbridge.")
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                           allow_methods=["GET"], allow_headers=["Authorization"])
+    app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
+    api = APIRouter(dependencies=[Depends(require_scope(tokens, "read"))])
+
+    @app.get("/api/v1/live")
+    def live() -> dict[str, str]:
+        """Liveness for container health checks; no authentication, no details."""
+        return {"status": "alive"}
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -89,7 +106,7 @@ def create_app(bridge: Bridge) -> FastAPI:
         if name not in bridge.tags:
             raise HTTPException(404, f"unknown tag {name!r}")
 
-    @app.get("/api/v1/health")
+    @api.get("/api/v1/health")
     def health() -> dict[str, Any]:
         devices = []
         for name, adapter in bridge.adapters.items():
@@ -120,26 +137,26 @@ def create_app(bridge: Bridge) -> FastAPI:
                 "uptime_s": round(time.time() - bridge.started_at, 1),
                 "devices": devices, "models": models}
 
-    @app.get("/api/v1/tags")
+    @api.get("/api/v1/tags")
     def tags() -> list[dict[str, Any]]:
         return [_reading(bridge, name, bridge.store.latest(name)) for name in bridge.tags]
 
-    @app.get("/api/v1/tags/{name}")
+    @api.get("/api/v1/tags/{name}")
     def tag(name: str) -> dict[str, Any]:
         tag_or_404(name)
         return _reading(bridge, name, bridge.store.latest(name))
 
-    @app.get("/api/v1/tags/{name}/history")
+    @api.get("/api/v1/tags/{name}/history")
     def tag_history(name: str, since: Annotated[datetime | None, Query()] = None,
                     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100) -> list[dict[str, Any]]:
         tag_or_404(name)
         return [_reading(bridge, name, r) for r in bridge.store.history(name, _epoch(since), limit)]
 
-    @app.get("/api/v1/models")
+    @api.get("/api/v1/models")
     def models() -> list[dict[str, Any]]:
         return [model_info(name) for name in bridge.runners]
 
-    @app.get("/api/v1/models/{name}")
+    @api.get("/api/v1/models/{name}")
     def model_info(name: str) -> dict[str, Any]:
         runner = runner_or_404(name)
         contract = runner.detector.contract
@@ -153,7 +170,7 @@ def create_app(bridge: Bridge) -> FastAPI:
             "training": contract.training,
         }
 
-    @app.get("/api/v1/models/{name}/score")
+    @api.get("/api/v1/models/{name}/score")
     def latest_score(name: str) -> dict[str, Any]:
         runner_or_404(name)
         score = bridge.scores.latest(name)
@@ -161,14 +178,23 @@ def create_app(bridge: Bridge) -> FastAPI:
             raise HTTPException(404, f"model {name!r} has no score yet")
         return _score(score)
 
-    @app.get("/api/v1/models/{name}/scores")
+    @api.get("/api/v1/models/{name}/scores")
     def score_history(name: str, since: Annotated[datetime | None, Query()] = None,
                       limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100) -> list[dict[str, Any]]:
         runner_or_404(name)
         return [_score(s) for s in bridge.scores.history(name, _epoch(since), limit)]
 
-    @app.get("/api/v1/events")
-    def events(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
-        return [{**e, "time": iso(e["time"])} for e in bridge.events[-limit:]]
+    @api.get("/api/v1/events")
+    def events(limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
+               since: Annotated[datetime | None, Query()] = None) -> list[dict[str, Any]]:
+        """Anomaly start/end events, oldest first; from the database when storage is configured
+        (so they survive restarts; newest up to one flush interval late), else from memory."""
+        after = _epoch(since)
+        if bridge.storage is not None:
+            rows = bridge.storage.events(limit, after)
+        else:
+            rows = [e for e in bridge.events if after is None or e["time"] > after][-limit:]
+        return [{**e, "time": iso(e["time"])} for e in rows]
 
+    app.include_router(api)
     return app

@@ -9,6 +9,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from bridge import __version__
 from bridge.config import DEFAULT_MODEL, Config, load_config
@@ -104,16 +105,67 @@ def _run(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_CONFIG
     _setup_logging(args.log_level or config.bridge.log_level)
+    _setup_audit(config)
     from bridge.runtime import Bridge
     from bridge.server import run_until_stopped
 
     try:
         bridge = Bridge(config)
-    except (ModelContractError, ValueError) as exc:
+    except (ModelContractError, ValueError, OSError) as exc:
         print(f"{args.config}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    asyncio.run(run_until_stopped(bridge))
+    if args.check_only:
+        return asyncio.run(_connect_once(bridge))
+    try:
+        asyncio.run(run_until_stopped(bridge))
+    except ConfigError as exc:
+        print(f"{args.config}: invalid configuration", file=sys.stderr)
+        for line in exc.errors:
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_CONFIG
     return 0
+
+
+def _setup_audit(config: Config) -> None:
+    """Every write-back goes to a bounded audit file beside the database; without a data
+    directory only refusals and failures reach the main log."""
+    audit = logging.getLogger("plcbridge.audit")
+    if config.storage.data_dir is None:
+        audit.setLevel(logging.WARNING)
+        return
+    from logging.handlers import RotatingFileHandler
+
+    config.storage.data_dir.mkdir(parents=True, exist_ok=True)
+    handler = RotatingFileHandler(config.storage.data_dir / "audit.log", maxBytes=1_000_000,
+                                  backupCount=5, encoding="utf-8")
+    handler.setFormatter(_KeyValueFormatter())
+    audit.addHandler(handler)
+    audit.setLevel(logging.INFO)
+    audit.propagate = False
+
+
+async def _connect_once(bridge: Any) -> int:
+    """``run --check-only``: one connect and one read per device; 0 if all answered, else 1."""
+    failed = 0
+    for name, adapter in bridge.adapters.items():
+        readings = []
+        try:
+            await adapter.connect()
+            readings = await adapter.read()
+        except Exception as exc:  # report every device, whatever went wrong with one
+            print(f"device {name}: FAILED ({exc})")
+            failed += 1
+            continue
+        finally:
+            await adapter.close()
+        bad = [r for r in readings if r.quality.value != "good"]
+        if bad:
+            failed += 1
+            print(f"device {name}: {len(readings) - len(bad)}/{len(readings)} tags good; "
+                  f"first problem: {bad[0].tag}: {bad[0].reason}")
+        else:
+            print(f"device {name}: ok, {len(readings)} tags read")
+    return 1 if failed else 0
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -152,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="poll devices, score models, serve the API")
     run.add_argument("config")
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--check-only", action="store_true",
+                     help="validate, connect to each device once, read once, exit (0 = all good)")
     run.set_defaults(func=_run)
 
     check = sub.add_parser("check", help="validate a config and print what it will do")

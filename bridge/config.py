@@ -33,6 +33,7 @@ __all__ = [
     "ModbusTagConfig",
     "ModelConfig",
     "RegisterTarget",
+    "StorageSection",
     "WritebackConfig",
     "WritebackSection",
     "load_config",
@@ -188,6 +189,18 @@ class RegisterTarget(_Strict):
     word_order: Order | None = None
     min: float | None = None
     max: float | None = None
+    # Written instead of the live value when the bridge cannot vouch for the result (window
+    # not valid, model error) and once at shutdown. None: the target is left alone then.
+    fail_safe: float | None = None
+
+    @model_validator(mode="after")
+    def _check_fail_safe(self) -> RegisterTarget:
+        if self.fail_safe is not None:
+            if self.min is not None and self.fail_safe < self.min:
+                raise ValueError(f"fail_safe: {self.fail_safe} is below min {self.min}")
+            if self.max is not None and self.fail_safe > self.max:
+                raise ValueError(f"fail_safe: {self.fail_safe} is above max {self.max}")
+        return self
 
     @property
     def registers(self) -> int:
@@ -240,11 +253,39 @@ class ModelConfig(_Strict):
         return list(self.inputs.keys()) if isinstance(self.inputs, dict) else list(self.inputs)
 
 
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
 class ApiConfig(_Strict):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
     score_history: Annotated[int, Field(ge=1, le=1_000_000)] = 3600
+    tokens_file: Path | None = None
+    tokens_env: str | None = None
+    allow_anonymous_remote: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    cors_origins: list[str] = Field(default_factory=list)
+    max_body_bytes: Annotated[int, Field(ge=1024, le=512 * 1024 * 1024)] = 1024 * 1024
+
+    @model_validator(mode="after")
+    def _check_security(self) -> ApiConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert: tls_cert and tls_key go together")
+        has_tokens = self.tokens_file is not None or self.tokens_env is not None
+        if self.enabled and self.host not in _LOOPBACK and not has_tokens \
+                and not self.allow_anonymous_remote:
+            raise ValueError(
+                f"host: {self.host!r} is not loopback and no tokens_file/tokens_env is set; "
+                "set allow_anonymous_remote = true to serve without authentication")
+        return self
+
+
+class StorageSection(_Strict):
+    data_dir: Path | None = None
+    retention_days: Annotated[float, Field(gt=0, le=3650)] = 30.0
+    flush_interval: Annotated[float, Field(gt=0, le=60)] = 1.0
 
 
 class WritebackSection(_Strict):
@@ -261,6 +302,7 @@ class Config(_Strict):
     bridge: BridgeSection = Field(default_factory=BridgeSection)
     api: ApiConfig = Field(default_factory=ApiConfig)
     writeback: WritebackSection = Field(default_factory=WritebackSection)
+    storage: StorageSection = Field(default_factory=StorageSection)
     devices: list[ModbusDeviceConfig] = Field(default_factory=list)
     models: list[ModelConfig] = Field(default_factory=list)
 
@@ -432,10 +474,15 @@ def load_config(path: str | Path) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: not valid TOML ({exc})"]) from None
     config = parse_config(data)
-    # Relative model files are relative to the config file, like every other path in it.
-    models = [
-        m.model_copy(update={"file": (path.parent / m.file)})
-        if m.file is not None and not m.file.is_absolute() else m
-        for m in config.models
-    ]
-    return config.model_copy(update={"models": models})
+    # Relative paths are relative to the config file, not to wherever the bridge was started.
+    base = path.parent
+
+    def rel(value: Path | None) -> Path | None:
+        return base / value if value is not None and not value.is_absolute() else value
+
+    models = [m.model_copy(update={"file": rel(m.file)}) for m in config.models]
+    api = config.api.model_copy(update={
+        "tokens_file": rel(config.api.tokens_file), "tls_cert": rel(config.api.tls_cert),
+        "tls_key": rel(config.api.tls_key)})
+    storage = config.storage.model_copy(update={"data_dir": rel(config.storage.data_dir)})
+    return config.model_copy(update={"models": models, "api": api, "storage": storage})

@@ -24,6 +24,7 @@ from bridge.errors import ModelContractError
 from bridge.inference import Detector
 from bridge.scores import Score, ScoreStore
 from bridge.scoring import ModelRunner
+from bridge.storage import EventStore
 from bridge.tags import TagStore
 from bridge.writeback import ModelWriteback
 
@@ -70,6 +71,9 @@ class Bridge:
                     model.name, model.writeback, self.adapters[model.writeback.device],
                     mode=config.writeback.mode, min_interval=config.writeback.min_interval)
         self.scores = ScoreStore(self.runners, config.api.score_history)
+        self.storage: EventStore | None = None
+        if config.storage.data_dir is not None:
+            self.storage = EventStore(config.storage.data_dir, config.storage.retention_days)
         self.events: list[dict[str, Any]] = []
         self._anomalous: dict[str, bool] = dict.fromkeys(self.runners, False)
         self._write_tasks: dict[str, asyncio.Task[None]] = {}
@@ -84,6 +88,8 @@ class Bridge:
     async def score_model(self, name: str) -> Score:
         score = self.runners[name].step()
         self.scores.put(score)
+        if self.storage is not None:
+            self.storage.add_score(score)
         self._track_events(score)
         writeback = self.writebacks.get(name)
         if writeback is not None:
@@ -99,18 +105,32 @@ class Bridge:
 
     def _track_events(self, score: Score) -> None:
         was = self._anomalous[score.model]
+        kind = None
         if score.anomaly and not was:
+            kind = "anomaly-start"
             log.warning("anomaly started model=%s score=%.3f threshold=%.3f",
                         score.model, score.score or 0.0, score.threshold)
-            self.events.append({"model": score.model, "time": score.time, "kind": "anomaly-start",
-                                "score": score.score, "threshold": score.threshold})
         elif was and score.window_valid and not score.anomaly:
+            kind = "anomaly-end"
             log.info("anomaly cleared model=%s score=%.3f", score.model, score.score or 0.0)
-            self.events.append({"model": score.model, "time": score.time, "kind": "anomaly-end",
-                                "score": score.score, "threshold": score.threshold})
         if score.window_valid:
             self._anomalous[score.model] = score.anomaly
-        del self.events[:-1000]  # bounded: the persistent event log is a sink's job
+        if kind is None:
+            return
+        event: dict[str, Any] = {"model": score.model, "time": score.time, "kind": kind,
+                                 "score": score.score, "threshold": score.threshold,
+                                 "detail": {"contributions": score.contributions or {}}}
+        self.events.append(event)
+        del self.events[:-1000]  # bounded; the durable record is self.storage
+        if self.storage is not None:
+            self.storage.add_event(event)
+
+    async def flush_storage(self) -> None:
+        if self.storage is not None:
+            try:
+                await asyncio.to_thread(self.storage.flush)
+            except Exception:  # a full disk must not stop polling or scoring
+                log.exception("storage flush failed path=%s", self.storage.path)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -134,6 +154,9 @@ class Bridge:
                               # after the first polls, so the first row is not "no reading yet"
                               next_run_time=now + timedelta(seconds=runner.period / self.speed),
                               misfire_grace_time=None)
+        if self.storage is not None:
+            scheduler.add_job(self.flush_storage, "interval", seconds=self.config.storage.flush_interval,
+                              id="storage:flush", max_instances=1, coalesce=True)
         scheduler.start()
         self._scheduler = scheduler
         log.info("bridge started devices=%d tags=%d models=%d writeback=%s",
@@ -153,15 +176,31 @@ class Bridge:
                 pushed.add(name)
         return pushed
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop polling and scoring, leave fail-safe values in the PLC, flush storage, close.
+
+        Bounded by ``timeout``: a device that does not answer cannot hold up the shutdown.
+        """
+        started = self._scheduler is not None
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
             self._scheduler = None
         pending = [t for t in self._write_tasks.values() if not t.done()]
         if pending:
-            await asyncio.wait(pending, timeout=5)
+            await asyncio.wait(pending, timeout=timeout / 3)
         for task in pending:
             task.cancel()
-        await asyncio.gather(*(adapter.close() for adapter in self.adapters.values()),
-                             return_exceptions=True)
+        if self.writebacks and started:
+            _, late = await asyncio.wait(
+                [asyncio.create_task(wb.publish_fail_safe(), name=f"plcbridge[{name}].fail-safe")
+                 for name, wb in self.writebacks.items()], timeout=timeout / 3)
+            for task in late:
+                task.cancel()
+            if late:
+                log.error("fail-safe write-back did not finish within %.1f s", timeout / 3)
+        await asyncio.wait_for(
+            asyncio.gather(*(adapter.close() for adapter in self.adapters.values()),
+                           return_exceptions=True), timeout=timeout / 3)
+        if self.storage is not None:
+            self.storage.close()
         log.info("bridge stopped")

@@ -10,6 +10,7 @@ import signal
 import uvicorn
 
 from bridge.api import create_app
+from bridge.auth import TokenSet, load_tokens
 from bridge.runtime import Bridge
 
 __all__ = ["ApiServer", "run_until_stopped"]
@@ -20,9 +21,14 @@ log = logging.getLogger("plcbridge.server")
 class ApiServer:
     """uvicorn inside the bridge's loop; ``port`` is the bound port once started (port 0 works)."""
 
-    def __init__(self, bridge: Bridge, host: str, port: int) -> None:
-        config = uvicorn.Config(create_app(bridge), host=host, port=port, log_level="warning",
-                                lifespan="off", access_log=False)
+    def __init__(self, bridge: Bridge, host: str, port: int, tokens: TokenSet | None = None) -> None:
+        settings = bridge.config.api
+        tls = settings.tls_cert is not None
+        config = uvicorn.Config(create_app(bridge, tokens), host=host, port=port, log_level="warning",
+                                lifespan="off", access_log=False,
+                                ssl_certfile=str(settings.tls_cert) if tls else None,
+                                ssl_keyfile=str(settings.tls_key) if tls else None)
+        self.scheme = "https" if tls else "http"
         self._server = uvicorn.Server(config)
         self._task: asyncio.Task[None] | None = None
         self.host = host
@@ -45,7 +51,7 @@ class ApiServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     async def stop(self) -> None:
         if self._task is None:
@@ -59,6 +65,9 @@ class ApiServer:
 async def run_until_stopped(bridge: Bridge, stop: asyncio.Event | None = None) -> None:
     """Start the bridge (and its API if enabled), wait for SIGINT/SIGTERM or ``stop``, shut down."""
     stop = stop or asyncio.Event()
+    settings = bridge.config.api
+    # Before anything connects: a bad token source is a config error, not a half-started bridge.
+    tokens = load_tokens(settings.tokens_file, settings.tokens_env) if settings.enabled else None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -67,7 +76,7 @@ async def run_until_stopped(bridge: Bridge, stop: asyncio.Event | None = None) -
     await bridge.start()
     try:
         if bridge.config.api.enabled:
-            api = ApiServer(bridge, bridge.config.api.host, bridge.config.api.port)
+            api = ApiServer(bridge, settings.host, settings.port, tokens)
             await api.start()
             log.info("api listening url=%s/api/v1/health", api.url)
         await stop.wait()

@@ -22,6 +22,9 @@ from bridge.scores import Score
 __all__ = ["ModelWriteback", "WriteStats", "Writer", "check_value"]
 
 log = logging.getLogger("plcbridge.writeback")
+# Every write, dry-run write and refusal, one line each; bridge.storage routes it to a
+# bounded file of its own when a data directory is configured.
+audit = logging.getLogger("plcbridge.audit")
 
 _INT_LIMITS = {
     "int16": (-(2**15), 2**15 - 1),
@@ -84,17 +87,42 @@ class ModelWriteback:
         self._failing = False
 
     def values_for(self, score: Score) -> dict[str, float]:
-        """The value each declared target receives for this Score."""
+        """The value each declared target receives for this Score.
+
+        When the window was not valid (stale or bad inputs, device down, model error) the
+        result cannot be vouched for: score and anomaly get their configured ``fail_safe``
+        value, or are left alone if none is configured; window_valid says 0.
+        """
         values: dict[str, float] = {}
-        if "score" in self._targets and score.score is not None and math.isfinite(score.score):
-            values["score"] = score.score
-        if "anomaly" in self._targets:
-            values["anomaly"] = 1.0 if score.anomaly else 0.0
+        healthy = score.window_valid and score.score is not None and math.isfinite(score.score)
+        if healthy:
+            if "score" in self._targets:
+                values["score"] = float(score.score)  # type: ignore[arg-type]
+            if "anomaly" in self._targets:
+                values["anomaly"] = 1.0 if score.anomaly else 0.0
+        else:
+            values.update(self._fail_safe_values(("score", "anomaly")))
         if "window_valid" in self._targets:
-            values["window_valid"] = 1.0 if score.window_valid else 0.0
+            values["window_valid"] = 1.0 if healthy else 0.0
         if "heartbeat" in self._targets:
             values["heartbeat"] = float(self._heartbeat)
         return values
+
+    def _fail_safe_values(self, keys: tuple[str, ...]) -> dict[str, float]:
+        return {key: target.fail_safe for key in keys
+                if (target := self._targets.get(key)) is not None and target.fail_safe is not None}
+
+    async def publish_fail_safe(self) -> None:
+        """At shutdown: leave the PLC with fail-safe values and window_valid = 0, so it does
+        not keep acting on the last result of a bridge that is gone. Ignores the rate limit."""
+        if self.mode == "off":
+            return
+        values = self._fail_safe_values(("score", "anomaly", "heartbeat"))
+        if "window_valid" in self._targets:
+            values["window_valid"] = 0.0
+        self._last_sent.clear()
+        batch = [(key, value) for key, value in values.items() if self._allowed(key, value, 0.0)]
+        await self._send(batch, time.monotonic())
 
     async def publish(self, score: Score) -> None:
         if self.mode == "off":
@@ -106,6 +134,9 @@ class ModelWriteback:
             self._heartbeat = (self._heartbeat + 1) % (high + 1)
         now = time.monotonic()
         batch = [(key, value) for key, value in values.items() if self._allowed(key, value, now)]
+        await self._send(batch, now)
+
+    async def _send(self, batch: list[tuple[str, float]], now: float) -> None:
         if not batch:
             return
         for key, _ in batch:
@@ -113,8 +144,8 @@ class ModelWriteback:
         if self.mode == "dry-run":
             self.stats.dry_run += len(batch)
             for key, value in batch:
-                log.info("dry-run write model=%s device=%s target=%s address=%d value=%r",
-                         self.model, self.config.device, key, self._targets[key].address, value)
+                audit.info("dry-run model=%s device=%s target=%s address=%d value=%r",
+                           self.model, self.config.device, key, self._targets[key].address, value)
             return
         try:
             # One call: adjacent targets (score and flag) reach the device in one request.
@@ -122,11 +153,13 @@ class ModelWriteback:
         except PlcBridgeError as exc:
             self.stats.failed += len(batch)
             self.stats.last_error = str(exc)
+            self._audit(batch, f"failed: {exc}")
             if not self._failing:
                 log.error("write failed model=%s device=%s targets=%s error=%s",
                           self.model, self.config.device, ",".join(k for k, _ in batch), exc)
             self._failing = True
             return
+        self._audit(batch, "ok")
         if self._failing:
             log.info("writes recovered model=%s device=%s", self.model, self.config.device)
         self._failing = False
@@ -144,6 +177,13 @@ class ModelWriteback:
             check_value(key, self._targets[key], value)
         except WriteRefusedError as exc:
             self.stats.refused += 1
-            log.warning("write refused model=%s device=%s %s", self.model, self.config.device, exc)
+            audit.warning("refused model=%s device=%s %s", self.model, self.config.device, exc)
             return False
         return True
+
+    def _audit(self, batch: list[tuple[str, float]], result: str) -> None:
+        if audit.isEnabledFor(logging.INFO):
+            for key, value in batch:
+                audit.info("write model=%s device=%s target=%s address=%d value=%r result=%s",
+                           self.model, self.config.device, key, self._targets[key].address, value,
+                           result)

@@ -68,11 +68,11 @@ async def test_on_writes_only_declared_targets_with_heartbeat() -> None:
     wb = ModelWriteback("m", CONFIG, writer, mode="on", min_interval=0)
     await wb.publish(_score(0.5))
     await wb.publish(_score(2.0, anomaly=True))
-    await wb.publish(_score(None, valid=False))  # no score: score register left alone
+    await wb.publish(_score(None, valid=False))  # no fail_safe: score and flag left alone
     assert writer.writes == [
         (100, 0.5), (102, 0.0), (104, 1.0), (103, 0.0),
         (100, 2.0), (102, 1.0), (104, 1.0), (103, 1.0),
-        (102, 0.0), (104, 0.0), (103, 2.0),
+        (104, 0.0), (103, 2.0),
     ]
     assert {address for address, _ in writer.writes} <= {100, 102, 103, 104}
 
@@ -99,3 +99,36 @@ async def test_failed_write_is_counted_not_raised() -> None:
     wb = ModelWriteback("m", CONFIG, RecordingWriter(fail=True), mode="on", min_interval=0)
     await wb.publish(_score(0.5))
     assert wb.stats.failed == 4 and "refused" in (wb.stats.last_error or "")
+
+
+FAIL_SAFE = WritebackConfig(
+    device="plc", score=RegisterTarget(address=100, type="float32", fail_safe=-1.0),
+    anomaly=RegisterTarget(address=102, fail_safe=1), heartbeat=RegisterTarget(address=103),
+    window_valid=RegisterTarget(address=104))
+
+
+async def test_invalid_window_writes_fail_safe_values() -> None:
+    writer = RecordingWriter()
+    wb = ModelWriteback("m", FAIL_SAFE, writer, mode="on", min_interval=0)
+    await wb.publish(Score("m", 0.0, None, 1.0, False, False, "pressure: timeout"))
+    assert writer.writes == [(100, -1.0), (102, 1.0), (104, 0.0), (103, 0.0)]
+
+
+async def test_shutdown_writes_fail_safe_despite_rate_limit() -> None:
+    writer = RecordingWriter()
+    wb = ModelWriteback("m", FAIL_SAFE, writer, mode="on", min_interval=3600)
+    await wb.publish(_score(0.2))
+    await wb.publish_fail_safe()
+    assert writer.writes[4:] == [(100, -1.0), (102, 1.0), (104, 0.0)]
+
+
+async def test_fail_safe_is_not_written_when_mode_is_off() -> None:
+    writer = RecordingWriter()
+    wb = ModelWriteback("m", FAIL_SAFE, writer, mode="off", min_interval=0)
+    await wb.publish_fail_safe()
+    assert writer.writes == []
+
+
+def test_fail_safe_outside_range_is_a_config_error() -> None:
+    with pytest.raises(ValueError, match="fail_safe: 5.0 is above max 1.0"):
+        RegisterTarget(address=1, max=1, fail_safe=5)
