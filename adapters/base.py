@@ -33,9 +33,13 @@ class DeviceStatus:
 
     def record_error(self, kind: str, message: str) -> None:
         self.polls += 1
-        self.errors[kind] = self.errors.get(kind, 0) + 1
+        self.count(kind)
         self.last_error = message
         self.last_error_time = time.time()
+
+    def count(self, kind: str) -> None:
+        """Count a problem that is not a failed poll (e.g. an unusable value)."""
+        self.errors[kind] = self.errors.get(kind, 0) + 1
 
     @property
     def error_count(self) -> int:

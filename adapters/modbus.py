@@ -272,10 +272,14 @@ class ModbusAdapter:
             "discrete": lambda c: c.read_discrete_inputs(address, count=count, device_id=unit),
         }
         response = await self._execute(calls[request.table])
-        # Bit responses are padded to whole bytes; registers must be complete.
+        # Bit responses are padded to whole bytes; register replies must match exactly: a
+        # longer reply is as wrong as a short one (wrong request answered, broken gateway).
         values = list(response.bits if request.is_bits else response.registers)
-        if len(values) < count:
-            raise _Failure("decode", f"decode error: asked {count} values, got {len(values)}")
+        expected = -(-count // 8) * 8 if request.is_bits else count
+        if not count <= len(values) <= expected:
+            what = "bits" if request.is_bits else "registers"
+            raise _Failure("decode", f"decode error: reply carries {len(values)} {what}, "
+                                     f"asked for {count}")
         return values[:count]
 
     async def read(self) -> list[Reading]:
@@ -312,15 +316,18 @@ class ModbusAdapter:
                            tag.word_order or config.word_order)
         except DecodeError as exc:
             return bad(tag.name, f"decode error: {exc}", received_time=received)
+        problem = ""
         if isinstance(value, float) and not math.isfinite(value):
-            return bad(tag.name, "not finite", received_time=received, value=value)
-        if isinstance(value, int | float) and not isinstance(value, bool):
+            problem = "not finite"
+        elif isinstance(value, int | float) and not isinstance(value, bool):
             if tag.valid_min is not None and value < tag.valid_min:
-                return bad(tag.name, f"out of range: {value} < valid_min {tag.valid_min}",
-                           received_time=received, value=value)
-            if tag.valid_max is not None and value > tag.valid_max:
-                return bad(tag.name, f"out of range: {value} > valid_max {tag.valid_max}",
-                           received_time=received, value=value)
+                problem = f"out of range: {value} < valid_min {tag.valid_min}"
+            elif tag.valid_max is not None and value > tag.valid_max:
+                problem = f"out of range: {value} > valid_max {tag.valid_max}"
+        if problem:
+            # The device answered; the value is unusable. Counted, not a device failure.
+            self.status.count("value")
+            return bad(tag.name, problem, received_time=received, value=value)
         return good(tag.name, value, received_time=received)
 
     def _record(self, failures: list[_Failure], latency: float) -> None:

@@ -25,7 +25,7 @@ from bridge.inference import Detector
 from bridge.scores import Score, ScoreStore
 from bridge.scoring import ModelRunner
 from bridge.storage import EventStore
-from bridge.tags import TagStore
+from bridge.tags import Reading, TagStore, bad
 from bridge.writeback import ModelWriteback
 
 __all__ = ["Bridge"]
@@ -53,6 +53,8 @@ class Bridge:
             tag.name: (device.name, tag) for device in config.devices for tag in device.tags
         }
         self.adapters: dict[str, Adapter] = {d.name: adapter_factory(d) for d in config.devices}
+        self._poll_budget = {d.name: self._watchdog_budget(d, self.adapters[d.name])
+                             for d in config.devices}
         self.runners: dict[str, ModelRunner] = {}
         self.writebacks: dict[str, ModelWriteback] = {}
         for index, model in enumerate(config.models):
@@ -79,11 +81,41 @@ class Bridge:
         self._write_tasks: dict[str, asyncio.Task[None]] = {}
         self._scheduler: AsyncIOScheduler | None = None
 
+    @staticmethod
+    def _watchdog_budget(device: Any, adapter: Adapter) -> float:
+        """How long one poll may take before the watchdog calls the adapter stuck: every
+        request of the poll timing out on every retry, with a margin, and never less than
+        five poll intervals."""
+        requests = max(1, len(getattr(adapter, "plan", ()) or ()))
+        attempts = getattr(device, "retries", 0) + 1
+        worst = requests * attempts * getattr(device, "timeout", 1.0)
+        return float(max(5 * device.poll_interval, worst + 2.0))
+
     # -- jobs -------------------------------------------------------------------------------
 
     async def poll_device(self, name: str) -> None:
-        readings = await self.adapters[name].read()
+        adapter = self.adapters[name]
+        budget = self._poll_budget[name]
+        try:
+            readings = await asyncio.wait_for(adapter.read(), budget)
+        except TimeoutError:
+            # The adapter's own timeouts should have ended the poll long before this: it is
+            # stuck (a library bug, a half-open socket). Restart it rather than stall forever.
+            readings = await self._restart_stuck(name, budget)
         self.store.put_many(readings)
+
+    async def _restart_stuck(self, name: str, budget: float) -> list[Reading]:
+        adapter = self.adapters[name]
+        reason = f"watchdog: poll did not finish in {budget:.1f} s, adapter restarted"
+        adapter.status.record_error("watchdog", reason)
+        log.error("device=%s %s", name, reason)
+        for step in (adapter.close, adapter.connect):
+            try:
+                await asyncio.wait_for(step(), budget)
+            except Exception as exc:  # the next poll retries; this one is already reported
+                log.debug("device=%s watchdog %s failed: %s", name, step.__name__, exc)
+        now = time.time()
+        return [bad(tag.name, reason, received_time=now) for tag in self.config.device(name).tags]
 
     async def score_model(self, name: str) -> Score:
         score = self.runners[name].step()
