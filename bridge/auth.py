@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bridge.errors import ConfigError
 
-__all__ = ["SCOPES", "TokenSet", "load_tokens"]
+__all__ = ["SCOPES", "TokenSet", "load_tokens", "parse_tokens"]
 
 SCOPES = ("read", "admin")
 _MIN_TOKEN_LENGTH = 16
@@ -71,6 +71,11 @@ def _parse(text: str, source: str, separator_commas: bool) -> list[_Entry]:
         name = parts[2] if len(parts) == 3 else f"{source}#{number}"
         entries.append(_Entry(hashlib.sha256(token.encode()).digest(), scope, name))
     return entries
+
+
+def parse_tokens(text: str, source: str = "tokens") -> TokenSet:
+    """Tokens from text in the file format (for embedding and tests)."""
+    return TokenSet(_parse(text, source, separator_commas=False))
 
 
 def load_tokens(tokens_file: Path | None, tokens_env: str | None) -> TokenSet:
