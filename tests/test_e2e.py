@@ -10,7 +10,6 @@ import asyncio
 import socket
 import struct
 from collections.abc import AsyncIterator
-from typing import Any
 
 import httpx
 import pytest
@@ -21,6 +20,7 @@ from bridge.config import parse_config
 from bridge.demo import demo_config
 from bridge.runtime import Bridge
 from bridge.server import ApiServer
+from tests.waiting import until
 
 SPEED = 10.0
 # The plant steps 0.1 s of plant time every 10 ms; the bridge samples every 1 s of plant time,
@@ -43,15 +43,6 @@ async def plant() -> AsyncIterator[tuple[SimulatorHandle, Bridge, ApiServer]]:
         await sim.stop()
 
 
-async def _wait_for(predicate: Any, timeout: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 def _float32(registers: list[int]) -> float:
     value: float = struct.unpack(">f", struct.pack(">HH", *registers))[0]
     return value
@@ -65,7 +56,7 @@ async def test_normal_operation_then_fault_raises_flag_in_register_and_api(
             response = await http.get("/api/v1/models/pump/score")
             return response.status_code == 200 and response.json()["window_valid"]
 
-        await _wait_for(scoring, 20, "a valid window")
+        await until(scoring, 20, "a valid window")
         # 60 s of plant time of normal operation: no anomaly in the API or the register.
         heartbeats = set()
         loop = asyncio.get_running_loop()
@@ -89,7 +80,7 @@ async def test_normal_operation_then_fault_raises_flag_in_register_and_api(
             api_flag = (await http.get("/api/v1/models/pump/score")).json()["anomaly"]
             return bool(api_flag) and sim.holding(102, 1) == [1]
 
-        await _wait_for(flagged, 30 / SPEED + 5, "the anomaly flag in register 102 and the API")
+        await until(flagged, 30 / SPEED + 5, "the anomaly flag in register 102 and the API")
         delay_plant_s = (loop.time() - injected) * SPEED
         assert delay_plant_s < 30 + 5 * SPEED
         assert _float32(sim.holding(100, 2)) >= score["threshold"]

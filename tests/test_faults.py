@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,6 +17,7 @@ from bridge.runtime import Bridge
 from bridge.tags import Quality, Reading
 from tests.fault_proxy import fault_proxy
 from tests.modbus_servers import Unit, tcp_server
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -34,15 +34,6 @@ def _config(faulty_port: int, healthy_port: int) -> Any:
                          "devices": [device("faulty", faulty_port), device("healthy", healthy_port)]})
 
 
-async def _until(predicate: Callable[[], bool], timeout: float, what: str) -> float:
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.01)
-    return time.monotonic() - start
-
-
 def _latest(bridge: Bridge, tag: str) -> Reading:
     reading = bridge.store.latest(tag)
     assert reading is not None
@@ -57,10 +48,10 @@ async def test_fault_shows_bad_then_recovers(mode: str) -> None:
         bridge = Bridge(_config(proxy.port, healthy_server.port))
         await bridge.start()
         try:
-            await _until(lambda: _latest_good(bridge, "faulty.v"), 5, "first good reading")
+            await until(lambda: _latest_good(bridge, "faulty.v"), 5, "first good reading")
             healthy_before = bridge.adapters["healthy"].status.polls
             proxy.set(mode, delay=2 * TIMEOUT * 2)  # delay: longer than timeout × attempts
-            went_bad = await _until(lambda: not _latest_good(bridge, "faulty.v"), 5, f"{mode} → bad")
+            went_bad = await until(lambda: not _latest_good(bridge, "faulty.v"), 5, f"{mode} → bad")
             faulty = _latest(bridge, "faulty.v")
             assert faulty.quality is Quality.BAD and faulty.value is None and faulty.reason
             # Never a stale value as good while the fault lasts.
@@ -73,7 +64,7 @@ async def test_fault_shows_bad_then_recovers(mode: str) -> None:
             assert healthy_polls >= 0.6 * (went_bad + 1.0) / POLL, healthy_polls
             assert bridge.adapters["healthy"].status.error_count == 0
             proxy.set("pass")
-            recovered = await _until(lambda: _latest_good(bridge, "faulty.v"), 5, "recovery")
+            recovered = await until(lambda: _latest_good(bridge, "faulty.v"), 5, "recovery")
             assert _latest(bridge, "faulty.v").value == 42
             status = bridge.adapters["faulty"].status
             assert status.error_count >= 1 and status.connected
@@ -126,10 +117,10 @@ async def test_watchdog_restarts_a_stuck_adapter() -> None:
         bridge._poll_budget["d"] = 0.5  # keep the test short; the default is >= 5 polls
         await bridge.start()
         try:
-            await _until(lambda: bridge.adapters["d"].status.errors.get("watchdog", 0) == 1,
+            await until(lambda: bridge.adapters["d"].status.errors.get("watchdog", 0) == 1,
                          5, "the watchdog")
             assert _latest(bridge, "v").reason.startswith("watchdog: poll did not finish")
-            await _until(lambda: _latest_good(bridge, "v"), 5, "polling to resume")
+            await until(lambda: _latest_good(bridge, "v"), 5, "polling to resume")
             assert _latest(bridge, "v").value == 7
         finally:
             await bridge.stop()

@@ -19,6 +19,7 @@ import pytest_asyncio
 
 from adapters.simulator import SimulatorHandle, start_simulator
 from bridge.demo import DEMO_TOML
+from tests.waiting import until
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(60)
@@ -57,13 +58,6 @@ async def _get(url: str) -> tuple[int, object]:
     return await asyncio.to_thread(fetch)
 
 
-async def _wait(predicate: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
-
-
 @pytest_asyncio.fixture
 async def sim() -> AsyncIterator[SimulatorHandle]:
     handle = await start_simulator("127.0.0.1", 0, seed=5, step=0.01, speed=1)
@@ -80,7 +74,7 @@ async def test_sigterm_writes_fail_safe_and_exits_0(tmp_path: Path, sim: Simulat
             return sim.holding(103, 1)[0] > 0 and sim.holding(104, 1) == [1]
 
         # The heartbeat counts once the first (16 s) window is valid.
-        await _wait(writing, 30, "heartbeat and window_valid from the bridge")
+        await until(writing, 30, "heartbeat and window_valid from the bridge")
         status, body = await _get(f"http://127.0.0.1:{api}/api/v1/health")
         assert status == 200 and body["status"] == "ok"  # type: ignore[index]
         started = time.monotonic()

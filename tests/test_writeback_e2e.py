@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import struct
-import time
 import tomllib
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -17,6 +14,7 @@ from bridge.config import parse_config
 from bridge.demo import DEMO_TOML
 from bridge.runtime import Bridge
 from tests.fault_proxy import fault_proxy
+from tests.waiting import until
 
 SPEED = 10.0
 pytestmark = pytest.mark.timeout(60)
@@ -37,13 +35,6 @@ def _config(source_port: int, plc_port: int, mode: str, score: dict[str, Any]) -
     return parse_config(data)
 
 
-async def _until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
-
-
 def _float32(registers: list[int]) -> float:
     value: float = struct.unpack(">f", struct.pack(">HH", *registers))[0]
     return value
@@ -56,16 +47,16 @@ async def test_fail_safe_appears_when_the_source_device_dies() -> None:
             bridge = Bridge(_config(proxy.port, sim.port, "on", {"fail_safe": -1.0}), speed=SPEED)
             await bridge.start()
             try:
-                await _until(lambda: sim.holding(104) == [1], 20, "a valid window written")
+                await until(lambda: sim.holding(104) == [1], 20, "a valid window written")
                 assert sim.holding(102) == [0] and 0 <= _float32(sim.holding(100, 2)) < 1
                 proxy.set("drop")
-                await _until(lambda: sim.holding(104) == [0], 10, "window_valid = 0")
-                await _until(lambda: sim.holding(102) == [1], 5, "anomaly fail-safe 1")
+                await until(lambda: sim.holding(104) == [0], 10, "window_valid = 0")
+                await until(lambda: sim.holding(102) == [1], 5, "anomaly fail-safe 1")
                 assert _float32(sim.holding(100, 2)) == -1.0
                 beat = sim.holding(103)[0]
-                await _until(lambda: sim.holding(103)[0] != beat, 5, "heartbeat still counting")
+                await until(lambda: sim.holding(103)[0] != beat, 5, "heartbeat still counting")
                 proxy.set("pass")
-                await _until(lambda: sim.holding(104) == [1], 20, "recovery after the source returns")
+                await until(lambda: sim.holding(104) == [1], 20, "recovery after the source returns")
             finally:
                 await bridge.stop()
     finally:
@@ -79,7 +70,7 @@ async def test_dry_run_writes_nothing_and_audits(caplog: pytest.LogCaptureFixtur
         bridge = Bridge(_config(sim.port, sim.port, "dry-run", {}), speed=SPEED)
         await bridge.start()
         try:
-            await _until(lambda: bridge.writebacks["pump"].stats.dry_run >= 8, 20, "dry-run writes")
+            await until(lambda: bridge.writebacks["pump"].stats.dry_run >= 8, 20, "dry-run writes")
         finally:
             await bridge.stop()
         assert sim.holding(100, 5) == [0, 0, 0, 0, 0]
@@ -98,8 +89,8 @@ async def test_out_of_range_value_is_refused_and_audited(caplog: pytest.LogCaptu
         bridge = Bridge(_config(sim.port, sim.port, "on", {"max": 1e-9}), speed=SPEED)
         await bridge.start()
         try:
-            await _until(lambda: bridge.writebacks["pump"].stats.refused >= 2, 20, "refusals")
-            await _until(lambda: sim.holding(104) == [1], 5, "the other targets written")
+            await until(lambda: bridge.writebacks["pump"].stats.refused >= 2, 20, "refusals")
+            await until(lambda: sim.holding(104) == [1], 5, "the other targets written")
         finally:
             await bridge.stop()
         assert sim.holding(100, 2) == [0, 0]
