@@ -9,12 +9,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import sys
 import tomllib
+from typing import TYPE_CHECKING
 
 from bridge.config import Config, parse_config
 from bridge.runtime import Bridge
 from bridge.server import ApiServer
+
+if TYPE_CHECKING:  # the simulator (and pymodbus) load only when the demo runs
+    from adapters.simulator import SimulatorHandle
 
 __all__ = ["DEMO_TOML", "demo_config", "run_demo"]
 
@@ -130,14 +135,13 @@ async def run_demo(api_port: int = 8080, fault: str = "cavitation", fault_after:
     return 0
 
 
-async def _narrate(bridge: Bridge, sim: object, fault: str, fault_after: float,
+async def _narrate(bridge: Bridge, sim: SimulatorHandle, fault: str, fault_after: float,
                    duration: float | None) -> None:
     loop = asyncio.get_running_loop()
     start = loop.time()
     injected_at: float | None = None
     reported = False
     stop = asyncio.Event()
-    import signal
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
@@ -146,7 +150,7 @@ async def _narrate(bridge: Bridge, sim: object, fault: str, fault_after: float,
         if duration is not None and elapsed >= duration:
             break
         if injected_at is None and elapsed >= fault_after:
-            await sim.inject(fault)  # type: ignore[attr-defined]
+            await sim.inject(fault)
             injected_at = elapsed
             print(f"[{elapsed:5.1f} s] injected fault: {fault}", flush=True)
         score = bridge.scores.latest("pump")
