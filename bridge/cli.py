@@ -231,6 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="stop after SECONDS (default: run until Ctrl-C)")
     demo.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     demo.set_defaults(func=_demo)
+
+    from bridge.cli_models import add_commands  # train, evaluate: models on site
+
+    add_commands(sub)
     return parser
 
 
