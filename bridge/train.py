@@ -28,7 +28,8 @@ from bridge.contract import ModelContract
 from bridge.dataset import DataError, Table
 from bridge.replay import replay
 
-__all__ = ["KINDS", "TrainOptions", "TrainResult", "train"]
+__all__ = ["KINDS", "STATS_FORMAT", "TrainOptions", "TrainResult", "export_stats", "train",
+           "train_from_stats"]
 
 KINDS = ("pca", "iforest", "ae")
 # An Isolation Forest score is bounded (-decision_function <= 0.5) and saturates for points
@@ -111,10 +112,10 @@ def _score(model_bytes: bytes, windows: np.ndarray) -> np.ndarray:
     return np.asarray(scores, dtype=np.float64)
 
 
-def _contract(table: Table, opts: TrainOptions, inputs: Sequence[str], part: Any, threshold: float,
+def _contract(name: str, opts: TrainOptions, inputs: Sequence[str], part: Any, threshold: float,
               training: dict[str, Any]) -> ModelContract:
     return ModelContract(
-        name=opts.name or f"{opts.kind}_{table.path.stem}",
+        name=name,
         kind=part.kind,
         inputs=tuple(inputs),
         window_length=opts.window,
@@ -172,13 +173,14 @@ def train(table: Table, out: Path, opts: TrainOptions) -> TrainResult:
         "seed": opts.seed,
     }
     doc = f"plcbridge {opts.kind} {RECIPE_VERSION}"
+    name = opts.name or f"{opts.kind}_{table.path.stem}"
     # Build once to score the held-out part with the real graph, then again with the threshold.
-    draft = assemble(front, part, _contract(table, opts, inputs, part, 0.0, training), doc)
+    draft = assemble(front, part, _contract(name, opts, inputs, part, 0.0, training), doc)
     calib = _score(draft.SerializeToString(deterministic=True), rep.windows[calib_rows])
     median = float(np.median(calib))
     quantile = float(np.quantile(calib, 1.0 - opts.target_far))
     threshold = median + opts.effective_margin * (quantile - median)
-    contract = _contract(table, opts, inputs, part, threshold, training)
+    contract = _contract(name, opts, inputs, part, threshold, training)
     model = assemble(front, part, contract, doc)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(model.SerializeToString(deterministic=True))
@@ -187,3 +189,128 @@ def train(table: Table, out: Path, opts: TrainOptions) -> TrainResult:
                          quantile, median, list(part.card))
     write_card(result, opts)
     return result
+
+
+# ---------------------------------------------------- federated PCA baseline (issue 3, item 7)
+#
+# Each site exports the count, mean and scatter matrix of its good rows and of its valid
+# windows' raw means (``export_stats``); ``train_from_stats`` merges them (Chan et al.) and
+# builds the model training on the pooled rows and windows would build. No raw data leaves a
+# site. A site uses all its rows: nothing is held out, because the merged model's threshold is
+# set analytically (chi² law of T² and SPE, ``models.recipes.pca.analytic_threshold``), since
+# the held-out scores a threshold normally needs would require a second round trip to the sites.
+
+STATS_FORMAT = "plcbridge.pca-stats"
+STATS_VERSION = 1
+
+
+def export_stats(table: Table, opts: TrainOptions) -> dict[str, Any]:
+    """Sufficient statistics of ``table`` for a federated PCA baseline (JSON-serialisable)."""
+    from models.recipes.pca import Moments
+
+    opts.check()
+    if opts.kind != "pca":
+        raise ValueError(f"--export-stats: only --kind pca merges exactly, not {opts.kind!r}")
+    if opts.train_rows is not None:
+        table = table.head(opts.train_rows)
+    inputs = tuple(opts.inputs) if opts.inputs else table.columns
+    values = table.select(inputs)
+    rep = replay(table, inputs, length=opts.window, period=opts.period, max_age=opts.max_age)
+    good = table.good & ~np.isnan(values).any(axis=1)
+    windows = rep.windows[rep.valid].astype(np.float64).mean(axis=1)
+    if int(rep.valid.sum()) < MIN_FIT_WINDOWS:
+        raise DataError(f"{table.path}: {int(rep.valid.sum())} valid windows from {len(table)} rows "
+                        f"({rep.bad_rows} bad); need at least {MIN_FIT_WINDOWS}")
+    return {"format": STATS_FORMAT, "version": STATS_VERSION, "inputs": list(inputs),
+            "window": opts.window, "period": opts.period, "max_age": opts.max_age,
+            "source": {"file": table.path.name, "sha256": table.sha256(inputs), "rows": len(table),
+                       "bad_rows_dropped": rep.bad_rows,
+                       "time_range": [float(table.times[0]), float(table.times[-1])]},
+            "rows": Moments.of(values[good]).to_json(),
+            "window_means": Moments.of(windows).to_json()}
+
+
+def _load_stats(path: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: cannot read as statistics JSON ({exc})") from exc
+    if not isinstance(obj, dict) or obj.get("format") != STATS_FORMAT or obj.get("version") != STATS_VERSION:
+        raise DataError(f"{path}: not a {STATS_FORMAT} v{STATS_VERSION} file (from train --export-stats)")
+    return obj
+
+
+def train_from_stats(paths: Sequence[Path], out: Path, opts: TrainOptions) -> TrainResult:
+    """Merge exported statistics and write the PCA model (and its card) they determine."""
+    from models.recipes import pca
+    from models.recipes._onnx import assemble
+
+    opts.check()
+    if opts.kind != "pca":
+        raise ValueError(f"--from-stats: only --kind pca, not {opts.kind!r}")
+    sites = [_load_stats(p) for p in paths]
+    first = sites[0]
+    n_f = len(first["inputs"])
+    rows, wins = pca.Moments(0, np.zeros(n_f), np.zeros((n_f, n_f))), None
+    for path, site in zip(paths, sites, strict=True):
+        for key in ("inputs", "window", "period", "max_age"):
+            if site.get(key) != first.get(key):
+                raise DataError(f"{path}: {key} {site.get(key)!r} differs from {paths[0]}'s "
+                                f"{first.get(key)!r}; every site must export with the same options")
+        try:
+            r, w = pca.Moments.from_json(site["rows"], n_f), pca.Moments.from_json(site["window_means"], n_f)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{path}: bad statistics ({exc})") from exc
+        rows, wins = rows.merge(r), w if wins is None else wins.merge(w)
+    assert wins is not None  # paths is non-empty: the CLI requires one or more
+    front, cov = pca.front_from_moments(rows, wins)
+    part = pca.head_from_cov(cov)
+    threshold, median, quantile = pca.analytic_threshold(cov, opts.target_far, opts.effective_margin)
+    window_opts = TrainOptions(kind="pca", window=int(first["window"]), period=float(first["period"]),
+                               target_far=opts.target_far, margin=opts.margin, name=opts.name)
+    source = f"federated: {len(sites)} sites ({', '.join(s['source']['file'] for s in sites)})"
+    training: dict[str, Any] = {
+        "source": source, "rows": rows.count, "fit_rows": rows.count, "fit_windows": wins.count,
+        "bad_rows_dropped": sum(int(s["source"]["bad_rows_dropped"]) for s in sites),
+        "time_range": [min(s["source"]["time_range"][0] for s in sites),
+                       max(s["source"]["time_range"][1] for s in sites)],
+        "sha256": ",".join(s["source"]["sha256"] for s in sites),
+        "sites": [s["source"] for s in sites], "calibration": "analytic chi2 (T2, SPE independent)",
+        "target_far": opts.target_far, "margin": opts.effective_margin, "seed": opts.seed,
+    }
+    contract = _contract(opts.name or "pca_federated", window_opts, first["inputs"], part, threshold,
+                         training)
+    model = assemble(front, part, contract, f"plcbridge pca {RECIPE_VERSION} (federated)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(model.SerializeToString(deterministic=True))
+    result = TrainResult(out, out.with_suffix(".md"), contract, rows.count,
+                         training["bad_rows_dropped"], wins.count, 0, 0, quantile, median, list(part.card))
+    _federated_card(result, opts, len(sites))
+    return result
+
+
+def _federated_card(result: TrainResult, opts: TrainOptions, n_sites: int) -> None:
+    import hashlib
+
+    c, data = result.contract, result.path.read_bytes()
+    lines = [
+        f"# Model card: `{result.path.name}` ({c.name}, {c.kind} {c.version}, federated)",
+        "",
+        f"Merged from {n_sites} sites' statistics by `plcbridge train --kind pca --from-stats`. "
+        f"sha256 `{hashlib.sha256(data).hexdigest()}`, {len(data)} bytes. Contract: ONNX metadata "
+        "`plcbridge.contract`.",
+        "",
+        f"- Inputs: {', '.join(f'`{n}`' for n in c.inputs)}; window {c.window_length} x {c.period:g} s.",
+        f"- Pooled: {result.rows} good rows, {result.fit_windows} valid windows; "
+        f"{result.bad_rows} bad rows dropped at the sites.",
+        *[f"- {line}" for line in result.card_lines],
+        f"- Threshold (analytic, no held-out data): median {result.calib_median:.4g} + "
+        f"{opts.effective_margin:g} x (chi² quantile {1 - opts.target_far:g} = {result.calib_quantile:.4g} "
+        f"- median) = **{c.threshold:.6g}**. This assumes Gaussian features; real windows have heavier "
+        "tails, so measure the false-alarm rate with `plcbridge evaluate` on normal data from each "
+        "site before enabling write-back.",
+        "",
+    ]
+    result.card.write_text("\n".join(lines), encoding="utf-8")
