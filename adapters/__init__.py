@@ -16,6 +16,7 @@ __all__ = ["ADAPTERS", "Adapter", "DeviceStatus", "create_adapter"]
 # TOML ``protocol`` value -> "module:Class"
 ADAPTERS: dict[str, str] = {
     "modbus": "adapters.modbus:ModbusAdapter",
+    "opcua": "adapters.opcua:OpcuaAdapter",
 }
 
 

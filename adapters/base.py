@@ -22,6 +22,7 @@ class DeviceStatus:
     last_error: str | None = None
     last_error_time: float | None = None
     polls: int = 0
+    reconnects: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     last_latency: float | None = None
 

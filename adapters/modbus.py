@@ -33,6 +33,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException
 from adapters._modbus_codec import decode, encode
 from adapters._modbus_plan import ReadRequest, plan_reads
 from adapters.base import DeviceStatus
+from bridge.backoff import Backoff
 from bridge.config import ModbusDeviceConfig, ModbusTagConfig, RegisterTarget
 from bridge.errors import (
     ConfigError,
@@ -94,6 +95,13 @@ class _Line:
     # than wait out the timeout.
     inflight: asyncio.Future[Any] | None = None
     lost: bool = False
+    # Reconnect policy for the whole line: a dead device is not hammered with a connect per
+    # poll; polls before ``retry_at`` fail at once with the last reason.
+    backoff: Backoff = field(default_factory=Backoff)
+    attempts: int = 0
+    retry_at: float = 0.0
+    last_failure: str = ""
+    was_connected: bool = False
 
     def on_connection(self, connected: bool) -> None:
         """pymodbus' trace_connect callback."""
@@ -136,7 +144,8 @@ def _acquire_line(config: ModbusDeviceConfig) -> _Line:
     line = lines.get(config.line)
     settings = _line_settings(config)
     if line is None:
-        line = lines[config.line] = _Line(config.line, settings)
+        line = lines[config.line] = _Line(
+            config.line, settings, backoff=Backoff(config.reconnect_min, config.reconnect_max))
         line.client = _new_client(config, line)
     elif line.settings != settings:
         raise ConfigError([f"devices: {config.name!r} shares line {config.line!r} but its serial "
@@ -202,9 +211,26 @@ class ModbusAdapter:
         return self._line
 
     async def _ensure_connected(self, line: _Line) -> _Failure | None:
-        """Open the line if needed (lock held). Bounded by this device's timeout."""
+        """Open the line if needed (lock held), at most once per backoff delay. Bounded by
+        this device's timeout."""
         if line.client.connected:
             return None
+        now = time.monotonic()
+        if now < line.retry_at:
+            return _Failure("not_connected", f"{line.last_failure}; next attempt in "
+                                             f"{line.retry_at - now:.1f} s")
+        failure = await self._connect(line)
+        if failure is not None:
+            line.attempts += 1
+            line.retry_at = time.monotonic() + line.backoff.delay(line.attempts)
+            line.last_failure = failure.reason
+            return failure
+        if line.was_connected:
+            self.status.reconnects += 1
+        line.was_connected, line.attempts, line.retry_at = True, 0, 0.0
+        return None
+
+    async def _connect(self, line: _Line) -> _Failure | None:
         try:
             async with asyncio.timeout(self.config.timeout):
                 ok = await line.client.connect()

@@ -1,6 +1,7 @@
 """A Modbus TCP server ("slave") that serves the simulated pump station, or replays a CSV.
 
-All server-side pymodbus code lives here (pymodbus changes its datastore API between
+The simulator's datastore code lives here, server start/stop in ``adapters._pymodbus_server``
+(shared with ``adapters.modbus_server``; pymodbus changes its datastore API between
 versions; 3.16 already warns that ``ModbusSequentialDataBlock``/``ModbusDeviceContext`` go
 away in v4).  This module uses the v4-style ``SimDevice``/``SimData`` directly, with
 *separate* blocks for coils, discrete inputs, holding and input registers, and one ``action``
@@ -71,6 +72,7 @@ from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
+from adapters._pymodbus_server import start_tcp_server, stop_server
 from bridge.plant import FAULT_NAMES, FAULTS, SIGNALS, PumpPlant
 
 __all__ = [
@@ -241,7 +243,7 @@ class SimulatorHandle:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self._server.shutdown()  # type: ignore[no-untyped-call]
+        await stop_server(self._server)
 
     async def __aenter__(self) -> SimulatorHandle:
         return self
@@ -354,13 +356,7 @@ async def start_simulator(
     ) -> ExcCodes | None:
         return await handle_box[0]._action(fc, start, address, count, regs, values)
 
-    server = ModbusTcpServer(_device(unit_id, action), address=(host, port))
-    await server.serve_forever(background=True)
-    sockets = getattr(server.transport, "sockets", None)
-    if not sockets:
-        await server.shutdown()  # type: ignore[no-untyped-call]
-        raise OSError(f"simulator could not bind {host}:{port}")
-    bound_port = int(sockets[0].getsockname()[1])
+    server, bound_port = await start_tcp_server(_device(unit_id, action), host, port)
     handle = SimulatorHandle(
         host=host,
         port=bound_port,

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from bridge import __version__
 from bridge.api_security import BodySizeLimit, require_scope
 from bridge.auth import TokenSet
+from bridge.errors import ModelContractError
 from bridge.runtime import Bridge
 from bridge.scores import Score
 from bridge.tags import Reading
@@ -69,6 +70,7 @@ def _score(score: Score) -> dict[str, Any]:
         "model": score.model, "time": iso(score.time), "score": _finite(score.score),
         "threshold": score.threshold, "anomaly": score.anomaly, "window_valid": score.window_valid,
         "reason": score.reason, "contributions": score.contributions,
+        "model_version": score.version,
     }
 
 
@@ -115,6 +117,7 @@ def create_app(bridge: Bridge, tokens: TokenSet | None = None) -> FastAPI:
                 "name": name, "connected": status.connected,
                 "last_success": iso(status.last_success), "last_error": status.last_error,
                 "last_error_time": iso(status.last_error_time), "polls": status.polls,
+                "reconnects": status.reconnects,
                 "errors": dict(status.errors), "error_count": status.error_count,
                 "poll_latency_ms": (None if status.last_latency is None
                                     else round(status.last_latency * 1000, 3)),
@@ -133,9 +136,14 @@ def create_app(bridge: Bridge, tokens: TokenSet | None = None) -> FastAPI:
                     "failed": wb.stats.failed, "last_error": wb.stats.last_error},
             })
         ok = all(d["connected"] for d in devices)
-        return {"status": "ok" if ok else "degraded", "version": __version__,
-                "uptime_s": round(time.time() - bridge.started_at, 1),
-                "devices": devices, "models": models}
+        body: dict[str, Any] = {"status": "ok" if ok else "degraded", "version": __version__,
+                                "uptime_s": round(time.time() - bridge.started_at, 1),
+                                "devices": devices, "models": models}
+        for sink in bridge.sinks:
+            counters = getattr(sink, "status", None)
+            if callable(counters):  # sinks with counters of their own (MQTT: published, spooled...)
+                body[sink.name] = counters()
+        return body
 
     @api.get("/api/v1/tags")
     def tags() -> list[dict[str, Any]]:
@@ -167,8 +175,36 @@ def create_app(bridge: Bridge, tokens: TokenSet | None = None) -> FastAPI:
             "window_length": contract.window_length, "period": contract.period,
             "threshold": runner.threshold, "model_threshold": contract.threshold,
             "score_meaning": contract.score, "normalization": contract.normalization,
-            "training": contract.training,
+            "training": contract.training, **bridge.updater.describe(name),
         }
+
+    admin = [Depends(require_scope(tokens, "admin"))]
+
+    @api.put("/api/v1/models/{name}", dependencies=admin, status_code=200,
+             openapi_extra={"requestBody": {"required": True, "content": {
+                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
+    async def upload_model(name: str, request: Request) -> dict[str, Any]:
+        """Replace a model with the uploaded ONNX file (raw body, at most ``max_body_bytes``).
+        It is validated first; a refused upload changes nothing and the reply says why."""
+        runner_or_404(name)
+        data = await request.body()
+        if not data:
+            raise HTTPException(400, "empty body: send the ONNX file as the request body")
+        try:
+            await bridge.updater.install(name, data, "upload")
+        except ModelContractError as exc:
+            raise HTTPException(422, f"model refused, the current one stays: {exc}") from None
+        return {**model_info(name), "status": "installed"}
+
+    @api.post("/api/v1/models/{name}/rollback", dependencies=admin)
+    async def rollback_model(name: str) -> dict[str, Any]:
+        """Put back the model the last update replaced (one step)."""
+        runner_or_404(name)
+        try:
+            await bridge.updater.rollback(name)
+        except KeyError:
+            raise HTTPException(409, f"model {name!r} has no previous version to restore") from None
+        return {**model_info(name), "status": "rolled back"}
 
     @api.get("/api/v1/models/{name}/score")
     def latest_score(name: str) -> dict[str, Any]:
@@ -197,4 +233,12 @@ def create_app(bridge: Bridge, tokens: TokenSet | None = None) -> FastAPI:
         return [{**e, "time": iso(e["time"])} for e in rows]
 
     app.include_router(api)
+    if bridge.config.metrics.enabled:
+        from bridge.prometheus import metrics_router  # prometheus-client only if asked
+
+        app.include_router(metrics_router(bridge, dependencies=[Depends(require_scope(tokens, "read"))]))
+    from bridge.dashboard import mount_dashboard
+
+    mount_dashboard(app)  # last: the mount at / only gets paths no route above matched
     return app
+

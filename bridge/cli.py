@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge import __version__
-from bridge.config import DEFAULT_MODEL, Config, load_config
+from bridge.config import DEFAULT_MODEL, Config, OpcuaDeviceConfig, load_config
 from bridge.errors import ConfigError, ModelContractError
 
 __all__ = ["main"]
@@ -35,7 +35,7 @@ def _setup_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("pymodbus", "apscheduler", "uvicorn.error"):
+    for noisy in ("pymodbus", "apscheduler", "uvicorn.error", "asyncua"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
@@ -49,6 +49,22 @@ def _load(path: str) -> Config | None:
         return None
 
 
+def _print_opcua_device(device: OpcuaDeviceConfig) -> None:
+    """`check` for an OPC UA device: endpoint, security, and the nodes it reads."""
+    user = f", user {device.username}" if device.username else ", anonymous"
+    timing = (f"every {device.poll_interval:g} s" if device.mode == "poll" else
+              f"publishing {device.publishing_interval:g} s, queue {device.queue_size}, "
+              f"deadband {device.deadband_type}")
+    print(f"\ndevice {device.name}: opcua {device.mode} {device.endpoint} "
+          f"({device.security_policy}/{device.effective_security_mode}{user}), {timing}, "
+          f"timeout {device.timeout:g} s")
+    for tag in device.tags:
+        unit = f" [{tag.unit}]" if tag.unit else ""
+        print(f"  tag {tag.name:<24} {tag.node_id}{unit}")
+    reads = "1 Read per cycle" if device.mode == "poll" else "subscription"
+    print(f"  {len(device.tags)} node(s), {reads}")
+
+
 def _check(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
@@ -60,6 +76,9 @@ def _check(args: argparse.Namespace) -> int:
     print(f"{args.config}: valid")
     total = 0
     for device in config.devices:
+        if isinstance(device, OpcuaDeviceConfig):
+            _print_opcua_device(device)
+            continue
         where = device.serial_port if device.transport == "rtu" else f"{device.host}:{device.port}"
         print(f"\ndevice {device.name}: modbus {device.transport} {where} unit {device.unit_id}, "
               f"every {device.poll_interval:g} s, timeout {device.timeout:g} s, retries {device.retries}")
@@ -111,6 +130,11 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         bridge = Bridge(config)
+    except ConfigError as exc:
+        print(f"{args.config}: invalid configuration", file=sys.stderr)
+        for line in exc.errors:
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_CONFIG
     except (ModelContractError, ValueError, OSError) as exc:
         print(f"{args.config}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -168,6 +192,15 @@ async def _connect_once(bridge: Any) -> int:
     return 1 if failed else 0
 
 
+def _registers(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    from bridge.registers import registers_command
+
+    return registers_command(config)
+
+
 def _simulate(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level or "info")
     from adapters.simulator import run_simulator_forever
@@ -211,6 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a config and print what it will do")
     check.add_argument("config")
     check.set_defaults(func=_check)
+
+    registers = sub.add_parser("registers", help="print the Modbus register map served to SCADA")
+    registers.add_argument("config")
+    registers.set_defaults(func=_registers)
 
     sim = sub.add_parser("simulate", help="serve a simulated pump station over Modbus TCP")
     sim.add_argument("--host", default="127.0.0.1")

@@ -8,20 +8,26 @@ Modbus addresses are zero-based protocol (wire) addresses: 40001 in vendor docum
 
 from __future__ import annotations
 
+import re
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
 )
 
 from bridge.errors import ConfigError
+from bridge.sink_configs import MetricsConfig, ModbusServerConfig, check_modbus_server
+from bridge.sinks.mqtt_config import MqttConfig
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -29,9 +35,12 @@ __all__ = [
     "BridgeConfig",
     "BridgeSection",
     "Config",
+    "DeviceConfig",
     "ModbusDeviceConfig",
     "ModbusTagConfig",
     "ModelConfig",
+    "OpcuaDeviceConfig",
+    "OpcuaTagConfig",
     "RegisterTarget",
     "StorageSection",
     "WritebackConfig",
@@ -154,12 +163,17 @@ class ModbusDeviceConfig(_Strict):
     max_registers: Annotated[int, Field(ge=1, le=125)] = 125
     max_bits: Annotated[int, Field(ge=1, le=2000)] = 2000
     inter_request_delay_ms: Annotated[float, Field(ge=0, le=10000)] = 0.0
+    reconnect_min: Annotated[float, Field(gt=0, le=600)] = 0.5
+    reconnect_max: Annotated[float, Field(gt=0, le=3600)] = 30.0
     byte_order: Order = "big"
     word_order: Order = "big"
     tags: list[ModbusTagConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _check_transport(self) -> ModbusDeviceConfig:
+        if self.reconnect_max < self.reconnect_min:
+            raise ValueError(f"reconnect_max: {self.reconnect_max} is less than reconnect_min "
+                             f"{self.reconnect_min}")
         if self.transport == "rtu":
             if not self.serial_port:
                 raise ValueError("serial_port: required for transport 'rtu'")
@@ -178,6 +192,134 @@ class ModbusDeviceConfig(_Strict):
         if self.transport == "rtu":
             return f"rtu:{self.serial_port}"
         return f"{self.transport}:{self.host}:{self.port}"
+
+
+# NodeId strings as OPC UA Part 6 writes them: numeric, string, GUID or opaque (base64),
+# with an optional namespace index. Checked here so a typo is a config error, not a poll error.
+_NODE_ID = (r"^(ns=\d{1,5};)?(i=\d{1,10}|s=.+|b=[A-Za-z0-9+/=]+|"
+            r"g=[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12})$")
+OpcuaSecurityPolicy = Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"]
+
+
+class OpcuaTagConfig(_Strict):
+    """One OPC UA variable read (or subscribed) by NodeId."""
+
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    node_id: str
+    unit: str = ""
+    valid_min: float | None = None
+    valid_max: float | None = None
+    description: str = ""
+
+    @field_validator("node_id")
+    @classmethod
+    def _check_node_id(cls, value: str) -> str:
+        if not re.match(_NODE_ID, value):
+            raise ValueError(f"{value!r} is not a NodeId (ns=<index>;i=<number> | s=<string> | "
+                             "g=<guid> | b=<base64>, e.g. 'ns=2;s=Pump1.Pressure')")
+        return value
+
+    @model_validator(mode="after")
+    def _check_range(self) -> OpcuaTagConfig:
+        if self.valid_min is not None and self.valid_max is not None and self.valid_min > self.valid_max:
+            raise ValueError(f"valid_min: {self.valid_min} is greater than valid_max {self.valid_max}")
+        return self
+
+
+class OpcuaDeviceConfig(_Strict):
+    """One OPC UA server endpoint, read by polling or by a subscription."""
+
+    name: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.\-]+$")]
+    protocol: Literal["opcua"]
+    endpoint: str
+    mode: Literal["poll", "subscribe"] = "subscribe"
+    poll_interval: Annotated[float, Field(gt=0, le=86400)] = 1.0
+    timeout: Annotated[float, Field(gt=0, le=60)] = 5.0
+    publishing_interval: Annotated[float, Field(gt=0, le=3600)] = 0.5
+    sampling_interval: Annotated[float, Field(ge=0, le=3600)] | None = None
+    queue_size: Annotated[int, Field(ge=1, le=10000)] = 1
+    deadband_type: Literal["none", "absolute", "percent"] = "none"
+    deadband_value: Annotated[float, Field(ge=0)] = 0.0
+    keepalive_interval: Annotated[float, Field(gt=0, le=600)] = 1.0
+    reconnect_min: Annotated[float, Field(gt=0, le=600)] = 0.5
+    reconnect_max: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    max_nodes_per_read: Annotated[int, Field(ge=0, le=100_000)] = 0
+    security_policy: OpcuaSecurityPolicy = "None"
+    security_mode: Literal["None", "Sign", "SignAndEncrypt"] | None = None
+    certificate: Path | None = None
+    private_key: Path | None = None
+    server_certificate: Path | None = None
+    application_uri: Annotated[str, Field(min_length=1)] = "urn:plcbridge:client"
+    username: str | None = None
+    password_env: str | None = None
+    password_file: Path | None = None
+    tags: list[OpcuaTagConfig] = Field(default_factory=list)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _check_endpoint(cls, value: str) -> str:
+        if not re.match(r"^opc\.tcp://[^\s/:]+(:\d{1,5})?(/\S*)?$", value):
+            raise ValueError(f"{value!r} is not an OPC UA endpoint (opc.tcp://host:port[/path])")
+        return value
+
+    @model_validator(mode="after")
+    def _check_options(self) -> OpcuaDeviceConfig:
+        if self.security_policy == "None":
+            if self.security_mode not in (None, "None"):
+                raise ValueError(f"security_mode: {self.security_mode!r} needs a security_policy "
+                                 "other than 'None'")
+            for key in ("certificate", "private_key", "server_certificate"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key}: has no meaning with security_policy 'None'")
+        else:
+            if self.security_mode == "None":
+                raise ValueError(f"security_mode: 'None' contradicts security_policy "
+                                 f"{self.security_policy!r} (use Sign or SignAndEncrypt)")
+            if self.certificate is None or self.private_key is None:
+                missing = "certificate" if self.certificate is None else "private_key"
+                raise ValueError(f"{missing}: required for security_policy {self.security_policy!r} "
+                                 "(the client's application certificate and its key)")
+        if self.username is None:
+            for key in ("password_env", "password_file"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key}: has no meaning without username")
+        elif (self.password_env is None) == (self.password_file is None):
+            raise ValueError("password_env: give exactly one of password_env and password_file "
+                             "for username (the password itself never goes in the config)")
+        if self.deadband_type == "none" and self.deadband_value != 0:
+            raise ValueError("deadband_value: has no meaning with deadband_type 'none'")
+        if self.deadband_type == "percent" and self.deadband_value > 100:
+            raise ValueError(f"deadband_value: {self.deadband_value} is more than 100 percent")
+        if self.mode == "poll":
+            for key in ("sampling_interval",):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key}: only valid for mode 'subscribe'")
+            if self.deadband_type != "none":
+                raise ValueError("deadband_type: only valid for mode 'subscribe'")
+        if self.reconnect_max < self.reconnect_min:
+            raise ValueError(f"reconnect_max: {self.reconnect_max} is less than reconnect_min "
+                             f"{self.reconnect_min}")
+        return self
+
+    @property
+    def effective_security_mode(self) -> str:
+        if self.security_policy == "None":
+            return "None"
+        return self.security_mode or "SignAndEncrypt"
+
+
+def _device_protocol(value: Any) -> str:
+    """Discriminator of ``devices``: the ``protocol`` key, "modbus" when absent."""
+    protocol = value.get("protocol", "modbus") if isinstance(value, dict) \
+        else getattr(value, "protocol", "modbus")
+    return str(protocol)
+
+
+_PROTOCOLS = ("modbus", "opcua")
+DeviceConfig = Annotated[
+    Annotated[ModbusDeviceConfig, Tag("modbus")] | Annotated[OpcuaDeviceConfig, Tag("opcua")],
+    Discriminator(_device_protocol),
+]
 
 
 class RegisterTarget(_Strict):
@@ -303,10 +445,13 @@ class Config(_Strict):
     api: ApiConfig = Field(default_factory=ApiConfig)
     writeback: WritebackSection = Field(default_factory=WritebackSection)
     storage: StorageSection = Field(default_factory=StorageSection)
-    devices: list[ModbusDeviceConfig] = Field(default_factory=list)
+    modbus_server: ModbusServerConfig = Field(default_factory=ModbusServerConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    mqtt: MqttConfig | None = None
+    devices: list[DeviceConfig] = Field(default_factory=list)
     models: list[ModelConfig] = Field(default_factory=list)
 
-    def device(self, name: str) -> ModbusDeviceConfig:
+    def device(self, name: str) -> ModbusDeviceConfig | OpcuaDeviceConfig:
         for device in self.devices:
             if device.name == name:
                 return device
@@ -333,13 +478,20 @@ def _format_pydantic(exc: ValidationError) -> list[str]:
     lines = []
     for err in exc.errors():
         # Union members and validator wrappers add noise to the location; keep real keys.
+        loc = err["loc"]
         parts = tuple(
-            p for p in err["loc"]
+            p for i, p in enumerate(loc)
             if isinstance(p, int) or not (str(p).startswith(("function-", "literal[")) or p in (
-                "list[str]", "dict[str,str]", "RegisterTarget", "float", "constrained-float"))
+                "list[str]", "dict[str,str]", "RegisterTarget", "float", "constrained-float")
+                # the protocol tag of a device union member: devices[0].opcua.tags -> devices[0].tags
+                or (p in _PROTOCOLS and i > 0 and isinstance(loc[i - 1], int)))
         )
         path = _loc(parts)
         message = err["msg"]
+        if err["type"] == "union_tag_invalid":
+            tag = (err.get("ctx") or {}).get("tag")
+            lines.append(f"{path}.protocol: {tag!r} is not one of {', '.join(_PROTOCOLS)}")
+            continue
         if message.startswith("Value error, "):
             message = message[len("Value error, "):]
             # Model validators report "key: message"; join the key onto the path.
@@ -364,7 +516,8 @@ def _check_cross_refs(config: Config) -> list[str]:
             errors.append(f"devices[{d_index}].name: duplicate device name {device.name!r} "
                           f"(also devices[{seen_devices[device.name]}])")
         seen_devices.setdefault(device.name, d_index)
-        for t_index, tag in enumerate(device.tags):
+        tags: Sequence[ModbusTagConfig | OpcuaTagConfig] = device.tags
+        for t_index, tag in enumerate(tags):
             where = f"devices[{d_index}].tags[{t_index}]"
             if tag.name in seen_tags:
                 errors.append(f"{where}.name: duplicate tag name {tag.name!r} (also {seen_tags[tag.name]})")
@@ -385,6 +538,8 @@ def _check_cross_refs(config: Config) -> list[str]:
             errors.extend(_check_writeback(config, model, f"{where}.writeback"))
     errors.extend(_check_writeback_overlaps(config))
     errors.extend(_check_serial_lines(config))
+    errors.extend(check_modbus_server(config.modbus_server, [m.name for m in config.models],
+                                      [d.name for d in config.devices]))
     return errors
 
 
@@ -396,7 +551,7 @@ def _check_serial_lines(config: Config) -> list[str]:
     errors = []
     first: dict[str, int] = {}
     for index, device in enumerate(config.devices):
-        if device.transport != "rtu":
+        if not isinstance(device, ModbusDeviceConfig) or device.transport != "rtu":
             continue
         owner = first.setdefault(device.line, index)
         if owner == index:
@@ -419,6 +574,9 @@ def _check_writeback(config: Config, model: ModelConfig, where: str) -> list[str
         return [f"{where}: names no target (score, anomaly, heartbeat, window_valid)"]
     errors = []
     device = config.device(wb.device)
+    if not isinstance(device, ModbusDeviceConfig):
+        return [f"{where}.device: {wb.device!r} is an OPC UA device; write-back targets are "
+                "holding registers, so it needs a Modbus device (write-back to nodes: not yet)"]
     if not wb.allow_overlap_with_tags:
         for key, target in wb.targets().items():
             span = range(target.address, target.address + target.registers)

@@ -97,6 +97,10 @@ class Detector:
                 )
         self._output_names = list(c.outputs)
 
+    def relocate(self, path: Path) -> None:
+        """The model file was moved (an atomic install); the session is already in memory."""
+        self._path = Path(path)
+
     # ------------------------------------------------------------ properties
     @property
     def contract(self) -> ModelContract:

@@ -13,26 +13,60 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from adapters import create_adapter
 from adapters.base import Adapter
-from bridge.config import DEFAULT_MODEL, Config, ModbusDeviceConfig, ModbusTagConfig
-from bridge.errors import ModelContractError
+from bridge.config import (
+    DEFAULT_MODEL,
+    Config,
+    ModbusDeviceConfig,
+    ModbusTagConfig,
+    OpcuaDeviceConfig,
+    OpcuaTagConfig,
+)
+from bridge.errors import ConfigError, ModelContractError
 from bridge.inference import Detector
+from bridge.model_update import ModelUpdater
 from bridge.scores import Score, ScoreStore
 from bridge.scoring import ModelRunner
+from bridge.sinks.mqtt_config import MqttConfig
 from bridge.storage import EventStore
 from bridge.tags import Reading, TagStore, bad
 from bridge.writeback import ModelWriteback
 
-__all__ = ["Bridge"]
+__all__ = ["Bridge", "Sink"]
 
 log = logging.getLogger("plcbridge.runtime")
 
-AdapterFactory = Callable[[ModbusDeviceConfig], Adapter]
+AdapterFactory = Callable[[ModbusDeviceConfig | OpcuaDeviceConfig], Adapter]
+
+
+class Sink(Protocol):
+    """Something that consumes Scores (Modbus server, MQTT, metrics, ...).
+
+    ``on_score`` is called in the event loop right after each scoring cycle and must not
+    block: a sink that does I/O queues the Score and sends it from its own task, so a dead
+    broker never delays scoring, write-back or the API.
+    """
+
+    name: str
+
+    async def start(self, bridge: Bridge) -> None: ...
+
+    def on_score(self, score: Score) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def _mqtt_sink(config: MqttConfig) -> Sink:
+    try:
+        from bridge.sinks.mqtt import MqttSink  # aiomqtt only when [mqtt] is configured
+    except ImportError:
+        raise ConfigError(["mqtt: needs the MQTT client: pip install 'plcbridge[mqtt]'"]) from None
+    return MqttSink(config)  # raises ConfigError: password env/file, TLS files, spool_dir
 
 
 class Bridge:
@@ -49,7 +83,7 @@ class Bridge:
         self.speed = speed
         self.started_at = time.time()
         self.store = TagStore(config.tag_names(), config.bridge.history_size)
-        self.tags: dict[str, tuple[str, ModbusTagConfig]] = {
+        self.tags: dict[str, tuple[str, ModbusTagConfig | OpcuaTagConfig]] = {
             tag.name: (device.name, tag) for device in config.devices for tag in device.tags
         }
         self.adapters: dict[str, Adapter] = {d.name: adapter_factory(d) for d in config.devices}
@@ -57,8 +91,14 @@ class Bridge:
                              for d in config.devices}
         self.runners: dict[str, ModelRunner] = {}
         self.writebacks: dict[str, ModelWriteback] = {}
+        models_folder = config.storage.data_dir / "models" if config.storage.data_dir else None
         for index, model in enumerate(config.models):
             path = Path(model.file) if model.file is not None else DEFAULT_MODEL
+            uploaded = ModelUpdater.stored_model(models_folder, model.name)
+            if uploaded is not None:
+                # An update accepted in an earlier run outlives the restart; rollback undoes it.
+                log.info("using uploaded model model=%s file=%s instead of %s", model.name, uploaded, path)
+                path = uploaded
             try:
                 detector = Detector(path)
             except ModelContractError as exc:
@@ -80,15 +120,25 @@ class Bridge:
         self._anomalous: dict[str, bool] = dict.fromkeys(self.runners, False)
         self._write_tasks: dict[str, asyncio.Task[None]] = {}
         self._scheduler: AsyncIOScheduler | None = None
+        self.sinks: list[Sink] = []
+        if config.modbus_server.enabled:
+            from adapters.modbus_server import ModbusServerSink  # pymodbus server only if asked
+
+            self.sinks.append(ModbusServerSink(config.modbus_server))
+        if config.mqtt is not None:
+            self.sinks.append(_mqtt_sink(config.mqtt))
+        self.updater = ModelUpdater(self)
 
     @staticmethod
     def _watchdog_budget(device: Any, adapter: Adapter) -> float:
         """How long one poll may take before the watchdog calls the adapter stuck: every
-        request of the poll timing out on every retry, with a margin, and never less than
-        five poll intervals."""
+        request of the poll timing out on every retry (or, for a session protocol, a connect
+        bounded at two timeouts plus the read), with a margin, and never less than five poll
+        intervals."""
         requests = max(1, len(getattr(adapter, "plan", ()) or ()))
         attempts = getattr(device, "retries", 0) + 1
-        worst = requests * attempts * getattr(device, "timeout", 1.0)
+        timeout = getattr(device, "timeout", 1.0)
+        worst = max(requests * attempts * timeout, 3 * timeout)
         return float(max(5 * device.poll_interval, worst + 2.0))
 
     # -- jobs -------------------------------------------------------------------------------
@@ -96,6 +146,7 @@ class Bridge:
     async def poll_device(self, name: str) -> None:
         adapter = self.adapters[name]
         budget = self._poll_budget[name]
+        started = time.perf_counter()
         try:
             readings = await asyncio.wait_for(adapter.read(), budget)
         except TimeoutError:
@@ -103,6 +154,14 @@ class Bridge:
             # stuck (a library bug, a half-open socket). Restart it rather than stall forever.
             readings = await self._restart_stuck(name, budget)
         self.store.put_many(readings)
+        elapsed = time.perf_counter() - started
+        for sink in self.sinks:
+            on_poll = getattr(sink, "on_poll", None)  # optional: poll-duration histograms
+            if on_poll is not None:
+                try:
+                    on_poll(name, elapsed)
+                except Exception:
+                    log.exception("sink failed sink=%s device=%s", sink.name, name)
 
     async def _restart_stuck(self, name: str, budget: float) -> list[Reading]:
         adapter = self.adapters[name]
@@ -123,6 +182,11 @@ class Bridge:
         if self.storage is not None:
             self.storage.add_score(score)
         self._track_events(score)
+        for sink in self.sinks:
+            try:
+                sink.on_score(score)
+            except Exception:  # one failing sink never stops scoring or the others
+                log.exception("sink failed sink=%s model=%s", sink.name, name)
         writeback = self.writebacks.get(name)
         if writeback is not None:
             # A dead write-back device must not delay scoring: at most one write in flight per
@@ -191,8 +255,18 @@ class Bridge:
                               id="storage:flush", max_instances=1, coalesce=True)
         scheduler.start()
         self._scheduler = scheduler
+        for sink in self.sinks:
+            await sink.start(self)
         log.info("bridge started devices=%d tags=%d models=%d writeback=%s",
                  len(self.adapters), len(self.store), len(self.runners), self.config.writeback.mode)
+
+    def replace_runner(self, name: str, runner: ModelRunner) -> None:
+        """Swap a model's runner. Called in the event loop, so it lands between two cycles."""
+        old = self.runners[name]
+        self.runners[name] = runner
+        if self._scheduler is not None and runner.period != old.period:
+            self._scheduler.reschedule_job(f"score:{name}", trigger="interval",
+                                           seconds=runner.period / self.speed)
 
     async def _subscribe_all(self) -> set[str]:
         """Devices whose adapter pushes readings (e.g. OPC UA subscriptions) are not polled.
@@ -232,6 +306,7 @@ class Bridge:
                 log.error("fail-safe write-back did not finish within %.1f s", timeout / 3)
         await asyncio.wait_for(
             asyncio.gather(*(adapter.close() for adapter in self.adapters.values()),
+                           *(sink.stop() for sink in self.sinks if started),
                            return_exceptions=True), timeout=timeout / 3)
         if self.storage is not None:
             self.storage.close()

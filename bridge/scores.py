@@ -19,6 +19,7 @@ class Score:
     window_valid: bool
     reason: str = ""
     contributions: dict[str, float] | None = None
+    version: str = ""  # of the model that produced it: results stay traceable across updates
 
 
 class ScoreStore:

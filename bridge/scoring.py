@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -55,6 +56,7 @@ class ModelRunner:
         self.windows = WindowBuilder(store, self.tags, contract.window_length, max_age / speed)
         self.scored = 0
         self.anomalies = 0
+        self.last_inference_seconds: float | None = None
 
     @property
     def name(self) -> str:
@@ -66,17 +68,18 @@ class ModelRunner:
         return self.score_window(window)
 
     def score_window(self, window: Window) -> Score:
+        self.last_inference_seconds = None
         if not window.valid:
-            return Score(self.name, window.time, None, self.threshold, False, False, window.reason)
+            return self._unscored(window, window.reason)
+        started = time.perf_counter()
         try:
             value, contrib = self.detector.score(window.values)
         except Exception as exc:  # an inference fault must not stop the bridge; report it
             log.exception("inference failed model=%s", self.name)
-            return Score(self.name, window.time, None, self.threshold, False, False,
-                         f"inference error: {exc}")
+            return self._unscored(window, f"inference error: {exc}")
+        self.last_inference_seconds = time.perf_counter() - started
         if not np.isfinite(value):
-            return Score(self.name, window.time, None, self.threshold, False, False,
-                         "model returned a non-finite score")
+            return self._unscored(window, "model returned a non-finite score")
         anomaly = value >= self.threshold  # the contract: anomalous at or above
         self.scored += 1
         self.anomalies += int(anomaly)
@@ -85,4 +88,8 @@ class ModelRunner:
             features = self.detector.contract.inputs
             contributions = {f: float(c) for f, c in zip(features, contrib, strict=False)}
         return Score(self.name, window.time, float(value), self.threshold, anomaly, True, "",
-                     contributions)
+                     contributions, self.detector.version)
+
+    def _unscored(self, window: Window, reason: str) -> Score:
+        return Score(self.name, window.time, None, self.threshold, False, False, reason,
+                     version=self.detector.version)

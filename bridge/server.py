@@ -72,6 +72,15 @@ async def run_until_stopped(bridge: Bridge, stop: asyncio.Event | None = None) -
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[dict[str, str]]] = set()
+
+    def reload_models() -> None:
+        task = asyncio.create_task(bridge.updater.reload_folder(), name="plcbridge.models.reload")
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGHUP, reload_models)
     api = None
     await bridge.start()
     try:
@@ -83,7 +92,9 @@ async def run_until_stopped(bridge: Bridge, stop: asyncio.Event | None = None) -
     finally:
         if api is not None:
             await api.stop()
+        if reloads:
+            await asyncio.wait(reloads, timeout=5)
         await bridge.stop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)

@@ -83,6 +83,20 @@ class WindowBuilder:
                           f"{bad_rows}/{self.length} samples invalid; last: {self._last_problem}")
         return Window(now, values, True)
 
+    def current(self, now: float | None = None) -> Window:
+        """The window as it stands, without sampling a new row."""
+        return self._window(time.time() if now is None else now)
+
+    def adopt(self, other: WindowBuilder) -> bool:
+        """Take over ``other``'s rows when both sample the same tags into the same length, so
+        a model swapped in between cycles scores its first cycle on a full window."""
+        if other.inputs != self.inputs or other.length != self.length:
+            return False
+        self._rows[:] = other._rows
+        self._row_ok[:] = other._row_ok
+        self._filled, self._head, self._last_problem = other._filled, other._head, other._last_problem
+        return True
+
     def reset(self) -> None:
         self._row_ok[:] = False
         self._filled = 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -15,22 +14,13 @@ ROOT = Path(__file__).resolve().parent.parent
 CASES = sorted((ROOT / "tests" / "cases").iterdir())
 
 
-def test_example_config_loads_and_documents_every_key() -> None:
+def test_example_config_loads() -> None:
     config = load_config(ROOT / "config.example.toml")
     assert [d.name for d in config.devices] == ["pump1"]
     assert config.models[0].input_tags == ["pressure", "flow", "current", "temperature", "vibration"]
     assert config.writeback.mode == "off"
     assert config.api.host == "127.0.0.1"
-    text = (ROOT / "config.example.toml").read_text()
-    # Every field of every section must be mentioned in the example (commented or not).
-    from bridge import config as cfg
-
-    for model in (cfg.BridgeSection, cfg.ApiConfig, cfg.WritebackSection, cfg.ModbusDeviceConfig,
-                  cfg.ModbusTagConfig, cfg.ModelConfig, cfg.WritebackConfig, cfg.RegisterTarget):
-        for field in model.model_fields:
-            as_key = re.search(rf"(^|[\s{{#]){field}\s*=", text, re.MULTILINE)
-            as_table = re.search(rf"\[+(\w+\.)?{field}\]+", text)
-            assert as_key or as_table, f"{model.__name__}.{field} undocumented"
+    # That every key of every section is explained there: tests/test_config_reference.py.
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])

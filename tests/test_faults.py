@@ -23,12 +23,16 @@ pytestmark = pytest.mark.timeout(60)
 
 POLL = 0.05
 TIMEOUT = 0.3
+BACKOFF_CAP = 1.0
+# Recovery bound after a fault clears: the longest backoff delay (+20 % jitter), then one poll
+# that may still be waiting out a timeout on each attempt.
+RECOVERY_BOUND = 1.2 * BACKOFF_CAP + POLL + 2 * TIMEOUT * 2
 
 
 def _config(faulty_port: int, healthy_port: int) -> Any:
     def device(name: str, port: int) -> dict[str, Any]:
         return {"name": name, "host": "127.0.0.1", "port": port, "poll_interval": POLL,
-                "timeout": TIMEOUT, "retries": 1,
+                "timeout": TIMEOUT, "retries": 1, "reconnect_min": 0.1, "reconnect_max": BACKOFF_CAP,
                 "tags": [{"name": f"{name}.v", "address": 0, "type": "uint16"}]}
     return parse_config({"api": {"enabled": False},
                          "devices": [device("faulty", faulty_port), device("healthy", healthy_port)]})
@@ -65,6 +69,7 @@ async def test_fault_shows_bad_then_recovers(mode: str) -> None:
             assert bridge.adapters["healthy"].status.error_count == 0
             proxy.set("pass")
             recovered = await until(lambda: _latest_good(bridge, "faulty.v"), 5, "recovery")
+            assert recovered <= RECOVERY_BOUND, recovered
             assert _latest(bridge, "faulty.v").value == 42
             status = bridge.adapters["faulty"].status
             assert status.error_count >= 1 and status.connected

@@ -18,6 +18,7 @@ from bridge.config import ModbusDeviceConfig, RegisterTarget
 from bridge.errors import DeviceExceptionError, DeviceTimeoutError, NotConnectedError
 from bridge.tags import Quality, Reading
 from tests.modbus_servers import Unit, dead_port, silent_tcp_server, tcp_server
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -84,7 +85,8 @@ async def test_closed_port_returns_quickly_then_reconnects_and_logs_once(
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="plcbridge.modbus")
     port = dead_port()
-    adapter = ModbusAdapter(device(port, timeout=1.0, retries=2))
+    adapter = ModbusAdapter(device(port, timeout=1.0, retries=2, reconnect_min=0.1,
+                                   reconnect_max=0.4))
     try:
         with pytest.raises(NotConnectedError):
             await adapter.connect()
@@ -94,9 +96,18 @@ async def test_closed_port_returns_quickly_then_reconnects_and_logs_once(
             assert time.monotonic() - started < 0.5
             assert reading.quality is Quality.BAD
             assert reading.reason.startswith("not connected: ")
+        # Polls inside the backoff delay do not even try to connect.
+        assert "next attempt in" in reading.reason
         async with tcp_server({1: Unit(holding={0: 42})}, port=port):
-            reading = (await adapter.read())[0]
-            assert (reading.quality, reading.value) == (Quality.GOOD, 42)
+            # Back within the backoff cap (0.4 s, +20 % jitter at most).
+            readings: list[Reading] = []
+
+            async def good_again() -> bool:
+                readings.append((await adapter.read())[0])
+                return readings[-1].quality is Quality.GOOD
+
+            assert await until(good_again, 0.4 * 1.2 + 0.3, "reconnect") <= 0.8
+            assert readings[-1].value == 42
         # Server gone again: the open connection is lost; the adapter notices without
         # waiting out its timeout (pymodbus would leave the request pending).
         started = time.monotonic()
@@ -141,8 +152,11 @@ async def test_dead_device_does_not_slow_a_live_one(fault: str) -> None:
         dead = ModbusAdapter(device(bad_port, [{"name": "d", "address": 0, "type": "uint16"}],
                                     name="dead", timeout=0.3, retries=1))
         try:
-            alone = await _poll_for(live, 1.0)
-            together, _ = await asyncio.gather(_poll_for(live, 1.0), _poll_for(dead, 1.0, pause=0.01))
+            # Paced polls (every 5 ms): this measures whether the dead device holds the live
+            # one up, not how two busy loops share a CPU that other processes also load.
+            alone = await _poll_for(live, 1.0, pause=0.005)
+            together, _ = await asyncio.gather(_poll_for(live, 1.0, pause=0.005),
+                                               _poll_for(dead, 1.0, pause=0.01))
         finally:
             await live.close()
             await dead.close()
@@ -259,6 +273,6 @@ async def test_registry_builds_a_modbus_adapter_with_its_plan() -> None:
     assert isinstance(adapter, ModbusAdapter) and isinstance(adapter, Adapter)
     assert adapter.plan == plan_reads(config.tags)
     assert ADAPTERS["modbus"] == "adapters.modbus:ModbusAdapter"
-    with pytest.raises(ValueError, match="opcua"):
-        create_adapter(type("Cfg", (), {"protocol": "opcua"})())
+    with pytest.raises(ValueError, match="'bacnet' is not one of modbus, opcua"):
+        create_adapter(type("Cfg", (), {"protocol": "bacnet"})())
     await adapter.close()
