@@ -19,13 +19,15 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check bridge adapters
-	$(BIN)/mypy bridge adapters
+	$(BIN)/ruff check bridge adapters bench
+	$(BIN)/mypy bridge adapters bench
 
 bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python -m bench
 
 bench-quick: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python -m bench --quick
 
 model: $(STAMP)

@@ -1,0 +1,138 @@
+"""Shared pieces: the result schema, percentiles, /proc readings, the environment record."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+LIBRARIES = ("pymodbus", "onnxruntime", "numpy", "fastapi", "uvicorn", "apscheduler", "pydantic",
+             "matplotlib")
+
+
+@dataclass
+class Result:
+    """One measured number next to its baseline.
+
+    ``ratio`` is always "bridge relative to baseline, > 1 is better for the bridge" so that
+    tables read the same way for throughputs (value / baseline) and costs (baseline / value).
+    """
+
+    name: str
+    value: float
+    unit: str
+    baseline: float | None
+    baseline_name: str
+    higher_is_better: bool = True
+    params: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+    ratio: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.ratio is None and self.baseline is not None and self.value > 0 and self.baseline > 0:
+            raw = self.value / self.baseline if self.higher_is_better else self.baseline / self.value
+            self.ratio = round(raw, 4)
+
+
+@dataclass
+class Section:
+    """What one benchmark module returns."""
+
+    name: str
+    title: str
+    method: str
+    results: list[Result] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    skipped: str = ""
+    # Scaling curves: {"plot title": {"x": [...], "series": {"label": [...]}, "xlabel": .., "ylabel": ..}}
+    curves: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Pass/fail facts that are not ratios (e.g. "asyncua imported": False).
+    checks: dict[str, Any] = field(default_factory=dict)
+    # Where the time goes (top functions of a cProfile run), for the closing note.
+    profile: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Context:
+    quick: bool
+    workdir: Path  # a temporary directory for configs, models and logs of this run
+    # The unit test's size: the smallest configuration through the same code (not a benchmark).
+    smoke: bool = False
+
+    def pick(self, quick: Any, full: Any, smoke: Any = None) -> Any:
+        if self.smoke and smoke is not None:
+            return smoke
+        return quick if self.quick or self.smoke else full
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (no interpolation: p99 of 100 samples is the 99th value)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of ``pid`` from /proc (MB = 10^6 bytes)."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024 / 1e6
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` (all its threads) from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        # The command name may contain spaces: fields start after the closing parenthesis.
+        fields = fh.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def environment(quick: bool) -> dict[str, Any]:
+    versions: dict[str, str | None] = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            model = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), model)
+    except OSError:
+        pass
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "mode": "quick" if quick else "full",
+        "cpu_count": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "libraries": versions,
+    }
+
+
+def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.02) -> None:
+    """Poll ``predicate`` (a condition on another process) until true or raise TimeoutError."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
