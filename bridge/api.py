@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -10,7 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from bridge import __version__
 from bridge.api_security import BodySizeLimit, require_scope
@@ -145,9 +146,18 @@ def create_app(bridge: Bridge, tokens: TokenSet | None = None) -> FastAPI:
                 body[sink.name] = counters()
         return body
 
-    @api.get("/api/v1/tags")
-    def tags() -> list[dict[str, Any]]:
-        return [_reading(bridge, name, bridge.store.latest(name)) for name in bridge.tags]
+    rendered: dict[str, Any] = {"updates": -1, "body": b""}
+
+    @api.get("/api/v1/tags", response_model=list[dict[str, Any]])
+    def tags() -> Response:
+        """Latest reading of every tag. SCADA polls this often and it is the biggest reply,
+        so the JSON is rendered once per store change, not once per request."""
+        updates = bridge.store.updates  # read first: a change while rendering re-renders next time
+        if rendered["updates"] != updates:
+            body = [_reading(bridge, name, bridge.store.latest(name)) for name in bridge.tags]
+            rendered["body"] = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+            rendered["updates"] = updates
+        return Response(rendered["body"], media_type="application/json")
 
     @api.get("/api/v1/tags/{name}")
     def tag(name: str) -> dict[str, Any]:

@@ -436,7 +436,7 @@ class WritebackSection(_Strict):
 
 
 class BridgeSection(_Strict):
-    history_size: Annotated[int, Field(ge=1, le=100_000)] = 600
+    history_size: Annotated[int, Field(ge=1, le=100_000)] = 60
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 

@@ -236,19 +236,27 @@ class Bridge:
         pushed = await self._subscribe_all()
         scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop(), timezone=UTC)
         now = datetime.now(UTC)
+        phase = self._poll_phases()
         for device in self.config.devices:
             if device.name in pushed:
                 continue
             scheduler.add_job(self.poll_device, "interval", args=[device.name],
                               seconds=device.poll_interval / self.speed, id=f"poll:{device.name}",
-                              max_instances=1, coalesce=True, next_run_time=now,
+                              max_instances=1, coalesce=True,
+                              next_run_time=now + timedelta(seconds=phase[device.name] / self.speed),
                               misfire_grace_time=None)
         for runner in self.runners.values():
+            devices = {self.tags[tag][0] for tag in runner.tags}
+            # Sample just after the input devices' polls, not at the same instant: a window
+            # row taken before its poll would hold the previous poll's value, a whole poll
+            # interval late. The first run waits a full period, so the first row has data.
+            intervals = [self.config.device(d).poll_interval for d in devices]
+            margin = min(0.05, 0.25 * min(intervals))
+            offset = runner.period + max(phase[d] for d in devices) + margin
             scheduler.add_job(self.score_model, "interval", args=[runner.name],
                               seconds=runner.period / self.speed, id=f"score:{runner.name}",
                               max_instances=1, coalesce=True,
-                              # after the first polls, so the first row is not "no reading yet"
-                              next_run_time=now + timedelta(seconds=runner.period / self.speed),
+                              next_run_time=now + timedelta(seconds=offset / self.speed),
                               misfire_grace_time=None)
         if self.storage is not None:
             scheduler.add_job(self.flush_storage, "interval", seconds=self.config.storage.flush_interval,
@@ -259,6 +267,12 @@ class Bridge:
             await sink.start(self)
         log.info("bridge started devices=%d tags=%d models=%d writeback=%s",
                  len(self.adapters), len(self.store), len(self.runners), self.config.writeback.mode)
+
+    def _poll_phases(self) -> dict[str, float]:
+        """Spread the devices' first polls over their interval, so hundreds of devices do not
+        all fire at the same instant and queue on shared lines and the event loop."""
+        devices = self.config.devices
+        return {d.name: d.poll_interval * index / len(devices) for index, d in enumerate(devices)}
 
     def replace_runner(self, name: str, runner: ModelRunner) -> None:
         """Swap a model's runner. Called in the event loop, so it lands between two cycles."""
