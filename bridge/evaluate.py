@@ -21,6 +21,7 @@ import numpy as np
 from bridge.dataset import DataError, Table, load_csv
 from bridge.inference import Detector
 from bridge.metrics import Counts, Segment, count, segments
+from bridge.progress import track
 from bridge.replay import replay
 
 __all__ = ["FileResult", "Report", "evaluate", "evaluate_table", "latency_us", "plot"]
@@ -94,7 +95,8 @@ def evaluate(model: Path | str, data: Sequence[Path | str], *, test_from: int = 
              max_age: float | None = None) -> Report:
     """Evaluate one model on several labelled files; totals are summed counts, as in SKAB."""
     detector = Detector(model)
-    files = [evaluate_table(detector, load_csv(p), test_from=test_from, max_age=max_age) for p in data]
+    files = [evaluate_table(detector, load_csv(p), test_from=test_from, max_age=max_age)
+             for p in track(list(data), "evaluating")]
     return Report(Path(model), detector.threshold, files)
 
 

@@ -22,7 +22,6 @@ import logging
 import math
 import re
 import signal
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -33,6 +32,7 @@ from typing import TextIO
 
 from bridge.config import DEFAULT_MODEL, Config, StorageSection, WritebackSection
 from bridge.errors import ModelContractError
+from bridge.progress import ProgressLine, clock
 from bridge.tags import TagStore
 
 __all__ = ["RecordError", "RecordPlan", "RecordResult", "output_paths", "parse_duration", "plan",
@@ -160,32 +160,18 @@ def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")
 
 
-def _clock(seconds: float) -> str:
-    s = max(0, round(seconds))
-    return f"{s // 3600:d}:{s // 60 % 60:02d}:{s % 60:02d}"
-
-
 class Progress:
-    """One status line on stderr, rewritten in place on a terminal, a line a minute otherwise."""
+    """Recording progress in plant time, with an ETA in wall time."""
 
     def __init__(self, total: float, speed: float, stream: TextIO | None = None) -> None:
         self.total, self.speed = total, speed
-        self.stream = stream if stream is not None else sys.stderr
-        self.tty = self.stream.isatty()
-        self._last = -math.inf
+        self._line = ProgressLine(stream)
 
     def __call__(self, plant_elapsed: float, result: RecordResult, *, final: bool = False) -> None:
-        now = time.monotonic()
-        if not final and now - self._last < (1.0 if self.tty else 60.0):
-            return
-        self._last = now
         frac = min(1.0, plant_elapsed / self.total)
         eta = max(0.0, self.total - plant_elapsed) / self.speed
-        line = (f"recording {_clock(plant_elapsed)} / {_clock(self.total)} {100 * frac:5.1f} % "
-                f"ETA {_clock(eta)}  rows {result.rows}  bad {result.bad_rows}")
-        end = "\n" if final or not self.tty else ""
-        self.stream.write(("\r\x1b[K" if self.tty else "") + line + end)
-        self.stream.flush()
+        self._line.show(f"recording {clock(plant_elapsed)} / {clock(self.total)} {100 * frac:5.1f} % "
+                        f"ETA {clock(eta)}  rows {result.rows}  bad {result.bad_rows}", final=final)
 
 
 def _recording_config(config: Config) -> Config:
