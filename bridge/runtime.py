@@ -119,6 +119,7 @@ class Bridge:
         self.events: list[dict[str, Any]] = []
         self._anomalous: dict[str, bool] = dict.fromkeys(self.runners, False)
         self._write_tasks: dict[str, asyncio.Task[None]] = {}
+        self._jobs: set[asyncio.Task[Any]] = set()
         self._scheduler: AsyncIOScheduler | None = None
         self.sinks: list[Sink] = []
         if config.modbus_server.enabled:
@@ -143,7 +144,15 @@ class Bridge:
 
     # -- jobs -------------------------------------------------------------------------------
 
+    def _track_job(self) -> None:
+        # Jobs in flight, so stop() can let them finish instead of cancelling them mid-request.
+        task = asyncio.current_task()
+        if task is not None:
+            self._jobs.add(task)
+            task.add_done_callback(self._jobs.discard)
+
     async def poll_device(self, name: str) -> None:
+        self._track_job()
         adapter = self.adapters[name]
         budget = self._poll_budget[name]
         started = time.perf_counter()
@@ -177,6 +186,7 @@ class Bridge:
         return [bad(tag.name, reason, received_time=now) for tag in self.config.device(name).tags]
 
     async def score_model(self, name: str) -> Score:
+        self._track_job()
         score = self.runners[name].step()
         self.scores.put(score)
         if self.storage is not None:
@@ -303,6 +313,10 @@ class Bridge:
         """
         started = self._scheduler is not None
         if self._scheduler is not None:
+            self._scheduler.pause()  # no new jobs; the running ones finish (bounded)
+            running = [t for t in self._jobs if t is not asyncio.current_task()]
+            if running:
+                await asyncio.wait(running, timeout=timeout / 3)
             self._scheduler.shutdown(wait=False)
             self._scheduler = None
         pending = [t for t in self._write_tasks.values() if not t.done()]
