@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -89,7 +90,7 @@ def create_app(bridge: Bridge, tokens: TokenSet | None = None) -> FastAPI:
     api = APIRouter(dependencies=[Depends(require_scope(tokens, "read"))])
 
     @app.get("/api/v1/live")
-    def live() -> dict[str, str]:
+    async def live() -> dict[str, str]:
         """Liveness for container health checks; no authentication, no details."""
         return {"status": "alive"}
 
@@ -110,7 +111,7 @@ def create_app(bridge: Bridge, tokens: TokenSet | None = None) -> FastAPI:
             raise HTTPException(404, f"unknown tag {name!r}")
 
     @api.get("/api/v1/health")
-    def health() -> dict[str, Any]:
+    async def health() -> dict[str, Any]:
         devices = []
         for name, adapter in bridge.adapters.items():
             status = adapter.status
@@ -149,9 +150,11 @@ def create_app(bridge: Bridge, tokens: TokenSet | None = None) -> FastAPI:
     rendered: dict[str, Any] = {"updates": -1, "body": b""}
 
     @api.get("/api/v1/tags", response_model=list[dict[str, Any]])
-    def tags() -> Response:
+    async def tags() -> Response:
         """Latest reading of every tag. SCADA polls this often and it is the biggest reply,
         so the JSON is rendered once per store change, not once per request."""
+        # Handlers are async on purpose: they only read in-memory state, so running them in
+        # the event loop avoids a thread hop per request and reads the store between jobs.
         updates = bridge.store.updates  # read first: a change while rendering re-renders next time
         if rendered["updates"] != updates:
             body = [_reading(bridge, name, bridge.store.latest(name)) for name in bridge.tags]
@@ -160,21 +163,24 @@ def create_app(bridge: Bridge, tokens: TokenSet | None = None) -> FastAPI:
         return Response(rendered["body"], media_type="application/json")
 
     @api.get("/api/v1/tags/{name}")
-    def tag(name: str) -> dict[str, Any]:
+    async def tag(name: str) -> dict[str, Any]:
         tag_or_404(name)
         return _reading(bridge, name, bridge.store.latest(name))
 
     @api.get("/api/v1/tags/{name}/history")
-    def tag_history(name: str, since: Annotated[datetime | None, Query()] = None,
+    async def tag_history(name: str, since: Annotated[datetime | None, Query()] = None,
                     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100) -> list[dict[str, Any]]:
         tag_or_404(name)
         return [_reading(bridge, name, r) for r in bridge.store.history(name, _epoch(since), limit)]
 
     @api.get("/api/v1/models")
-    def models() -> list[dict[str, Any]]:
+    async def models() -> list[dict[str, Any]]:
         return [model_info(name) for name in bridge.runners]
 
     @api.get("/api/v1/models/{name}")
+    async def model(name: str) -> dict[str, Any]:
+        return model_info(name)
+
     def model_info(name: str) -> dict[str, Any]:
         runner = runner_or_404(name)
         contract = runner.detector.contract
@@ -217,7 +223,7 @@ def create_app(bridge: Bridge, tokens: TokenSet | None = None) -> FastAPI:
         return {**model_info(name), "status": "rolled back"}
 
     @api.get("/api/v1/models/{name}/score")
-    def latest_score(name: str) -> dict[str, Any]:
+    async def latest_score(name: str) -> dict[str, Any]:
         runner_or_404(name)
         score = bridge.scores.latest(name)
         if score is None:
@@ -225,19 +231,19 @@ def create_app(bridge: Bridge, tokens: TokenSet | None = None) -> FastAPI:
         return _score(score)
 
     @api.get("/api/v1/models/{name}/scores")
-    def score_history(name: str, since: Annotated[datetime | None, Query()] = None,
+    async def score_history(name: str, since: Annotated[datetime | None, Query()] = None,
                       limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100) -> list[dict[str, Any]]:
         runner_or_404(name)
         return [_score(s) for s in bridge.scores.history(name, _epoch(since), limit)]
 
     @api.get("/api/v1/events")
-    def events(limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
+    async def events(limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
                since: Annotated[datetime | None, Query()] = None) -> list[dict[str, Any]]:
         """Anomaly start/end events, oldest first; from the database when storage is configured
         (so they survive restarts; newest up to one flush interval late), else from memory."""
         after = _epoch(since)
         if bridge.storage is not None:
-            rows = bridge.storage.events(limit, after)
+            rows = await asyncio.to_thread(bridge.storage.events, limit, after)  # disk: off the loop
         else:
             rows = [e for e in bridge.events if after is None or e["time"] > after][-limit:]
         return [{**e, "time": iso(e["time"])} for e in rows]
