@@ -63,3 +63,26 @@ def test_tag_store_is_bounded_and_refuses_unknown_tags() -> None:
         assert "zzz" in str(exc)
     else:
         raise AssertionError("unknown tag accepted")
+
+
+def test_history_keeps_every_kind_of_reading_through_the_ring() -> None:
+    store = TagStore(["a"], history_size=4)
+    readings = [
+        Reading("a", 1.5, Quality.GOOD, 1.0, source_time=0.5),
+        Reading("a", 2**62, Quality.GOOD, 2.0),
+        Reading("a", 2**64, Quality.GOOD, 3.0),  # beyond int64: kept as the object
+        Reading("a", True, Quality.GOOD, 4.0),
+        Reading("a", "text", Quality.UNCERTAIN, 5.0),
+        Reading("a", None, Quality.BAD, 6.0, reason="timeout"),
+        Reading("a", 7.0, Quality.BAD, 7.0, reason="out of range: 7.0 > valid_max 5"),
+        Reading("a", -3, Quality.GOOD, 8.0),
+    ]
+    for reading in readings[:4]:
+        store.put(reading)
+    assert store.history("a") == readings[:4]
+    assert type(store.history("a")[1].value) is int and store.history("a")[0].source_time == 0.5
+    for reading in readings[4:]:
+        store.put(reading)
+    assert store.history("a") == readings[4:]  # wrapped: the oldest four are gone
+    assert store.history("a", since=6.5) == readings[6:]
+    assert len(store._other) == 3  # side table bounded by the ring: overwritten slots leave it
