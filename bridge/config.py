@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from bridge.config_checks import check_backoff, check_credentials
 from bridge.errors import ConfigError
 from bridge.sink_configs import MetricsConfig, ModbusServerConfig, check_modbus_server
 from bridge.sinks.mqtt_config import MqttConfig
@@ -171,9 +172,7 @@ class ModbusDeviceConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_transport(self) -> ModbusDeviceConfig:
-        if self.reconnect_max < self.reconnect_min:
-            raise ValueError(f"reconnect_max: {self.reconnect_max} is less than reconnect_min "
-                             f"{self.reconnect_min}")
+        check_backoff(self.reconnect_min, self.reconnect_max)
         if self.transport == "rtu":
             if not self.serial_port:
                 raise ValueError("serial_port: required for transport 'rtu'")
@@ -279,13 +278,7 @@ class OpcuaDeviceConfig(_Strict):
                 missing = "certificate" if self.certificate is None else "private_key"
                 raise ValueError(f"{missing}: required for security_policy {self.security_policy!r} "
                                  "(the client's application certificate and its key)")
-        if self.username is None:
-            for key in ("password_env", "password_file"):
-                if getattr(self, key) is not None:
-                    raise ValueError(f"{key}: has no meaning without username")
-        elif (self.password_env is None) == (self.password_file is None):
-            raise ValueError("password_env: give exactly one of password_env and password_file "
-                             "for username (the password itself never goes in the config)")
+        check_credentials(self.username, self.password_env, self.password_file)
         if self.deadband_type == "none" and self.deadband_value != 0:
             raise ValueError("deadband_value: has no meaning with deadband_type 'none'")
         if self.deadband_type == "percent" and self.deadband_value > 100:
@@ -296,9 +289,7 @@ class OpcuaDeviceConfig(_Strict):
                     raise ValueError(f"{key}: only valid for mode 'subscribe'")
             if self.deadband_type != "none":
                 raise ValueError("deadband_type: only valid for mode 'subscribe'")
-        if self.reconnect_max < self.reconnect_min:
-            raise ValueError(f"reconnect_max: {self.reconnect_max} is less than reconnect_min "
-                             f"{self.reconnect_min}")
+        check_backoff(self.reconnect_min, self.reconnect_max)
         return self
 
     @property

@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from bridge.config_checks import check_backoff, check_credentials
+
 __all__ = ["MqttConfig", "MqttTlsConfig"]
 
 # An MQTT topic level may not hold wildcards; "$" at the start is reserved for the broker.
@@ -66,16 +68,8 @@ class MqttConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> MqttConfig:
-        if self.username is None:
-            for key in ("password_env", "password_file"):
-                if getattr(self, key) is not None:
-                    raise ValueError(f"{key}: has no meaning without username")
-        elif (self.password_env is None) == (self.password_file is None):
-            raise ValueError("password_env: give exactly one of password_env and password_file "
-                             "for username (the password itself never goes in the config)")
-        if self.reconnect_max < self.reconnect_min:
-            raise ValueError(f"reconnect_max: {self.reconnect_max} is less than reconnect_min "
-                             f"{self.reconnect_min}")
+        check_credentials(self.username, self.password_env, self.password_file)
+        check_backoff(self.reconnect_min, self.reconnect_max)
         if not (self.events or self.summary or self.scores):
             raise ValueError("events: events, summary and scores are all off: nothing to publish")
         return self
