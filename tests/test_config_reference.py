@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from bridge.config_reference import render
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,3 +23,12 @@ def test_every_key_is_explained_in_the_example() -> None:
     missing = [line.split("|")[1].strip() for line in render().splitlines()
                if line.startswith("| `") and line.rstrip().endswith("|  |")]
     assert not missing, f"keys without a comment in config.example.toml: {missing}"
+
+
+def test_register_map_doc_is_current(capsys: pytest.CaptureFixture[str]) -> None:
+    from bridge.cli import main
+
+    assert main(["registers", str(ROOT / "config.example.toml")]) == 0
+    table = capsys.readouterr().out
+    doc = (ROOT / "docs" / "register-map.md").read_text()
+    assert table in doc, "docs/register-map.md is stale: see its first lines to regenerate it"
