@@ -213,9 +213,36 @@ def _simulate(args: argparse.Namespace) -> int:
         except ValueError:
             print(f"--fault-at: {item!r} is not SECONDS:FAULT", file=sys.stderr)
             return EXIT_CONFIG
+    if args.opcua:
+        if args.replay:
+            print("--opcua serves the simulated plant; it cannot be combined with --replay",
+                  file=sys.stderr)
+            return EXIT_CONFIG
+        from adapters.simulator_opcua import run_opcua_simulator_forever
+
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run_opcua_simulator_forever(args.host, args.port, args.opcua_port,
+                                                    args.seed, schedule or None))
+        return 0
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_simulator_forever(args.host, args.port, args.seed, schedule or None,
                                           Path(args.replay) if args.replay else None, args.speed))
+    return 0
+
+
+def _certs(args: argparse.Namespace) -> int:
+    from adapters.opcua_certs import generate_certificate
+
+    try:
+        cert, key = generate_certificate(Path(args.out), args.application_uri, hostname=args.hostname,
+                                         name=args.name, server=args.server, days=args.days,
+                                         force=args.force)
+    except (FileExistsError, ValueError) as exc:
+        print(f"certs: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"certificate {cert}\nprivate key {key}\napplication URI {args.application_uri}")
+    key_name = "certificate / private_key" + ("" if args.server else " / application_uri")
+    print(f"set {key_name} accordingly; the peer must trust {cert}")
     return 0
 
 
@@ -257,8 +284,22 @@ def build_parser() -> argparse.ArgumentParser:
                      help="inject a fault (spike, stuck, drift, cavitation) after SECONDS; repeatable")
     sim.add_argument("--replay", metavar="FILE.csv", help="play a recorded SKAB-format CSV instead")
     sim.add_argument("--speed", type=float, default=1.0, help="replay speed factor")
+    sim.add_argument("--opcua", action="store_true",
+                     help="also serve the plant over OPC UA (ns=2;s=Pump.*, FaultCode writable)")
+    sim.add_argument("--opcua-port", type=int, default=4840, help="OPC UA port (with --opcua)")
     sim.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     sim.set_defaults(func=_simulate)
+
+    certs = sub.add_parser("certs", help="generate a self-signed OPC UA application certificate")
+    certs.add_argument("--out", default="pki", metavar="DIR", help="folder for the files (default pki)")
+    certs.add_argument("--application-uri", default="urn:plcbridge:client",
+                       help="must equal the device's application_uri (default urn:plcbridge:client)")
+    certs.add_argument("--hostname", default=None, help="DNS name in the certificate (default: this host)")
+    certs.add_argument("--name", default="plcbridge", help="file name prefix (default plcbridge)")
+    certs.add_argument("--server", action="store_true", help="a server certificate for [opcua_server]")
+    certs.add_argument("--days", type=int, default=730, help="validity in days (default 730)")
+    certs.add_argument("--force", action="store_true", help="replace existing files")
+    certs.set_defaults(func=_certs)
 
     demo = sub.add_parser("demo", help="simulated plant + default model + API on 127.0.0.1")
     demo.add_argument("--port", type=int, default=8080, help="API port (a free one if busy)")

@@ -28,6 +28,7 @@ from pydantic import (
 from bridge.config_checks import check_backoff, check_credentials
 from bridge.errors import ConfigError
 from bridge.sink_configs import MetricsConfig, ModbusServerConfig, check_modbus_server
+from bridge.sink_configs_opcua import OpcuaServerConfig
 from bridge.sinks.mqtt_config import MqttConfig
 
 __all__ = [
@@ -437,6 +438,7 @@ class Config(_Strict):
     writeback: WritebackSection = Field(default_factory=WritebackSection)
     storage: StorageSection = Field(default_factory=StorageSection)
     modbus_server: ModbusServerConfig = Field(default_factory=ModbusServerConfig)
+    opcua_server: OpcuaServerConfig = Field(default_factory=OpcuaServerConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     mqtt: MqttConfig | None = None
     devices: list[DeviceConfig] = Field(default_factory=list)

@@ -126,6 +126,10 @@ class Bridge:
             from adapters.modbus_server import ModbusServerSink  # pymodbus server only if asked
 
             self.sinks.append(ModbusServerSink(config.modbus_server))
+        if config.opcua_server.enabled:
+            from adapters.opcua_server import OpcuaServerSink  # asyncua server only if asked
+
+            self.sinks.append(OpcuaServerSink(config.opcua_server))  # ConfigError: password env/file
         if config.mqtt is not None:
             self.sinks.append(_mqtt_sink(config.mqtt))
         self.updater = ModelUpdater(self)

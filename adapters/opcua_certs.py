@@ -1,0 +1,55 @@
+"""``plcbridge certs``: a self-signed OPC UA application certificate and its private key.
+
+OPC UA servers check that the certificate's subjectAltName URI equals the application URI the
+client announces (``application_uri`` in the device config; node-opcua refuses the session
+otherwise), so the URI is the one thing that must be right. The certificate is written as DER
+(what OPC UA exchanges and what servers put in their trust folders), the key as unencrypted
+PKCS#8 PEM readable by its owner only. Existing files are never overwritten unless asked:
+replacing a certificate means every server that trusts it must trust the new one.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from asyncua.crypto.cert_gen import (
+    dump_private_key_as_pem,
+    generate_private_key,
+    generate_self_signed_app_certificate,
+)
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+__all__ = ["generate_certificate"]
+
+
+def generate_certificate(directory: Path, application_uri: str, *, hostname: str | None = None,
+                         name: str = "plcbridge", server: bool = False, days: int = 730,
+                         force: bool = False) -> tuple[Path, Path]:
+    """Write ``<name>_cert.der`` and ``<name>_key.pem`` into ``directory``; return their paths.
+
+    ``server=True`` makes a server certificate (for ``[opcua_server]``), otherwise a client
+    one. Raises FileExistsError when either file exists and ``force`` is false."""
+    if days < 1:
+        raise ValueError(f"days must be >= 1, got {days}")
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = directory / f"{name}_cert.der", directory / f"{name}_key.pem"
+    if not force:
+        for path in (cert_path, key_path):
+            if path.exists():
+                raise FileExistsError(f"{path} exists (use --force to replace it)")
+    host = hostname or socket.gethostname()
+    key = generate_private_key()
+    usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+    cert = generate_self_signed_app_certificate(
+        key, f"plcbridge@{host}", {"organizationName": "plcbridge"},
+        [x509.UniformResourceIdentifier(application_uri), x509.DNSName(host)], [usage], days=days)
+    # The key is created 0600 from the start: never briefly world-readable.
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(dump_private_key_as_pem(key))
+    cert_path.write_bytes(cert.public_bytes(Encoding.DER))
+    return cert_path, key_path
