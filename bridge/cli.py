@@ -72,6 +72,7 @@ def _check(args: argparse.Namespace) -> int:
     from adapters._modbus_plan import describe, plan_reads  # pure: no protocol library
     from bridge.inference import Detector
     from bridge.scoring import resolve_inputs
+    from bridge.writeback import place
 
     print(f"{args.config}: valid")
     total = 0
@@ -112,7 +113,7 @@ def _check(args: argparse.Namespace) -> int:
         for feature, tag_name in zip(c.inputs, tags, strict=True):
             print(f"  input {feature:<16} <- {tag_name}")
         if model.writeback is not None:
-            targets = ", ".join(f"{k}@{t.address} ({t.type})" for k, t in model.writeback.targets().items())
+            targets = ", ".join(f"{k} -> {place(t)}" for k, t in model.writeback.targets().items())
             print(f"  write-back ({config.writeback.mode}) to {model.writeback.device}: {targets}")
     print(f"\n{len(config.devices)} device(s), {len(config.tag_names())} tag(s), "
           f"{total} request(s) per cycle, {len(config.models)} model(s)")

@@ -41,6 +41,7 @@ __all__ = [
     "ModbusDeviceConfig",
     "ModbusTagConfig",
     "ModelConfig",
+    "NodeTarget",
     "OpcuaDeviceConfig",
     "OpcuaTagConfig",
     "RegisterTarget",
@@ -201,6 +202,21 @@ _NODE_ID = (r"^(ns=\d{1,5};)?(i=\d{1,10}|s=.+|b=[A-Za-z0-9+/=]+|"
 OpcuaSecurityPolicy = Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"]
 
 
+def _node_id(value: str) -> str:
+    if not re.match(_NODE_ID, value):
+        raise ValueError(f"{value!r} is not a NodeId (ns=<index>;i=<number> | s=<string> | "
+                         "g=<guid> | b=<base64>, e.g. 'ns=2;s=Pump1.Pressure')")
+    return value
+
+
+def _fail_safe_in_range(fail_safe: float | None, low: float | None, high: float | None) -> None:
+    if fail_safe is not None:
+        if low is not None and fail_safe < low:
+            raise ValueError(f"fail_safe: {fail_safe} is below min {low}")
+        if high is not None and fail_safe > high:
+            raise ValueError(f"fail_safe: {fail_safe} is above max {high}")
+
+
 class OpcuaTagConfig(_Strict):
     """One OPC UA variable read (or subscribed) by NodeId."""
 
@@ -214,10 +230,7 @@ class OpcuaTagConfig(_Strict):
     @field_validator("node_id")
     @classmethod
     def _check_node_id(cls, value: str) -> str:
-        if not re.match(_NODE_ID, value):
-            raise ValueError(f"{value!r} is not a NodeId (ns=<index>;i=<number> | s=<string> | "
-                             "g=<guid> | b=<base64>, e.g. 'ns=2;s=Pump1.Pressure')")
-        return value
+        return _node_id(value)
 
     @model_validator(mode="after")
     def _check_range(self) -> OpcuaTagConfig:
@@ -329,11 +342,7 @@ class RegisterTarget(_Strict):
 
     @model_validator(mode="after")
     def _check_fail_safe(self) -> RegisterTarget:
-        if self.fail_safe is not None:
-            if self.min is not None and self.fail_safe < self.min:
-                raise ValueError(f"fail_safe: {self.fail_safe} is below min {self.min}")
-            if self.max is not None and self.fail_safe > self.max:
-                raise ValueError(f"fail_safe: {self.fail_safe} is above max {self.max}")
+        _fail_safe_in_range(self.fail_safe, self.min, self.max)
         return self
 
     @property
@@ -341,24 +350,47 @@ class RegisterTarget(_Strict):
         return register_count(self.type)
 
 
+class NodeTarget(_Strict):
+    """An OPC UA variable the bridge may write; the value takes the node's own DataType."""
+
+    node_id: str
+    min: float | None = None
+    max: float | None = None
+    fail_safe: float | None = None
+
+    @field_validator("node_id")
+    @classmethod
+    def _check_node_id(cls, value: str) -> str:
+        return _node_id(value)
+
+    @model_validator(mode="after")
+    def _check_fail_safe(self) -> NodeTarget:
+        _fail_safe_in_range(self.fail_safe, self.min, self.max)
+        return self
+
+
+Target = RegisterTarget | NodeTarget
+
+
 class WritebackConfig(_Strict):
-    """Where a model's results go on a device. Each target is optional."""
+    """Where a model's results go on a device. Each target is optional: holding registers
+    (``address``) on a Modbus device, nodes (``node_id``) on an OPC UA device."""
 
     device: str
-    score: RegisterTarget | None = None
-    anomaly: RegisterTarget | None = None
-    heartbeat: RegisterTarget | None = None
-    window_valid: RegisterTarget | None = None
+    score: Target | None = None
+    anomaly: Target | None = None
+    heartbeat: Target | None = None
+    window_valid: Target | None = None
     allow_overlap_with_tags: bool = False
 
     @field_validator("score")
     @classmethod
-    def _score_is_float(cls, value: RegisterTarget | None) -> RegisterTarget | None:
-        if value is not None and value.type not in ("float32", "float64"):
+    def _score_is_float(cls, value: Target | None) -> Target | None:
+        if isinstance(value, RegisterTarget) and value.type not in ("float32", "float64"):
             raise ValueError(f"type: score needs float32 or float64, not {value.type!r}")
         return value
 
-    def targets(self) -> dict[str, RegisterTarget]:
+    def targets(self) -> dict[str, Target]:
         found = {
             "score": self.score, "anomaly": self.anomaly,
             "heartbeat": self.heartbeat, "window_valid": self.window_valid,
@@ -567,11 +599,21 @@ def _check_writeback(config: Config, model: ModelConfig, where: str) -> list[str
         return [f"{where}: names no target (score, anomaly, heartbeat, window_valid)"]
     errors = []
     device = config.device(wb.device)
-    if not isinstance(device, ModbusDeviceConfig):
-        return [f"{where}.device: {wb.device!r} is an OPC UA device; write-back targets are "
-                "holding registers, so it needs a Modbus device (write-back to nodes: not yet)"]
+    wanted = RegisterTarget if isinstance(device, ModbusDeviceConfig) else NodeTarget
+    for key, target in wb.targets().items():
+        if not isinstance(target, wanted):
+            what = "address (a holding register)" if wanted is RegisterTarget else "node_id"
+            errors.append(f"{where}.{key}: device {wb.device!r} is {device.protocol}: "
+                          f"the target needs {what}")
+    if errors:
+        return errors
+    if isinstance(device, OpcuaDeviceConfig):
+        nodes = [t.node_id for t in wb.targets().values() if isinstance(t, NodeTarget)]
+        duplicated = sorted({n for n in nodes if nodes.count(n) > 1})
+        return [f"{where}: node {n!r} is the target of more than one result" for n in duplicated]
     if not wb.allow_overlap_with_tags:
         for key, target in wb.targets().items():
+            assert isinstance(target, RegisterTarget)
             span = range(target.address, target.address + target.registers)
             for tag in device.tags:
                 if tag.table == "holding" and \
@@ -590,6 +632,8 @@ def _check_writeback_overlaps(config: Config) -> list[str]:
         if model.writeback is None:
             continue
         for key, target in model.writeback.targets().items():
+            if not isinstance(target, RegisterTarget):
+                continue  # nodes: checked per model; OPC UA has no address ranges to overlap
             where = f"models[{m_index}].writeback.{key}.address"
             for address in range(target.address, target.address + target.registers):
                 owner = owners.get((model.writeback.device, address))

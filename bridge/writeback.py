@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from bridge.config import RegisterTarget, WritebackConfig
+from bridge.config import NodeTarget, RegisterTarget, Target, WritebackConfig
 from bridge.errors import PlcBridgeError, WriteRefusedError
 from bridge.scores import Score
 
@@ -51,18 +51,27 @@ class WriteStats:
     values: dict[str, float] = field(default_factory=dict)
 
 
-def check_value(key: str, target: RegisterTarget, value: float) -> None:
+def place(target: Target) -> str:
+    """Where a target is, for logs and errors: ``holding 100`` or ``node ns=2;s=X``."""
+    if isinstance(target, NodeTarget):
+        return f"node {target.node_id}"
+    return f"holding {target.address}"
+
+
+def check_value(key: str, target: Target, value: float) -> None:
     """Raise WriteRefusedError unless ``value`` fits the target's type and configured range."""
-    where = f"{key} (holding {target.address}, {target.type})"
+    # A node's type is its DataType, known to the adapter only: it checks the encoding there.
+    kind = target.type if isinstance(target, RegisterTarget) else "node DataType"
+    where = f"{key} ({place(target)}, {kind})"
     if not math.isfinite(value):
         raise WriteRefusedError(f"{where}: value {value!r} is not finite")
-    limits = _INT_LIMITS.get(target.type)
+    limits = _INT_LIMITS.get(kind)
     if limits is not None:
         if value != int(value):
             raise WriteRefusedError(f"{where}: value {value!r} is not an integer")
         if not limits[0] <= value <= limits[1]:
             raise WriteRefusedError(f"{where}: value {value!r} outside {limits[0]}..{limits[1]}")
-    elif target.type == "float32" and abs(value) > _FLOAT32_MAX:
+    elif kind == "float32" and abs(value) > _FLOAT32_MAX:
         raise WriteRefusedError(f"{where}: value {value!r} does not fit float32")
     if target.min is not None and value < target.min:
         raise WriteRefusedError(f"{where}: value {value!r} below configured min {target.min}")
@@ -130,7 +139,10 @@ class ModelWriteback:
         values = self.values_for(score)
         heartbeat = self._targets.get("heartbeat")
         if heartbeat is not None:
-            high = _INT_LIMITS.get(heartbeat.type, (0, 2**16 - 1))[1]
+            # A node heartbeat wraps like a uint16 too: every integer DataType holds 0..65535
+            # except the 8-bit ones and Int16, which nobody picks for a counter.
+            kind = heartbeat.type if isinstance(heartbeat, RegisterTarget) else "uint16"
+            high = _INT_LIMITS.get(kind, (0, 2**16 - 1))[1]
             self._heartbeat = (self._heartbeat + 1) % (high + 1)
         now = time.monotonic()
         batch = [(key, value) for key, value in values.items() if self._allowed(key, value, now)]
@@ -144,8 +156,8 @@ class ModelWriteback:
         if self.mode == "dry-run":
             self.stats.dry_run += len(batch)
             for key, value in batch:
-                audit.info("dry-run model=%s device=%s target=%s address=%d value=%r",
-                           self.model, self.config.device, key, self._targets[key].address, value)
+                audit.info("dry-run model=%s device=%s target=%s at=%s value=%r",
+                           self.model, self.config.device, key, place(self._targets[key]), value)
             return
         try:
             # One call: adjacent targets (score and flag) reach the device in one request.
@@ -184,6 +196,6 @@ class ModelWriteback:
     def _audit(self, batch: list[tuple[str, float]], result: str) -> None:
         if audit.isEnabledFor(logging.INFO):
             for key, value in batch:
-                audit.info("write model=%s device=%s target=%s address=%d value=%r result=%s",
-                           self.model, self.config.device, key, self._targets[key].address, value,
+                audit.info("write model=%s device=%s target=%s at=%s value=%r result=%s",
+                           self.model, self.config.device, key, place(self._targets[key]), value,
                            result)

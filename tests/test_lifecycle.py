@@ -92,7 +92,7 @@ async def test_sigterm_writes_fail_safe_and_exits_0(tmp_path: Path, sim: Simulat
     assert b"bridge stopped" in stderr
     assert (tmp_path / "data" / "plcbridge.sqlite3").exists()
     audit = (tmp_path / "data" / "audit.log").read_text()
-    assert "target=heartbeat address=103" in audit and "result=ok" in audit
+    assert "target=heartbeat at=holding 103" in audit and "result=ok" in audit
 
 
 async def test_check_only(tmp_path: Path, sim: SimulatorHandle) -> None:

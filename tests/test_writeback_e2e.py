@@ -75,7 +75,7 @@ async def test_dry_run_writes_nothing_and_audits(caplog: pytest.LogCaptureFixtur
             await bridge.stop()
         assert sim.holding(100, 5) == [0, 0, 0, 0, 0]
         lines = [r.getMessage() for r in caplog.records if r.name == "plcbridge.audit"]
-        assert any(line.startswith("dry-run model=pump device=plc target=heartbeat address=103")
+        assert any(line.startswith("dry-run model=pump device=plc target=heartbeat at=holding 103")
                    for line in lines)
     finally:
         await sim.stop()
