@@ -42,6 +42,7 @@ from adapters._opcua_convert import (
     to_value,
 )
 from adapters._opcua_session import monitored_item_requests, teardown
+from adapters._opcua_trust import UntrustedCertificate, check_server_certificate, first_certificate
 from adapters._opcua_write import encode_for, target_limits, variant_type_of
 from adapters.base import DeviceStatus
 from bridge.backoff import Backoff
@@ -114,6 +115,7 @@ class OpcuaAdapter:
         self._closed = False
         self._latest: dict[str, Reading] = {}
         self.sessions = 0  # sessions opened so far (tests and diagnostics)
+        self._warned_unverified = False
         self._write_types: dict[str, ua.VariantType | None] = {}  # node -> type, read once
 
     # ---- session lifecycle
@@ -161,8 +163,7 @@ class OpcuaAdapter:
                     await client.set_security(
                         _POLICIES[config.security_policy], str(config.certificate),
                         str(config.private_key),
-                        server_certificate=str(config.server_certificate)
-                        if config.server_certificate is not None else None,
+                        server_certificate=await self._server_certificate(mode),
                         mode=getattr(ua.MessageSecurityMode, mode))
                 await client.connect()
                 if config.max_nodes_per_read == 0:
@@ -170,6 +171,9 @@ class OpcuaAdapter:
         except asyncio.CancelledError:
             await teardown(client, 0.0)  # closed while connecting: leave nothing behind
             raise
+        except UntrustedCertificate as exc:
+            await teardown(client, 0.0)
+            raise OpcuaConnectError(self.name, "security", f"{config.endpoint}: {exc}") from None
         except (Exception, TimeoutError) as exc:
             await teardown(client, 0.0)
             kind, detail = classify_connect_error(exc, config.endpoint, config.security_policy, mode)
@@ -179,6 +183,27 @@ class OpcuaAdapter:
             self.status.reconnects += 1
         self.sessions += 1
         self.status.connected = True
+
+    async def _server_certificate(self, mode: str) -> str | bytes | None:
+        """The server certificate to talk to: pinned, or offered by the server and checked
+        against ``trusted_servers``; None (take the endpoint's, unverified) when neither is set."""
+        config = self.config
+        if config.server_certificate is not None:
+            return str(config.server_certificate)
+        if config.trusted_servers is None:
+            if not self._warned_unverified:
+                log.warning("server certificate not verified device=%s: set trusted_servers or "
+                            "server_certificate", self.name)
+                self._warned_unverified = True
+            return None
+        probe = Client(config.endpoint, timeout=config.timeout)
+        endpoints = await probe.connect_and_get_server_endpoints()
+        endpoint = Client.find_endpoint(endpoints, getattr(ua.MessageSecurityMode, mode),
+                                        _POLICIES[config.security_policy].URI)
+        der = first_certificate(endpoint.ServerCertificate)
+        await asyncio.to_thread(check_server_certificate, config.trusted_servers, self.name, der,
+                                config.trust_on_first_use)
+        return der
 
     @staticmethod
     async def _server_read_limit(client: Client) -> int:

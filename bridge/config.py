@@ -262,6 +262,8 @@ class OpcuaDeviceConfig(_Strict):
     certificate: Path | None = None
     private_key: Path | None = None
     server_certificate: Path | None = None
+    trusted_servers: Path | None = None
+    trust_on_first_use: bool = False
     application_uri: Annotated[str, Field(min_length=1)] = "urn:plcbridge:client"
     username: str | None = None
     password_env: str | None = None
@@ -281,7 +283,7 @@ class OpcuaDeviceConfig(_Strict):
             if self.security_mode not in (None, "None"):
                 raise ValueError(f"security_mode: {self.security_mode!r} needs a security_policy "
                                  "other than 'None'")
-            for key in ("certificate", "private_key", "server_certificate"):
+            for key in ("certificate", "private_key", "server_certificate", "trusted_servers"):
                 if getattr(self, key) is not None:
                     raise ValueError(f"{key}: has no meaning with security_policy 'None'")
         else:
@@ -292,6 +294,11 @@ class OpcuaDeviceConfig(_Strict):
                 missing = "certificate" if self.certificate is None else "private_key"
                 raise ValueError(f"{missing}: required for security_policy {self.security_policy!r} "
                                  "(the client's application certificate and its key)")
+        if self.trust_on_first_use and self.trusted_servers is None:
+            raise ValueError("trust_on_first_use: needs trusted_servers (the folder it saves to)")
+        if self.server_certificate is not None and self.trusted_servers is not None:
+            raise ValueError("trusted_servers: give server_certificate (one pinned certificate) "
+                             "or trusted_servers (a folder), not both")
         check_credentials(self.username, self.password_env, self.password_file)
         if self.deadband_type == "none" and self.deadband_value != 0:
             raise ValueError("deadband_value: has no meaning with deadband_type 'none'")

@@ -554,3 +554,50 @@ def test_check_prints_opcua_nodes(tmp_path: Path, capsys: pytest.CaptureFixture[
     out = capsys.readouterr().out
     assert "device line2: opcua subscribe opc.tcp://10.0.0.5:4840 (None/None, user op)" in out
     assert "ns=2;s=Pump1.Pressure [bar]" in out
+
+
+async def test_server_certificate_trust_folder_and_trust_on_first_use(
+        tmp_path: Path, adapters: list[OpcuaAdapter]) -> None:
+    server_cert, server_key = await make_cert(tmp_path, "server", "urn:freeopcua:python:server",
+                                              server=True)
+    impostor_cert = await make_cert(tmp_path / "impostor", "server", "urn:freeopcua:python:server",
+                                    server=True)
+    client_cert, client_key = await make_cert(tmp_path, "client", CLIENT_URI, server=False)
+    secure = {"security_policy": "Basic256Sha256", "certificate": client_cert,
+              "private_key": client_key, "application_uri": CLIENT_URI}
+    trusted = tmp_path / "trusted"
+    srv = await OpcuaTestServer(security=(server_cert, server_key)).start()
+    try:
+        # An empty trust folder: refused, named, and the offered certificate kept for review.
+        refused = OpcuaAdapter(device(srv, trusted_servers=trusted, **secure))
+        adapters.append(refused)
+        with pytest.raises(OpcuaConnectError) as info:
+            await refused.connect()
+        assert str(info.value).startswith("plc1: not connected") and "is not trusted" in str(info.value)
+        [rejected] = (trusted / "rejected").iterdir()
+        # The operator moves it into the folder: trusted from then on.
+        rejected.rename(trusted / "plc1-server.der")
+        ok = OpcuaAdapter(device(srv, trusted_servers=trusted, **secure))
+        adapters.append(ok)
+        await ok.connect()
+        assert all(r.quality is Quality.GOOD for r in await ok.read())
+        await ok.close()
+
+        # Trust on first use: the first certificate is saved, a different one later is refused.
+        tofu_folder = tmp_path / "tofu"
+        first = OpcuaAdapter(device(srv, trusted_servers=tofu_folder, trust_on_first_use=True, **secure))
+        adapters.append(first)
+        await first.connect()
+        assert (tofu_folder / "plc1.der").is_file()
+        await first.close()
+    finally:
+        await srv.stop()
+    impostor = await OpcuaTestServer(port=srv.port, security=impostor_cert).start()
+    try:
+        again = OpcuaAdapter(device(impostor, trusted_servers=tofu_folder, trust_on_first_use=True,
+                                    **secure))
+        adapters.append(again)
+        with pytest.raises(OpcuaConnectError, match="differs from the one trusted on first use"):
+            await again.connect()
+    finally:
+        await impostor.stop()
