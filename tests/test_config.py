@@ -68,3 +68,13 @@ def test_defaults_are_safe() -> None:
     config = parse_config({})
     assert config.writeback.mode == "off"
     assert config.api.host == "127.0.0.1"
+
+
+def test_readme_config_snippets_are_valid() -> None:
+    import re
+    import tomllib
+
+    blocks = re.findall(r"```toml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert blocks, "the README shows no config"
+    for block in blocks:
+        parse_config(tomllib.loads(block))
