@@ -31,10 +31,17 @@ from bridge.config import ModbusTagConfig
 from bridge.errors import DecodeError
 
 __all__ = [
+    "BIT",
+    "BOOL",
+    "GENERIC",
+    "RAW",
     "TYPES",
     "VENDOR_ORDERS",
     "DataTypeInfo",
     "EncodeError",
+    "FieldDecoder",
+    "RequestDecoder",
+    "compile_field",
     "decode",
     "decode_raw",
     "encode",
@@ -212,3 +219,154 @@ def encode(value: float, target_type: str, byte_order: str = "big", word_order: 
     if not info.min <= number <= info.max:
         raise EncodeError(f"value {value!r} is outside {target_type} range {info.min}..{info.max}")
     return _to_registers(info.pack.pack(number), byte_order, word_order)
+
+
+# --------------------------------------------------------------------------- request decoders
+#
+# The poll loop's fast path. ``decode`` above is the reference: general, checked, one tag at a
+# time. A ``RequestDecoder`` is compiled once per planned request and turns the whole reply into
+# raw values with one ``struct`` pack and (usually) one unpack, with every per-tag decision
+# (struct format, byte/word order, bit, scale/offset, valid range) taken at compile time. Tags it
+# cannot decode directly (strings, and the mixed orders CDAB and BADC of multi-register types)
+# are marked GENERIC and go through ``decode``; so does the whole reply if a register is not a
+# 16-bit unsigned integer, so errors read exactly as ``decode``'s.
+
+RAW = 0  # a number: raw struct value, then scale/offset if any
+BIT = 1  # one bit of a register
+BOOL = 2  # a coil or discrete input
+GENERIC = 3  # via ``decode``
+
+
+@dataclass(frozen=True, slots=True)
+class FieldDecoder:
+    """One tag of a request, with everything the poll loop needs precomputed."""
+
+    tag: ModbusTagConfig
+    name: str
+    kind: int  # RAW, BIT, BOOL or GENERIC
+    offset: int  # registers (or bits) into the reply
+    registers: int
+    unpack: struct.Struct | None  # RAW/BIT: reads the value at byte 2*offset of the reply's bytes
+    bit: int
+    scaled: bool  # scale != 1 or offset != 0
+    scale: float
+    add: float
+    check_finite: bool  # the value can be a float (float type, or scaled)
+    valid_min: float | None
+    valid_max: float | None
+    byte_order: str  # effective orders, for GENERIC
+    word_order: str
+
+    @property
+    def plain(self) -> bool:
+        """The raw value is the value and is always good (an unscaled, unchecked integer)."""
+        return (self.kind == RAW and not self.scaled and not self.check_finite
+                and self.valid_min is None and self.valid_max is None)
+
+
+def _direct_code(info: DataTypeInfo, byte_order: str, word_order: str) -> str | None:
+    """struct byte-order prefix that reads the type straight off the reply's big-endian bytes,
+    or None when the registers need reordering (CDAB, BADC of multi-register types)."""
+    if info.registers == 1 or byte_order == word_order:
+        return ">" if byte_order == "big" else "<"
+    return None
+
+
+def compile_field(tag: ModbusTagConfig, offset: int, byte_order: str, word_order: str) -> FieldDecoder:
+    """``byte_order``/``word_order``: the device's defaults (the tag's own win)."""
+    byte_order = tag.byte_order or byte_order
+    word_order = tag.word_order or word_order
+    data_type = tag.data_type
+    info = TYPES.get(data_type)
+    kind, unpack = GENERIC, None
+    if data_type == "bool":
+        kind = BOOL
+    elif (info is not None and info.pack is not None and byte_order in ("big", "little")
+          and word_order in ("big", "little")):
+        prefix = _direct_code(info, byte_order, word_order)
+        if prefix is not None:
+            kind = BIT if data_type == "bit" else RAW
+            unpack = _struct(prefix + info.struct_code)
+    if kind == BIT and (tag.bit is None or not 0 <= tag.bit <= 15):
+        kind, unpack = GENERIC, None  # decode() says why
+    numeric = info is not None and info.numeric
+    scaled = numeric and (tag.scale != 1.0 or tag.offset != 0.0)
+    return FieldDecoder(
+        tag=tag, name=tag.name, kind=kind, offset=offset, registers=tag.registers, unpack=unpack,
+        bit=tag.bit or 0, scaled=scaled, scale=tag.scale, add=tag.offset,
+        check_finite=bool(info is not None and info.is_float) or scaled,
+        valid_min=tag.valid_min, valid_max=tag.valid_max, byte_order=byte_order, word_order=word_order)
+
+
+class RequestDecoder:
+    """All tags of one planned request. ``raw(values)`` -> one raw value per tag (None for
+    GENERIC tags), or None if the reply is bits or cannot be packed (then decode each tag).
+
+    Built for the poll loop of many devices: per tag it keeps only the name; tags that need
+    more than "the raw value, good" (bits, scaled, checked, GENERIC) get a FieldDecoder in
+    ``special``. Fewer long-lived objects means cheaper full garbage collections.
+    """
+
+    __slots__ = ("combined", "names", "special", "special_at", "tags", "unpackers", "words")
+
+    def __init__(self, tags: Sequence[tuple[ModbusTagConfig, int]], count: int, *, is_bits: bool,
+                 byte_order: str, word_order: str) -> None:
+        self.tags = tags  # the request's own (tag, offset) pairs, shared with the plan
+        self.names = tuple(tag.name for tag, _ in tags)
+        self.words: struct.Struct | None = None
+        self.combined: struct.Struct | None = None
+        self.unpackers: tuple[tuple[struct.Struct | None, int], ...] = ()
+        self.special_at: tuple[int, ...] = ()
+        self.special: tuple[FieldDecoder, ...] = ()
+        if is_bits:
+            return
+        fields = [compile_field(tag, offset, byte_order, word_order) for tag, offset in tags]
+        keep = [(i, f) for i, f in enumerate(fields) if not f.plain]
+        self.special_at = tuple(i for i, _ in keep)
+        self.special = tuple(f for _, f in keep)
+        self.words = _struct(f">{count}H")
+        self.combined = _combined(fields, count)
+        if self.combined is None:
+            self.unpackers = tuple((f.unpack, 2 * f.offset) for f in fields)
+
+    def raw(self, values: Sequence[int] | Sequence[bool]) -> Sequence[float | int | None] | None:
+        words = self.words
+        if words is None:
+            return None
+        try:
+            data = words.pack(*values)
+        except struct.error:
+            return None
+        if self.combined is not None:
+            return self.combined.unpack(data)
+        return [unpack.unpack_from(data, at)[0] if unpack is not None else None
+                for unpack, at in self.unpackers]
+
+
+_STRUCTS: dict[str, struct.Struct] = {}
+
+
+def _struct(fmt: str) -> struct.Struct:
+    """One shared Struct per format (the formats of fields and replies are few)."""
+    found = _STRUCTS.get(fmt)
+    if found is None:
+        found = _STRUCTS[fmt] = struct.Struct(fmt)
+    return found
+
+
+def _combined(fields: Sequence[FieldDecoder], count: int) -> struct.Struct | None:
+    """One big-endian format for the whole reply when every field is direct big-endian and the
+    fields follow each other without overlap (pad bytes for gaps)."""
+    parts = [">"]
+    position = 0
+    for f in fields:
+        if f.unpack is None or not f.unpack.format.startswith(">") or f.offset < position:
+            return None
+        if f.offset > position:
+            parts.append(f"{2 * (f.offset - position)}x")
+        parts.append(f.unpack.format[1:])
+        position = f.offset + f.registers
+    if position < count:
+        parts.append(f"{2 * (count - position)}x")
+    combined = struct.Struct("".join(parts))
+    return combined if combined.size == 2 * count else None

@@ -16,7 +16,10 @@ from bench._common import Context, Section, environment
 
 BENCHMARKS = {"poll": "bench.poll", "inference": "bench.infer", "pipeline": "bench.pipeline",
               "footprint": "bench.footprint", "rest": "bench.rest", "e2e": "bench.e2e",
-              "scaling": "bench.scaling"}
+              "scaling": "bench.scaling", "soak": "bench.soak", "opcua": "bench.opcua"}
+# Left out of --quick (which must finish in < 2 min) unless named with --only: the soak is
+# about time itself (--quick --only soak runs it for 60 s).
+NOT_QUICK = ("soak",)
 
 
 def run_one(name: str, ctx: Context) -> Section:
@@ -33,7 +36,8 @@ def run_one(name: str, ctx: Context) -> Section:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="short runs (< 2 min in all)")
+    parser.add_argument("--quick", action="store_true",
+                        help="short runs (< 2 min in all; no soak unless --only soak)")
     parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), metavar="NAME",
                         help=f"run only these ({', '.join(BENCHMARKS)}); others keep their last results")
     parser.add_argument("--report-only", action="store_true",
@@ -42,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         print(report.write_markdown(json.loads(report.RESULTS.read_text())))
         return 0
-    names = args.only or list(BENCHMARKS)
+    names = args.only or [n for n in BENCHMARKS if not (args.quick and n in NOT_QUICK)]
     sections = []
     with tempfile.TemporaryDirectory(prefix="plcbridge-bench-") as workdir:
         ctx = Context(quick=args.quick, workdir=Path(workdir))

@@ -17,11 +17,12 @@ from typing import Any
 from bench._bridge_proc import BridgeProcess, run_child, start_idle
 from bench._common import Context, Result, Section, cpu_seconds, rss_mb
 from bench._servers import fleet_config, registers_for, servers, to_toml
+from bridge.config import BridgeSection
 
 NAME = "footprint"
 TITLE = "Footprint"
 TAGS_PER_DEVICE = 100
-HISTORY = 600  # default history_size: readings kept per tag
+HISTORY = BridgeSection().history_size  # the default: readings kept per tag
 RSS_LIMIT_MB = 100.0  # the foundation issue's budget at 1,000 tags with the default model
 
 
