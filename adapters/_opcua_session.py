@@ -7,13 +7,24 @@ import contextlib
 import logging
 from typing import Any
 
-from asyncua import Client, ua
+from asyncua import Client, Server, ua
 
 from bridge.config import OpcuaDeviceConfig
 
 __all__ = ["monitored_item_requests", "teardown"]
 
 log = logging.getLogger("plcbridge.opcua")
+
+
+async def stop_server(server: Server) -> None:
+    """Stop an asyncua server at once. Server.stop() waits for its once-a-second clock task
+    to wake up (up to 1 s per stop): cancel that task first."""
+    clock = getattr(server.iserver, "time_task", None)
+    if isinstance(clock, asyncio.Task):
+        clock.cancel()
+        await asyncio.wait([clock], timeout=1.0)
+        server.iserver.time_task = None
+    await server.stop()
 
 
 async def teardown(client: Client, timeout: float) -> None:

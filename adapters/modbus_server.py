@@ -12,7 +12,6 @@ read response. Clients cannot write: every block is read-only, so pymodbus answe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -23,6 +22,7 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from adapters._pymodbus_server import start_tcp_server, stop_server
+from bridge.aio import cancel_and_wait
 from bridge.registers import (
     DEVICE_FIELDS,
     HEADER_FIELDS,
@@ -150,10 +150,7 @@ class ModbusServerSink:
     async def stop(self) -> None:
         """Stop refreshing and serving; close client connections. Idempotent."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         server, self._server = self._server, None
         if server is not None:
             await stop_server(server)

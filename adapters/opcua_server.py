@@ -38,6 +38,8 @@ from asyncua.server.user_managers import UserManager
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from adapters._opcua_session import stop_server
+from bridge.aio import cancel_and_wait
 from bridge.errors import ConfigError
 from bridge.scores import Score
 from bridge.sink_configs_opcua import OpcuaServerConfig
@@ -208,19 +210,10 @@ class OpcuaServerSink:
     async def stop(self) -> None:
         """Stop updating and serving; close client sessions. Idempotent."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         server, self._server = self._server, None
         if server is not None:
-            # Server.stop() waits for its once-a-second clock task to wake: cancel it instead.
-            clock = getattr(server.iserver, "time_task", None)
-            if isinstance(clock, asyncio.Task):
-                clock.cancel()
-                await asyncio.wait([clock], timeout=1.0)
-                server.iserver.time_task = None
-            await server.stop()
+            await stop_server(server)
 
     # -- the address space ----------------------------------------------------------------
 

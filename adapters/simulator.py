@@ -60,7 +60,6 @@ outside them (input >= 40, holding < 100, 110-199, > 200) answer exception 2 (il
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import csv
 import struct
 import sys
@@ -73,6 +72,7 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from adapters._pymodbus_server import start_tcp_server, stop_server
+from bridge.aio import cancel_and_wait
 from bridge.plant import FAULT_NAMES, FAULTS, SIGNALS, PumpPlant
 
 __all__ = [
@@ -239,10 +239,7 @@ class SimulatorHandle:
         if self._stopped:
             return
         self._stopped = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         await stop_server(self._server)
 
     async def __aenter__(self) -> SimulatorHandle:

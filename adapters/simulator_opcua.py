@@ -18,7 +18,6 @@ Nodes (namespace ``urn:plcbridge:simulator``, index 2, the first one registered)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 import tomllib
 from dataclasses import dataclass, field
@@ -29,8 +28,10 @@ from asyncua import Server, ua
 from asyncua.common.utils import ServiceError
 from asyncua.server.address_space import NodeData
 
+from adapters._opcua_session import stop_server
 from adapters.opcua_server import free_tcp_port
 from adapters.simulator import SimulatorHandle, registers_to_float32, start_simulator
+from bridge.aio import cancel_and_wait
 from bridge.config import Config, parse_config
 from bridge.plant import FAULT_NAMES, SIGNALS
 
@@ -117,16 +118,8 @@ class OpcuaSimulatorHandle:
         """Stop mirroring and serving, then the Modbus simulator. Idempotent."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            # Server.stop() waits for its once-a-second clock task to wake: cancel it instead.
-            clock = getattr(self._server.iserver, "time_task", None)
-            if isinstance(clock, asyncio.Task):
-                clock.cancel()
-                await asyncio.wait([clock], timeout=1.0)
-                self._server.iserver.time_task = None
-            await self._server.stop()
+            await cancel_and_wait(task)
+            await stop_server(self._server)
         await self.modbus.stop()
 
     async def __aenter__(self) -> OpcuaSimulatorHandle:

@@ -21,6 +21,8 @@ from asyncua.crypto import cert_gen
 from asyncua.crypto.permission_rules import User, UserRole
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from adapters._opcua_session import stop_server
+
 NS_URI = "urn:plcbridge:test"
 GUID = uuid.UUID("09087e75-8e5e-499b-954f-f2a9603db28a")
 CLIENT_URI = "urn:plcbridge:client"
@@ -165,14 +167,7 @@ class OpcuaTestServer:
     async def stop(self) -> None:
         server, self.server = self.server, None
         if server is not None:
-            # Server.stop() waits for its once-a-second clock task to wake up: up to 1 s per
-            # stop, most of this file's run time. Cancel it instead.
-            clock = getattr(server.iserver, "time_task", None)
-            if isinstance(clock, asyncio.Task):
-                clock.cancel()
-                await asyncio.wait([clock], timeout=1.0)
-                server.iserver.time_task = None
-            await server.stop()
+            await stop_server(server)
         # Sessions whose client vanished outlive Server.stop() (they wait for their session
         # timeout to allow a reconnect): a stopped process would not keep them, neither do we.
         leftovers = [t for t in asyncio.all_tasks() if not t.done() and _is_server_task(t)]

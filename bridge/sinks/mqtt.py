@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import aiomqtt
 
+from bridge.aio import cancel_and_wait
 from bridge.backoff import Backoff
 from bridge.errors import ConfigError
 from bridge.scores import Score
@@ -144,9 +145,7 @@ class MqttSink:
         if self._task is not None:
             done, _ = await asyncio.wait({self._task}, timeout=timeout)
             if not done:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
+                await cancel_and_wait(self._task)
             elif not self._task.cancelled() and self._task.exception() is not None:
                 log.error("mqtt publisher failed", exc_info=self._task.exception())
             self._task = None
