@@ -120,6 +120,7 @@ async def run_demo(api_port: int = 8080, fault: str = "cavitation", fault_after:
             api = ApiServer(bridge, "127.0.0.1", 0)
             await api.start()
         print(f"plcbridge demo: simulated pump station on modbus://127.0.0.1:{sim.port}", flush=True)
+        print(f"  dashboard   {api.url}/", flush=True)
         print(f"  health      {api.url}/api/v1/health", flush=True)
         print(f"  tags        {api.url}/api/v1/tags", flush=True)
         print(f"  score       {api.url}/api/v1/models/pump/score", flush=True)
