@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from bridge.config_checks import check_backoff, check_credentials
+from bridge.config_checks import check_backoff, check_credentials, effective_security_mode
 from bridge.errors import ConfigError
 from bridge.sink_configs import MetricsConfig, ModbusServerConfig, check_modbus_server
 from bridge.sink_configs_opcua import OpcuaServerConfig
@@ -315,9 +315,7 @@ class OpcuaDeviceConfig(_Strict):
 
     @property
     def effective_security_mode(self) -> str:
-        if self.security_policy == "None":
-            return "None"
-        return self.security_mode or "SignAndEncrypt"
+        return effective_security_mode(self.security_policy, self.security_mode)
 
 
 def _device_protocol(value: Any) -> str:

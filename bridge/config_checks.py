@@ -5,7 +5,7 @@ Each raises ValueError("key: message"); the config layer turns that into the key
 
 from __future__ import annotations
 
-__all__ = ["check_backoff", "check_credentials"]
+__all__ = ["check_backoff", "check_credentials", "effective_security_mode"]
 
 
 def check_credentials(username: str | None, password_env: str | None, password_file: object) -> None:
@@ -22,3 +22,9 @@ def check_credentials(username: str | None, password_env: str | None, password_f
 def check_backoff(reconnect_min: float, reconnect_max: float) -> None:
     if reconnect_max < reconnect_min:
         raise ValueError(f"reconnect_max: {reconnect_max} is less than reconnect_min {reconnect_min}")
+
+
+def effective_security_mode(policy: str, mode: str | None) -> str:
+    """The OPC UA message security mode in force: None without a policy, else the configured
+    mode, SignAndEncrypt by default."""
+    return "None" if policy == "None" else mode or "SignAndEncrypt"

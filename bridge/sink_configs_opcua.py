@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from bridge.config_checks import check_credentials
+from bridge.config_checks import check_credentials, effective_security_mode
 
 __all__ = ["OpcuaServerConfig", "OpcuaServerSecurityPolicy"]
 
@@ -75,9 +75,7 @@ class OpcuaServerConfig(BaseModel):
 
     @property
     def effective_security_mode(self) -> str:
-        if self.security_policy == "None":
-            return "None"
-        return self.security_mode or "SignAndEncrypt"
+        return effective_security_mode(self.security_policy, self.security_mode)
 
     @property
     def endpoint(self) -> str:

@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest_asyncio
 
+from adapters.simulator import SimulatorHandle, start_simulator
+from bridge.demo import demo_config
+from bridge.runtime import Bridge
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -28,3 +32,23 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
     for task in leaked:
         task.cancel()
     assert not leaked, f"test left tasks running: {sorted(t.get_name() for t in leaked)}"
+
+
+@pytest_asyncio.fixture
+async def sim() -> AsyncIterator[SimulatorHandle]:
+    """The simulated pump station at 10x: one new sample (1 s of plant time) every 0.1 s."""
+    handle = await start_simulator("127.0.0.1", 0, seed=7, step=0.1, speed=10)
+    try:
+        yield handle
+    finally:
+        await handle.stop()
+
+
+@pytest_asyncio.fixture
+async def bridge(sim: SimulatorHandle) -> AsyncIterator[Bridge]:
+    """A bridge on the demo config polling ``sim``, not started (tests drive its jobs)."""
+    instance = Bridge(demo_config(sim.port, api_port=0), speed=10)
+    try:
+        yield instance
+    finally:
+        await instance.stop()

@@ -9,29 +9,9 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from adapters.simulator import SimulatorHandle, start_simulator
+from adapters.simulator import SimulatorHandle
 from bridge.api import create_app
-from bridge.demo import demo_config
 from bridge.runtime import Bridge
-
-
-@pytest_asyncio.fixture
-async def sim() -> AsyncIterator[SimulatorHandle]:
-    # Plant time runs 10x: one new sample (1 s of plant time) every 0.1 s.
-    sim = await start_simulator("127.0.0.1", 0, seed=7, step=0.1, speed=10)
-    try:
-        yield sim
-    finally:
-        await sim.stop()
-
-
-@pytest_asyncio.fixture
-async def bridge(sim: SimulatorHandle) -> AsyncIterator[Bridge]:
-    bridge = Bridge(demo_config(sim.port, api_port=0), speed=10)
-    try:
-        yield bridge
-    finally:
-        await bridge.stop()
 
 
 @pytest_asyncio.fixture

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-import pytest_asyncio
 from fastapi import Depends, FastAPI
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
@@ -19,7 +17,6 @@ from bridge import __version__
 from bridge.api import create_app
 from bridge.api_security import require_scope
 from bridge.auth import TokenSet, parse_tokens
-from bridge.demo import demo_config
 from bridge.prometheus import PrometheusMetrics, metrics_router
 from bridge.runtime import Bridge
 from bridge.scores import Score
@@ -29,22 +26,6 @@ pytestmark = pytest.mark.timeout(60)
 READ_TOKEN = "r" * 24
 
 
-@pytest_asyncio.fixture
-async def sim() -> AsyncIterator[SimulatorHandle]:
-    sim = await start_simulator("127.0.0.1", 0, seed=3, step=0.1, speed=10)
-    try:
-        yield sim
-    finally:
-        await sim.stop()
-
-
-@pytest_asyncio.fixture
-async def bridge(sim: SimulatorHandle) -> AsyncIterator[Bridge]:
-    bridge = Bridge(demo_config(sim.port, api_port=0), speed=10)
-    try:
-        yield bridge
-    finally:
-        await bridge.stop()
 
 
 def _app(bridge: Bridge, tokens: TokenSet | None = None) -> FastAPI:
