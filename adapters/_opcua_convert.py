@@ -85,11 +85,13 @@ def status_name(exc: BaseException) -> str:
     return ""
 
 
-def classify_connect_error(exc: BaseException, endpoint: str, policy: str, mode: str) -> tuple[str, str]:
-    """(kind, operator-facing detail) for an exception raised while opening a session."""
+def classify_connect_error(exc: BaseException, endpoint: str, policy: str, mode: str,
+                           identity: str = "username and password") -> tuple[str, str]:
+    """(kind, operator-facing detail) for an exception raised while opening a session;
+    ``identity`` names what the operator should check when the user is refused."""
     name = status_name(exc)
     if name in _AUTH_ERRORS:
-        return "authentication", f"{endpoint}: authentication failed ({name}): check username and password"
+        return "authentication", f"{endpoint}: authentication failed ({name}): check {identity}"
     if name.startswith(_SECURITY_ERRORS):
         return "security", f"{endpoint}: security rejected ({name}) for {policy}/{mode}"
     if isinstance(exc, TimeoutError):

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from asyncua import Client, Server, ua
+from asyncua.ua.relative_path import RelativePathFormatter
 
-from bridge.config import OpcuaDeviceConfig
+from bridge.config import OpcuaDeviceConfig, OpcuaTagConfig
 
-__all__ = ["monitored_item_requests", "teardown"]
+__all__ = ["OperationLimits", "monitored_item_requests", "read_operation_limits",
+           "resolve_browse_paths", "teardown"]
 
 log = logging.getLogger("plcbridge.opcua")
 
@@ -57,11 +60,14 @@ async def teardown(client: Client, timeout: float) -> None:
         client.uaclient.disconnect_socket()
 
 
-def monitored_item_requests(config: OpcuaDeviceConfig, node_ids: list[ua.NodeId],
+def monitored_item_requests(config: OpcuaDeviceConfig, node_ids: list[ua.NodeId | None],
                             sampling_ms: float) -> list[ua.MonitoredItemCreateRequest]:
-    """One Value monitored item per tag; client handle = tag index + 1 (routes changes)."""
+    """One Value monitored item per resolved tag; client handle = tag index + 1 (routes
+    changes)."""
     requests = []
     for handle, node_id in enumerate(node_ids, start=1):
+        if node_id is None:
+            continue
         parameters = ua.MonitoringParameters()
         parameters.ClientHandle = handle
         parameters.SamplingInterval = sampling_ms
@@ -82,3 +88,79 @@ def monitored_item_requests(config: OpcuaDeviceConfig, node_ids: list[ua.NodeId]
         request.RequestedParameters = parameters
         requests.append(request)
     return requests
+
+
+@dataclass(frozen=True)
+class OperationLimits:
+    """The server's OperationLimits that shape our requests; 0 means none stated."""
+
+    nodes_per_read: int = 0
+    monitored_items_per_call: int = 0
+    nodes_per_translate: int = 0
+
+
+_LIMIT_IDS = [ua.NodeId(ua.Int32(i)) for i in (
+    ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead,
+    ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall,
+    ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerTranslateBrowsePathsToNodeIds,
+)]
+
+
+async def read_operation_limits(client: Client) -> OperationLimits:
+    """One Read of the limits; a server without them (optional nodes) gets no limits."""
+    params = ua.ReadParameters()
+    for node_id in _LIMIT_IDS:
+        item = ua.ReadValueId()
+        item.NodeId = node_id
+        item.AttributeId = ua.AttributeIds.Value
+        params.NodesToRead.append(item)
+    try:
+        values = await client.uaclient.read(params)
+    except ua.UaStatusCodeError:
+        return OperationLimits()
+
+    def limit(data: ua.DataValue) -> int:
+        value = data.Value.Value if data.Value is not None else None
+        good = data.StatusCode is None or data.StatusCode.is_good()
+        return int(value) if good and isinstance(value, int) and value > 0 else 0
+
+    return OperationLimits(*(limit(v) for v in values[:3]))
+
+
+def chunks(count: int, size: int) -> list[range]:
+    """Index ranges of at most ``size`` (0: one range of everything)."""
+    step = size if size > 0 else max(count, 1)
+    return [range(start, min(start + step, count)) for start in range(0, count, step)]
+
+
+async def resolve_browse_paths(client: Client, tags: list[OpcuaTagConfig], limit: int
+                               ) -> dict[int, ua.NodeId | str]:
+    """TranslateBrowsePathsToNodeIds for every tag given by browse path, from the Objects
+    folder: tag index -> its NodeId, or the reason it did not resolve (a StatusCode name, or
+    "ambiguous" when the path names more than one node)."""
+    wanted = [i for i, tag in enumerate(tags) if tag.browse_path is not None]
+    resolved: dict[int, ua.NodeId | str] = {}
+    for part in chunks(len(wanted), limit):
+        paths = []
+        for position in part:
+            path = ua.BrowsePath()
+            path.StartingNode = ua.NodeId(ua.Int32(ua.ObjectIds.ObjectsFolder))
+            path.RelativePath = RelativePathFormatter.parse(
+                str(tags[wanted[position]].browse_path)).build()
+            paths.append(path)
+        results = await client.uaclient.translate_browsepaths_to_nodeids(paths)
+        for position, result in zip(part, results, strict=True):
+            index = wanted[position]
+            if not result.StatusCode.is_good():
+                resolved[index] = result.StatusCode.name
+            elif len(result.Targets) != 1:
+                resolved[index] = f"ambiguous ({len(result.Targets)} nodes match)"
+            else:
+                target = result.Targets[0]
+                node = target.TargetId  # an ExpandedNodeId (asyncua may decode a NodeId)
+                remote = getattr(node, "ServerIndex", 0) or getattr(node, "NamespaceUri", None)
+                if target.RemainingPathIndex != 0xFFFFFFFF or remote:
+                    resolved[index] = "path leads to another server (not supported)"
+                else:
+                    resolved[index] = ua.NodeId(node.Identifier, node.NamespaceIndex, node.NodeIdType)
+    return resolved

@@ -41,7 +41,14 @@ from adapters._opcua_convert import (
     status_name,
     to_value,
 )
-from adapters._opcua_session import monitored_item_requests, teardown
+from adapters._opcua_session import (
+    OperationLimits,
+    chunks,
+    monitored_item_requests,
+    read_operation_limits,
+    resolve_browse_paths,
+    teardown,
+)
 from adapters._opcua_trust import UntrustedCertificate, check_server_certificate, first_certificate
 from adapters._opcua_write import encode_for, target_limits, variant_type_of
 from adapters.base import DeviceStatus
@@ -76,8 +83,6 @@ _POLICIES: dict[str, type[security_policies.SecurityPolicy]] = {
     "Aes128_Sha256_RsaOaep": security_policies.SecurityPolicyAes128Sha256RsaOaep,
     "Aes256_Sha256_RsaPss": security_policies.SecurityPolicyAes256Sha256RsaPss,
 }
-_MAX_NODES_PER_READ = ua.NodeId(
-    ua.Int32(ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead))
 _QUEUE_MAX = 100_000  # subscription events buffered before asyncua forces a reconnect
 
 
@@ -100,7 +105,14 @@ class OpcuaAdapter:
         self.config = config
         self.name = config.name
         self.status = DeviceStatus(config.name)
-        self._node_ids = [ua.NodeId.from_string(tag.node_id) for tag in config.tags]
+        # Per tag: its NodeId, or None while its browse path is unresolved (reason in
+        # _unresolved). Browse paths are resolved again for every session.
+        self._node_ids: list[ua.NodeId | None] = [
+            ua.NodeId.from_string(tag.node_id) if tag.node_id is not None else None
+            for tag in config.tags]
+        self._unresolved: dict[int, str] = {
+            i: "browse path not resolved yet" for i, n in enumerate(self._node_ids) if n is None}
+        self._limits = OperationLimits()
         self._backoff = Backoff(initial=config.reconnect_min, maximum=config.reconnect_max)
         self._client: Client | None = None
         self._subscription: Subscription | None = None
@@ -110,12 +122,10 @@ class OpcuaAdapter:
         self._lost: asyncio.Event | None = None
         self._attempts = 0
         self._next_attempt = 0.0  # monotonic time before which poll-mode reads do not reconnect
-        self._max_read = config.max_nodes_per_read
         self._failing = False
         self._closed = False
         self._latest: dict[str, Reading] = {}
         self.sessions = 0  # sessions opened so far (tests and diagnostics)
-        self._warned_unverified = False
         self._write_types: dict[str, ua.VariantType | None] = {}  # node -> type, read once
 
     # ---- session lifecycle
@@ -149,6 +159,8 @@ class OpcuaAdapter:
         if config.username is not None:
             client.set_user(config.username)
             client.set_password(self._password())
+        if config.user_certificate is not None:
+            await self._load_user_certificate(client)
 
         async def on_lost(exc: Exception) -> None:
             log.debug("session lost device=%s error=%r", self.name, exc)
@@ -166,8 +178,10 @@ class OpcuaAdapter:
                         server_certificate=await self._server_certificate(mode),
                         mode=getattr(ua.MessageSecurityMode, mode))
                 await client.connect()
-                if config.max_nodes_per_read == 0:
-                    self._max_read = await self._server_read_limit(client)
+                self._limits = await read_operation_limits(client)
+                if self._unresolved or any(t.browse_path is not None for t in config.tags):
+                    self._adopt(await resolve_browse_paths(client, config.tags,
+                                                           self._limits.nodes_per_translate))
         except asyncio.CancelledError:
             await teardown(client, 0.0)  # closed while connecting: leave nothing behind
             raise
@@ -176,7 +190,12 @@ class OpcuaAdapter:
             raise OpcuaConnectError(self.name, "security", f"{config.endpoint}: {exc}") from None
         except (Exception, TimeoutError) as exc:
             await teardown(client, 0.0)
-            kind, detail = classify_connect_error(exc, config.endpoint, config.security_policy, mode)
+            identity = ("user_certificate (is it trusted by the server?)"
+                        if config.user_certificate is not None
+                        else "username and password" if config.username is not None
+                        else "the user: the server refuses anonymous sessions")
+            kind, detail = classify_connect_error(exc, config.endpoint, config.security_policy, mode,
+                                                  identity)
             raise OpcuaConnectError(self.name, kind, detail) from None
         self._client = client
         if self.sessions:
@@ -184,18 +203,46 @@ class OpcuaAdapter:
         self.sessions += 1
         self.status.connected = True
 
-    async def _server_certificate(self, mode: str) -> str | bytes | None:
+    async def _load_user_certificate(self, client: Client) -> None:
+        """Certificate user identity (X509IdentityToken): read the files for every session,
+        so a renewed certificate is picked up on the next reconnect."""
+        config = self.config
+        assert config.user_certificate is not None and config.user_private_key is not None
+        for key, path in (("user_certificate", config.user_certificate),
+                          ("user_private_key", config.user_private_key)):
+            try:
+                if key == "user_certificate":
+                    await client.load_client_certificate(str(path))
+                else:
+                    await client.load_private_key(path)
+            except (OSError, ValueError, TypeError) as exc:
+                detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                raise OpcuaConnectError(self.name, "authentication",
+                                        f"cannot load {key} {path} ({detail})") from None
+
+    def _adopt(self, resolved: dict[int, ua.NodeId | str]) -> None:
+        """Take this session's browse-path results; warn when the set of failures changes."""
+        before = dict(self._unresolved)
+        self._unresolved = {}
+        for index, result in resolved.items():
+            if isinstance(result, ua.NodeId):
+                self._node_ids[index] = result
+            else:
+                self._node_ids[index] = None
+                self._unresolved[index] = f"browse path not resolved: {result}"
+        if self._unresolved and self._unresolved != before:
+            tags = self.config.tags
+            log.warning("browse paths not resolved device=%s %s", self.name, ", ".join(
+                f"{tags[i].name}={tags[i].browse_path} ({reason})"
+                for i, reason in self._unresolved.items()))
+
+    async def _server_certificate(self, mode: str) -> str | bytes:
         """The server certificate to talk to: pinned, or offered by the server and checked
-        against ``trusted_servers``; None (take the endpoint's, unverified) when neither is set."""
+        against ``trusted_servers`` (the config requires one of the two with a policy)."""
         config = self.config
         if config.server_certificate is not None:
             return str(config.server_certificate)
-        if config.trusted_servers is None:
-            if not self._warned_unverified:
-                log.warning("server certificate not verified device=%s: set trusted_servers or "
-                            "server_certificate", self.name)
-                self._warned_unverified = True
-            return None
+        assert config.trusted_servers is not None
         probe = Client(config.endpoint, timeout=config.timeout)
         endpoints = await probe.connect_and_get_server_endpoints()
         endpoint = Client.find_endpoint(endpoints, getattr(ua.MessageSecurityMode, mode),
@@ -204,15 +251,6 @@ class OpcuaAdapter:
         await asyncio.to_thread(check_server_certificate, config.trusted_servers, self.name, der,
                                 config.trust_on_first_use)
         return der
-
-    @staticmethod
-    async def _server_read_limit(client: Client) -> int:
-        """The server's MaxNodesPerRead operation limit; 0 when it states none."""
-        try:
-            limit = await client.get_node(_MAX_NODES_PER_READ).read_value()
-        except ua.UaStatusCodeError:
-            return 0
-        return int(limit) if isinstance(limit, int) and limit > 0 else 0
 
     async def _drop(self, graceful: bool = True) -> None:
         """Forget the session: stop consuming, tear the client down (cancels its tasks).
@@ -308,30 +346,33 @@ class OpcuaAdapter:
             self._failed("protocol", reason)
             return self._bad_all(reason)
         received = time.time()
-        readings = [reading_from(tag, data, received) for tag, data in zip(self.config.tags, values,
-                                                                          strict=True)]
+        readings = [reading_from(tag, values[i], received) if i not in self._unresolved
+                    else bad(tag.name, self._unresolved[i], received_time=received)
+                    for i, tag in enumerate(self.config.tags)]
         self._recovered(time.monotonic() - started)
         return readings
 
-    async def _read_values(self) -> list[ua.DataValue]:
+    async def _read_values(self) -> dict[int, ua.DataValue]:
+        """Tag index -> DataValue for every resolved tag, in Reads of at most
+        ``max_nodes_per_read`` (config) or the server's MaxNodesPerRead."""
         client = self._client
         assert client is not None
-        ids = self._node_ids
-        size = self._max_read or len(ids) or 1
+        ids = [(i, n) for i, n in enumerate(self._node_ids) if n is not None]
         values: list[ua.DataValue] = []
         async with asyncio.timeout(self.config.timeout):
-            for start in range(0, len(ids), size):
+            for part in chunks(len(ids), self.config.max_nodes_per_read
+                               or self._limits.nodes_per_read):
                 params = ua.ReadParameters()
                 params.TimestampsToReturn = ua.TimestampsToReturn.Both
-                for node_id in ids[start:start + size]:
+                for position in part:
                     item = ua.ReadValueId()
-                    item.NodeId = node_id
+                    item.NodeId = ids[position][1]
                     item.AttributeId = ua.AttributeIds.Value
                     params.NodesToRead.append(item)
                 values.extend(await client.uaclient.read(params))
         if len(values) != len(ids):
             raise ua.UaError(f"asked {len(ids)} values, got {len(values)}")
-        return values
+        return {i: value for (i, _), value in zip(ids, values, strict=True)}
 
     # ---- subscribe mode
 
@@ -417,11 +458,17 @@ class OpcuaAdapter:
             self._subscription = subscription
             self._consumer = asyncio.create_task(self._consume(subscription),
                                                  name=f"plcbridge[{self.name}].opcua.changes")
-            results = await subscription.create_monitored_items(requests) if requests else []
+            results: list[object] = []
+            for part in chunks(len(requests), self._limits.monitored_items_per_call):
+                results += await subscription.create_monitored_items([requests[i] for i in part])
         now = time.time()
-        refused = [bad(tag.name, result.name, received_time=now)
-                   for tag, result in zip(config.tags, results, strict=True)
-                   if isinstance(result, ua.StatusCode)]
+        tags = config.tags
+        self._push([bad(tags[i].name, reason, received_time=now)
+                    for i, reason in self._unresolved.items()])
+        refused = [bad(tags[request.RequestedParameters.ClientHandle - 1].name, result.name,
+                        received_time=now)
+                    for request, result in zip(requests, results, strict=True)
+                    if isinstance(result, ua.StatusCode)]
         if refused:
             log.warning("monitored items refused device=%s %s", self.name,
                         ", ".join(f"{r.tag}={r.reason}" for r in refused))

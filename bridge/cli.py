@@ -60,7 +60,7 @@ def _print_opcua_device(device: OpcuaDeviceConfig) -> None:
           f"timeout {device.timeout:g} s")
     for tag in device.tags:
         unit = f" [{tag.unit}]" if tag.unit else ""
-        print(f"  tag {tag.name:<24} {tag.node_id}{unit}")
+        print(f"  tag {tag.name:<24} {tag.address}{unit}")
     reads = "1 Read per cycle" if device.mode == "poll" else "subscription"
     print(f"  {len(device.tags)} node(s), {reads}")
 

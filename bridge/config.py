@@ -217,11 +217,28 @@ def _fail_safe_in_range(fail_safe: float | None, low: float | None, high: float 
             raise ValueError(f"fail_safe: {fail_safe} is above max {high}")
 
 
+def _browse_path(value: str) -> str:
+    # asyncua is imported only for a config that has a browse path (Modbus-only stays lean).
+    from asyncua.ua.relative_path import RelativePathFormatter
+
+    try:
+        elements = RelativePathFormatter.parse(value).build().Elements
+    except Exception:
+        elements = []
+    if not elements or any(e.TargetName is None or not e.TargetName.Name for e in elements):
+        raise ValueError(f"{value!r} is not a browse path (OPC UA relative path from the Objects "
+                         "folder, e.g. '/2:Pump1/2:Pressure': <namespace index>:<BrowseName> "
+                         "per level, '&' escapes '/', '.' and ':' in names)")
+    return value
+
+
 class OpcuaTagConfig(_Strict):
-    """One OPC UA variable read (or subscribed) by NodeId."""
+    """One OPC UA variable read (or subscribed) by NodeId, or by browse path from the Objects
+    folder (resolved again on every new session: a server restart may renumber its nodes)."""
 
     name: Annotated[str, Field(min_length=1, max_length=200)]
-    node_id: str
+    node_id: str | None = None
+    browse_path: str | None = None
     unit: str = ""
     valid_min: float | None = None
     valid_max: float | None = None
@@ -229,14 +246,26 @@ class OpcuaTagConfig(_Strict):
 
     @field_validator("node_id")
     @classmethod
-    def _check_node_id(cls, value: str) -> str:
-        return _node_id(value)
+    def _check_node_id(cls, value: str | None) -> str | None:
+        return None if value is None else _node_id(value)
+
+    @field_validator("browse_path")
+    @classmethod
+    def _check_browse_path(cls, value: str | None) -> str | None:
+        return None if value is None else _browse_path(value)
 
     @model_validator(mode="after")
     def _check_range(self) -> OpcuaTagConfig:
+        if (self.node_id is None) == (self.browse_path is None):
+            raise ValueError("node_id: give exactly one of node_id and browse_path")
         if self.valid_min is not None and self.valid_max is not None and self.valid_min > self.valid_max:
             raise ValueError(f"valid_min: {self.valid_min} is greater than valid_max {self.valid_max}")
         return self
+
+    @property
+    def address(self) -> str:
+        """The node as configured: its NodeId or its browse path."""
+        return self.node_id if self.node_id is not None else f"path {self.browse_path}"
 
 
 class OpcuaDeviceConfig(_Strict):
@@ -268,6 +297,8 @@ class OpcuaDeviceConfig(_Strict):
     username: str | None = None
     password_env: str | None = None
     password_file: Path | None = None
+    user_certificate: Path | None = None
+    user_private_key: Path | None = None
     tags: list[OpcuaTagConfig] = Field(default_factory=list)
 
     @field_validator("endpoint")
@@ -283,7 +314,8 @@ class OpcuaDeviceConfig(_Strict):
             if self.security_mode not in (None, "None"):
                 raise ValueError(f"security_mode: {self.security_mode!r} needs a security_policy "
                                  "other than 'None'")
-            for key in ("certificate", "private_key", "server_certificate", "trusted_servers"):
+            for key in ("certificate", "private_key", "server_certificate", "trusted_servers",
+                        "user_certificate"):
                 if getattr(self, key) is not None:
                     raise ValueError(f"{key}: has no meaning with security_policy 'None'")
         else:
@@ -294,6 +326,19 @@ class OpcuaDeviceConfig(_Strict):
                 missing = "certificate" if self.certificate is None else "private_key"
                 raise ValueError(f"{missing}: required for security_policy {self.security_policy!r} "
                                  "(the client's application certificate and its key)")
+            # An unchecked server certificate proves only that *someone* holds a key.
+            if (self.server_certificate is None and self.trusted_servers is None
+                    and not self.trust_on_first_use):  # that one has its own message below
+                raise ValueError(f"trusted_servers: required for security_policy "
+                                 f"{self.security_policy!r}: a folder of trusted server certificates "
+                                 "(with trust_on_first_use = true the first one seen is saved there), "
+                                 "or pin one with server_certificate")
+        if (self.user_certificate is None) != (self.user_private_key is None):
+            missing = "user_certificate" if self.user_certificate is None else "user_private_key"
+            raise ValueError(f"{missing}: user_certificate and user_private_key go together "
+                             "(certificate user identity)")
+        if self.user_certificate is not None and self.username is not None:
+            raise ValueError("user_certificate: give username or user_certificate, not both")
         if self.trust_on_first_use and self.trusted_servers is None:
             raise ValueError("trust_on_first_use: needs trusted_servers (the folder it saves to)")
         if self.server_certificate is not None and self.trusted_servers is not None:

@@ -19,6 +19,7 @@ from typing import Any
 from asyncua import Server, ua
 from asyncua.crypto import cert_gen
 from asyncua.crypto.permission_rules import User, UserRole
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from adapters._opcua_session import stop_server
@@ -44,13 +45,21 @@ async def make_cert(directory: Path, name: str, uri: str, server: bool) -> tuple
 
 
 class _Users:
-    def __init__(self, users: dict[str, str]) -> None:
+    """Users by name and password, and users by certificate (DER bytes that must match)."""
+
+    def __init__(self, users: dict[str, str], certificates: list[bytes]) -> None:
         self.users = users
+        self.certificates = certificates
 
     def get_user(self, iserver: Any, username: str | None = None, password: str | None = None,
                  certificate: Any = None) -> User | None:
         if username is not None and self.users.get(username) == password:
             return User(role=UserRole.User)
+        if certificate is not None:
+            der = certificate if isinstance(certificate, bytes) else \
+                certificate.public_bytes(serialization.Encoding.DER)
+            if der in self.certificates:
+                return User(role=UserRole.User)
         return None
 
 
@@ -59,12 +68,16 @@ class OpcuaTestServer:
     """Variables: ``ns=N;s=Pump1.Pressure``, ``ns=N;s=Pump1.Flow``, ``ns=N;i=1001`` (Running,
     bool), ``ns=N;g=<GUID>`` (Temperature); writable ``Bridge.Score`` (Float),
     ``Bridge.Anomaly`` (Boolean), ``Bridge.Heartbeat`` (UInt16) and read-only
-    ``Bridge.ReadOnly``; plus ``extra`` numbered ``ns=N;s=Bulk.<i>``."""
+    ``Bridge.ReadOnly``; plus ``extra`` numbered ``ns=N;s=Bulk.<i>``. Browse names are the
+    short names (``N:Pump1/N:pressure``); ``prefix`` changes the string NodeIds, as a server
+    that renumbers its nodes after a restart would."""
 
     port: int = 0
     users: dict[str, str] | None = None
     security: tuple[Path, Path] | None = None  # server cert, key: secure endpoints only
     extra: int = 0
+    user_certificates: list[Path] | None = None  # certificate user identities accepted
+    prefix: str = ""
     server: Server | None = None
     ns: int = 2
     nodes: dict[str, Any] = field(default_factory=dict)
@@ -92,12 +105,19 @@ class OpcuaTestServer:
         return self
 
     async def _start_once(self) -> None:
-        server = Server(user_manager=_Users(self.users) if self.users is not None else None)
+        certificates = [p.read_bytes() for p in self.user_certificates or []]
+        identified = self.users is not None or self.user_certificates is not None
+        server = Server(user_manager=_Users(self.users or {}, certificates) if identified else None)
         await server.init()
         server.set_endpoint(self.url)
         server.set_server_name("plcbridge test server")
+        tokens: list[type] = []
         if self.users is not None:
-            server.set_identity_tokens([ua.UserNameIdentityToken])
+            tokens.append(ua.UserNameIdentityToken)
+        if self.user_certificates is not None:
+            tokens.append(ua.X509IdentityToken)
+        if tokens:
+            server.set_identity_tokens(tokens)
         if self.security is not None:
             await server.load_certificate(str(self.security[0]))
             await server.load_private_key(str(self.security[1]))
@@ -113,11 +133,11 @@ class OpcuaTestServer:
             server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
         self.ns = await server.register_namespace(NS_URI)
         objects = server.nodes.objects
-        pump = await objects.add_object(ua.NodeId("Pump1", self.ns), "Pump1")
+        pump = await objects.add_object(ua.NodeId("Pump1", self.ns), f"{self.ns}:Pump1")
         stamp = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
         specs: list[tuple[str, ua.NodeId, Any, ua.VariantType]] = [
-            ("pressure", ua.NodeId("Pump1.Pressure", self.ns), 4.25, ua.VariantType.Double),
-            ("flow", ua.NodeId("Pump1.Flow", self.ns), 12, ua.VariantType.Int32),
+            ("pressure", ua.NodeId(f"{self.prefix}Pump1.Pressure", self.ns), 4.25, ua.VariantType.Double),
+            ("flow", ua.NodeId(f"{self.prefix}Pump1.Flow", self.ns), 12, ua.VariantType.Int32),
             ("running", ua.NodeId(1001, self.ns), True, ua.VariantType.Boolean),
             ("temperature", ua.NodeId(GUID, self.ns), 41.5, ua.VariantType.Float),
         ]
@@ -132,7 +152,7 @@ class OpcuaTestServer:
                   for i in range(self.extra)]
         self.nodes = {}
         for name, node_id, value, kind in specs:
-            node = await pump.add_variable(node_id, name, ua.Variant(value, kind))
+            node = await pump.add_variable(node_id, f"{self.ns}:{name}", ua.Variant(value, kind))
             await node.write_value(ua.DataValue(ua.Variant(value, kind), SourceTimestamp=stamp,
                                                 ServerTimestamp=stamp))
             self.nodes[name] = node

@@ -262,6 +262,7 @@ async def test_secure_policies_and_modes_with_generated_certificates(
             for mode in ("Sign", "SignAndEncrypt"):
                 adapter = OpcuaAdapter(device(srv, security_policy=policy, security_mode=mode,
                                               certificate=client_cert, private_key=client_key,
+                                              server_certificate=server_cert[0],
                                               application_uri=CLIENT_URI))
                 adapters.append(adapter)
                 await adapter.connect()

@@ -12,6 +12,7 @@ no pipe to block on, no thread). Certificates are generated into tmp folders for
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 import shutil
 import signal
@@ -28,7 +29,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from adapters.opcua import OpcuaAdapter, OpcuaConnectError
-from bridge.config import OpcuaDeviceConfig
+from bridge.config import OpcuaDeviceConfig, OpcuaTagConfig
 from bridge.errors import DeviceExceptionError
 from bridge.tags import Quality, Reading
 from tests.opcua_servers import CLIENT_URI, free_port, make_cert
@@ -54,6 +55,10 @@ class Certs:
     server_der: Path
     server_pem: Path
     server_key: Path
+    user_cert: Path  # a certificate user identity the peer trusts
+    user_key: Path
+    stranger_cert: Path  # one it does not
+    stranger_key: Path
 
 
 def _make_certs(folder: Path) -> Certs:
@@ -63,7 +68,9 @@ def _make_certs(folder: Path) -> Certs:
         server_pem = folder / "peer_cert.pem"
         pem = x509.load_der_x509_certificate(server_der.read_bytes()).public_bytes(Encoding.PEM)
         server_pem.write_bytes(pem)
-        return Certs(client_cert, client_key, server_der, server_pem, server_key)
+        user = await make_cert(folder, "user", "urn:plcbridge:user:alice", server=False)
+        stranger = await make_cert(folder, "stranger", "urn:plcbridge:user:mallory", server=False)
+        return Certs(client_cert, client_key, server_der, server_pem, server_key, *user, *stranger)
 
     return asyncio.run(make())
 
@@ -87,11 +94,15 @@ class NodePeer:
     def _spawn(self) -> None:
         self.port = self.port or free_port()
         assert NODE is not None
+        trusted_users = self.folder / "user-pki" / "trusted" / "certs"
+        trusted_users.mkdir(parents=True, exist_ok=True)
+        shutil.copy(self.certs.user_cert, trusted_users / "alice.der")
         with self._log.open("wb") as log:
             self.process = subprocess.Popen(
                 [NODE, str(PEER / "server.mjs"), "--port", str(self.port),
                  "--pki", str(self.folder / "pki"), "--cert", str(self.certs.server_pem),
-                 "--key", str(self.certs.server_key), "--user", f"{USER}:{PASSWORD}"],
+                 "--key", str(self.certs.server_key), "--user", f"{USER}:{PASSWORD}",
+                 "--user-pki", str(self.folder / "user-pki")],
                 stdout=log, stderr=subprocess.STDOUT, cwd=PEER)
 
     def _ready(self) -> bool:
@@ -345,7 +356,8 @@ async def test_plcbridge_certs_output_is_accepted_and_the_uri_matters(
 
     cert, key = generate_certificate(tmp_path, "urn:site:edge-7")
     options = {"security_policy": "Basic256Sha256", "security_mode": "SignAndEncrypt",
-               "certificate": cert, "private_key": key}
+               "certificate": cert, "private_key": key,
+               "server_certificate": peer.certs.server_der}
     good = OpcuaAdapter(device(peer, application_uri="urn:site:edge-7", **options))
     adapters.append(good)
     await good.connect()
@@ -354,3 +366,64 @@ async def test_plcbridge_certs_output_is_accepted_and_the_uri_matters(
     adapters.append(wrong)
     with pytest.raises(OpcuaConnectError, match="peer1"):
         await wrong.connect()
+
+
+async def test_certificate_user_identity_trusted_by_node_opcua(
+        peer: NodePeer, certs: Certs, adapters: list[OpcuaAdapter]) -> None:
+    """node-opcua checks the X509IdentityToken's signature and the certificate against its
+    user PKI: the trusted user reads, a stranger is refused with one named error."""
+    options = secure(certs, "Basic256Sha256", "SignAndEncrypt")
+    alice = OpcuaAdapter(device(peer, user_certificate=certs.user_cert,
+                                user_private_key=certs.user_key, **options))
+    adapters.append(alice)
+    await alice.connect()
+    assert_fixed_values({r.tag: r for r in await alice.read()})
+
+    stranger = OpcuaAdapter(device(peer, name="line4", user_certificate=certs.stranger_cert,
+                                   user_private_key=certs.stranger_key, **options))
+    adapters.append(stranger)
+    with pytest.raises(OpcuaConnectError) as info:
+        await stranger.connect()
+    assert info.value.kind == "authentication", info.value
+    assert str(info.value).startswith("line4: not connected") and "user_certificate" in str(info.value)
+
+
+async def test_browse_paths_resolve_on_node_opcua(peer: NodePeer,
+                                                  adapters: list[OpcuaAdapter]) -> None:
+    """Browse names with a '.' need the '&' escape of the relative path syntax."""
+    ns = peer.ns
+    config = device(peer).model_copy(update={"tags": [
+        OpcuaTagConfig(name=name, browse_path=f"/{ns}:Pump/{ns}:{name.replace('.', '&.')}")
+        for name in TAGS[:4]]})
+    adapter = OpcuaAdapter(config)
+    adapters.append(adapter)
+    assert_fixed_values({r.tag: r for r in await adapter.read()})
+
+
+async def test_percent_and_absolute_deadbands_are_applied_by_node_opcua(
+        peer: NodePeer, adapters: list[OpcuaAdapter]) -> None:
+    """Pump.Level ramps 0..99 by 1 every 20 ms; its EURange is 0..200. A 10 % deadband must
+    suppress every change of 20 or less (10 or less if it were taken as absolute), an absolute
+    one of 25 every change of 25 or less, and no deadband lets (almost) every step through."""
+    collected: dict[str, Collected] = {}
+    for label, options in (("none", {}),
+                           ("percent", {"deadband_type": "percent", "deadband_value": 10.0}),
+                           ("absolute", {"deadband_type": "absolute", "deadband_value": 25.0})):
+        adapter = OpcuaAdapter(device(peer, name=f"level_{label}", names=["Pump.Level"],
+                                      mode="subscribe", publishing_interval=0.05,
+                                      sampling_interval=0.0, queue_size=100, poll_interval=60,
+                                      **options))
+        adapters.append(adapter)
+        collected[label] = Collected()
+        await adapter.subscribe(collected[label])
+    await until(lambda: all(len(c.values("Pump.Level")) >= 6 for c in collected.values()), 10,
+                "six notifications on every subscription")
+
+    def steps(label: str) -> list[float]:
+        values = collected[label].values("Pump.Level")
+        return [abs(b - a) for a, b in itertools.pairwise(values)]
+
+    assert min(steps("percent")) > 20, collected["percent"].values("Pump.Level")
+    assert min(steps("absolute")) > 25, collected["absolute"].values("Pump.Level")
+    # Without a deadband every sample is reported: steps of a few ticks (sampling ~50 ms).
+    assert sorted(steps("none"))[len(steps("none")) // 2] <= 5, collected["none"].values("Pump.Level")

@@ -130,5 +130,5 @@ async def test_fail_safe_is_not_written_when_mode_is_off() -> None:
 
 
 def test_fail_safe_outside_range_is_a_config_error() -> None:
-    with pytest.raises(ValueError, match="fail_safe: 5.0 is above max 1.0"):
+    with pytest.raises(ValueError, match=r"fail_safe: 5\.0 is above max 1\.0"):
         RegisterTarget(address=1, max=1, fail_safe=5)
