@@ -15,7 +15,7 @@ are coroutines (they run the subscriptions' change callbacks), and ``on_score`` 
 await. The same task refreshes the device nodes every ``refresh_interval``. A Score that was
 not computed (invalid window) is published as NaN with status ``BadNoData`` and its reason
 is not lost: it stays on ``/api/v1/models/<name>/score``. Every node is read-only for clients
-(AccessLevel CurrentRead): a Write answers ``BadNotWritable``.
+(AccessLevel CurrentRead): asyncua answers a Write with ``BadUserAccessDenied``.
 """
 
 from __future__ import annotations
@@ -77,18 +77,34 @@ _DEVICE_VARIABLES: tuple[tuple[str, ua.VariantType, Any], ...] = (
 
 class _Users(UserManager):
     """asyncua user manager: the configured user, and anonymous when allowed. Never an
-    admin: nobody gets write access to the address space."""
+    admin: nobody gets write access to the address space.
 
-    def __init__(self, config: OpcuaServerConfig, password: str | None) -> None:
+    On a secure endpoint it also vets the secure channel the session is activated on.
+    asyncua does not: it accepts a SecurityPolicy#None channel from anyone (GetEndpoints
+    needs one) and then creates and activates sessions on it although no None endpoint is
+    offered, and its certificate validator sees only the certificate a client *claims* in
+    CreateSession (and is skipped when that is empty), not the one that signs the channel."""
+
+    def __init__(self, config: OpcuaServerConfig, password: str | None,
+                 trusted: set[bytes] | None) -> None:
         self._username = config.username
         self._password = password
         self._anonymous = config.allow_anonymous
+        self._secure = config.security_policy != "None"
+        self._trusted = trusted
 
     def get_user(self, iserver: Any, username: str | None = None, password: str | None = None,
                  certificate: Any = None) -> User | None:
-        # ``certificate`` is the secure channel's client certificate (checked against
-        # trusted_clients when the channel opened), not a user identity: X509 identity
-        # tokens are not offered, so no username means an anonymous token.
+        # ``certificate`` is the secure channel's client certificate (DER; b"" on a
+        # SecurityPolicy#None channel), not a user identity: X509 identity tokens are not
+        # offered, so no username means an anonymous token.
+        if self._secure and not certificate:
+            log.warning("session refused: unsecured channel on a secure endpoint user=%s", username)
+            raise ServiceError(ua.StatusCodes.BadSecurityModeRejected)
+        if self._secure and self._trusted is not None and certificate not in self._trusted:
+            log.warning("session refused: channel certificate not in trusted_clients user=%s",
+                        username)
+            raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
         if username is None:
             return User(role=UserRole.User) if self._anonymous else None
         if (username is not None and username == self._username and password is not None
@@ -219,7 +235,7 @@ class OpcuaServerSink:
 
     async def _make_server(self) -> Server:
         config = self.config
-        server = Server(user_manager=_Users(config, self._password))
+        server = Server(user_manager=_Users(config, self._password, self._trusted))
         await server.init()
         server.set_endpoint(self.url)
         server.set_server_name("plcbridge")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import shutil
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from asyncua import Client, ua
+from asyncua.client.ua_client import UaClient
 from pydantic import ValidationError
 
 from adapters.opcua_server import OpcuaServerSink
@@ -23,7 +25,7 @@ from bridge.demo import demo_config
 from bridge.errors import ConfigError
 from bridge.runtime import Bridge
 from bridge.sink_configs_opcua import OpcuaServerConfig
-from tests.opcua_servers import CLIENT_URI, make_cert
+from tests.opcua_servers import CLIENT_URI, free_port, make_cert
 from tests.waiting import until
 
 SPEED = 10.0
@@ -196,3 +198,56 @@ async def test_stop_is_idempotent_and_leaves_nothing_running(
     await sink.stop()
     await sink.stop()
     await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("attack", ["none-channel-anonymous", "none-channel-user",
+                                    "untrusted-cert-claims-none", "untrusted-cert-claims-trusted"])
+async def test_secure_sink_vets_the_channel_not_the_claim(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, attack: str) -> None:
+    """Clients that skip their own endpoint check must still be refused: asyncua lets a
+    session be activated on a SecurityPolicy#None channel, and validates only the
+    certificate claimed in CreateSession."""
+    server_cert, server_key = await make_cert(tmp_path / "s", "server", "urn:plcbridge:server", True)
+    good_cert, _ = await make_cert(tmp_path / "c", "client", CLIENT_URI, False)
+    bad_cert, bad_key = await make_cert(tmp_path / "x", "client", CLIENT_URI, False)
+    (tmp_path / "trusted").mkdir()
+    shutil.copy(good_cert, tmp_path / "trusted")
+    monkeypatch.setenv("PLCBRIDGE_TEST_SINK_PW", "pw-1")
+    user = attack != "none-channel-anonymous"
+    options: dict[str, Any] = {"enabled": True, "port": 0, "security_policy": "Basic256Sha256",
+                               "certificate": server_cert, "private_key": server_key,
+                               "trusted_clients": tmp_path / "trusted"}
+    if user:
+        options |= {"allow_anonymous": False, "username": "scada",
+                    "password_env": "PLCBRIDGE_TEST_SINK_PW"}
+    bridge = Bridge(demo_config(free_port(), api_port=0))
+    sink = OpcuaServerSink(OpcuaServerConfig.model_validate(options))
+    await sink.start(bridge)
+    try:
+        client = Client(sink.url, timeout=5)
+        client.application_uri = CLIENT_URI
+        if user:
+            client.set_user("scada")
+            client.set_password("pw-1")
+        if attack.startswith("none-channel"):  # skip asyncua's client-side endpoint match
+            monkeypatch.setattr(Client, "find_endpoint",
+                                staticmethod(lambda endpoints, mode, uri: next(iter(endpoints))))
+        else:
+            await client.set_security_string(
+                f"Basic256Sha256,SignAndEncrypt,{bad_cert},{bad_key},{server_cert}")
+            claim = None if attack == "untrusted-cert-claims-none" else good_cert.read_bytes()
+            real = UaClient.create_session
+
+            async def claiming(self: UaClient, params: Any) -> Any:
+                params.ClientCertificate = claim
+                return await real(self, params)
+
+            monkeypatch.setattr(UaClient, "create_session", claiming)
+        with pytest.raises(ua.UaStatusCodeError,
+                           match=r"BadSecurityModeRejected|BadCertificateUntrusted"):
+            async with client:
+                ns = await client.get_namespace_index("urn:plcbridge:results")
+                await client.get_node(ua.NodeId("Models.pump.Threshold", ns)).read_value()
+    finally:
+        await sink.stop()
+        await bridge.stop()
