@@ -87,6 +87,18 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[rank - 1]
 
 
+def rss_parts_mb(pid: int) -> dict[str, float]:
+    """VmRSS split as /proc reports it: RssAnon (the process's own heap and stacks), RssFile
+    (mapped files: mostly shared library code, clean and evictable), RssShmem."""
+    parts = {}
+    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith(("RssAnon:", "RssFile:", "RssShmem:")):
+                key, value = line.split()[:2]
+                parts[key.rstrip(":")] = int(value) * 1024 / 1e6
+    return parts
+
+
 def rss_mb(pid: int) -> float:
     """Resident set size of ``pid`` from /proc (MB = 10^6 bytes)."""
     with open(f"/proc/{pid}/status", encoding="ascii") as fh:

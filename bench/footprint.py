@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._bridge_proc import BridgeProcess, run_child, start_idle
-from bench._common import Context, Result, Section, cpu_seconds, rss_mb
+from bench._common import Context, Result, Section, cpu_seconds, rss_mb, rss_parts_mb
 from bench._servers import fleet_config, registers_for, servers, to_toml
 from bridge.config import BridgeSection
 
@@ -43,7 +43,8 @@ def _measure_bridge(path: Path, ctx: Context, warm: float, window: float) -> dic
         cpu1, t1 = cpu_seconds(bridge.pid), time.perf_counter()
         polls1 = sum(d["polls"] for d in bridge.get("/api/v1/health")["devices"])
         return {"cpu_s": cpu1 - cpu0, "wall_s": t1 - t0, "polls": polls1 - polls0,
-                "rss_mb": bridge.rss(), "probe": bridge.probe(), "uptime_s": warm + window}
+                "rss_mb": bridge.rss(), "rss_parts": rss_parts_mb(bridge.pid),
+                "probe": bridge.probe(), "uptime_s": warm + window}
     finally:
         bridge.stop()
 
@@ -102,6 +103,8 @@ def run(ctx: Context) -> Section:
             section.checks["asyncua imported (Modbus-only config, 1,000 tags)"] = m["probe"]["asyncua"]
             section.checks["onnx imported at runtime"] = m["probe"]["onnx"]
             section.checks["RSS at 1,000 tags with default model, MB"] = round(m["rss_mb"], 1)
+            for part, size in m["rss_parts"].items():  # how much of it is shared library code
+                section.checks[f"{part} at 1,000 tags, MB"] = round(size, 1)
             limit = f"RSS < {RSS_LIMIT_MB:g} MB at 1,000 tags"
             section.checks[f"{limit} (as measured)"] = m["rss_mb"] < RSS_LIMIT_MB
             section.checks["RSS at 1,000 tags, history full (projected), MB"] = round(steady, 1)
