@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="short runs (< 2 min in all; no soak unless --only soak)")
     parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), metavar="NAME",
                         help=f"run only these ({', '.join(BENCHMARKS)}); others keep their last results")
+    parser.add_argument("--soak-seconds", type=float, metavar="S",
+                        help="soak for S seconds instead of 180 (60 with --quick)")
     parser.add_argument("--report-only", action="store_true",
                         help="regenerate BENCHMARKS.md from results.json")
     args = parser.parse_args(argv)
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     names = args.only or [n for n in BENCHMARKS if not (args.quick and n in NOT_QUICK)]
     sections = []
     with tempfile.TemporaryDirectory(prefix="plcbridge-bench-") as workdir:
-        ctx = Context(quick=args.quick, workdir=Path(workdir))
+        ctx = Context(quick=args.quick, workdir=Path(workdir), soak_seconds=args.soak_seconds)
         for name in names:
             print(f"[bench] {name} ...", flush=True)
             section = run_one(name, ctx)

@@ -71,6 +71,7 @@ class Context:
     workdir: Path  # a temporary directory for configs, models and logs of this run
     # The unit test's size: the smallest configuration through the same code (not a benchmark).
     smoke: bool = False
+    soak_seconds: float | None = None  # --soak-seconds: a longer soak than the default
 
     def pick(self, quick: Any, full: Any, smoke: Any = None) -> Any:
         if self.smoke and smoke is not None:
