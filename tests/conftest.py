@@ -4,6 +4,7 @@ import asyncio
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest_asyncio
 
@@ -32,6 +33,15 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
     for task in leaked:
         task.cancel()
     assert not leaked, f"test left tasks running: {sorted(t.get_name() for t in leaked)}"
+
+
+@pytest_asyncio.fixture
+async def adapters() -> AsyncIterator[list[Any]]:
+    """Adapters a test made: closed after it, pass or fail (before the leaked-task check)."""
+    made: list[Any] = []
+    yield made
+    for adapter in made:
+        await adapter.close()
 
 
 @pytest_asyncio.fixture

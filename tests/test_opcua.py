@@ -59,14 +59,6 @@ async def server() -> AsyncIterator[OpcuaTestServer]:
     await srv.stop()
 
 
-@pytest_asyncio.fixture
-async def adapters() -> AsyncIterator[list[OpcuaAdapter]]:
-    made: list[OpcuaAdapter] = []
-    yield made
-    for adapter in made:
-        await adapter.close()
-
-
 # --------------------------------------------------------------------------- poll mode
 
 

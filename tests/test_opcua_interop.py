@@ -18,13 +18,12 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -165,14 +164,6 @@ def peer(tmp_path_factory: pytest.TempPathFactory, certs: Certs) -> Iterator[Nod
 @pytest.fixture(autouse=True)
 def password(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
-
-
-@pytest_asyncio.fixture
-async def adapters() -> AsyncIterator[list[OpcuaAdapter]]:
-    made: list[OpcuaAdapter] = []
-    yield made
-    for adapter in made:
-        await adapter.close()
 
 
 TAGS = ["Pump.Pressure", "Pump.Flow", "Pump.Running", "Pump.Name", "Pump.Counter"]

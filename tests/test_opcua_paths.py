@@ -3,12 +3,10 @@ against real asyncua servers on loopback ports."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from asyncua import ua
 from asyncua.client.ua_client import UaClient
 from asyncua.client.ua_session import UaSession
@@ -34,14 +32,6 @@ def path_tags(ns: int) -> list[dict[str, Any]]:
             {"name": "flow", "browse_path": f"/{ns}:Pump1/{ns}:flow"},
             {"name": "ghost", "browse_path": f"/{ns}:Pump1/{ns}:nothing_here"},
             {"name": "server_state", "browse_path": "/0:Server/0:ServerStatus/0:State"}]
-
-
-@pytest_asyncio.fixture
-async def adapters() -> AsyncIterator[list[OpcuaAdapter]]:
-    made: list[OpcuaAdapter] = []
-    yield made
-    for adapter in made:
-        await adapter.close()
 
 
 async def test_browse_paths_poll_and_subscribe_with_one_unresolved(
