@@ -237,6 +237,12 @@ class OpcuaServerSink:
         config = self.config
         server = Server(user_manager=_Users(config, self._password, self._trusted))
         await server.init()
+        # No session transfer to a new secure channel (Part 4 6.7): asyncua binds the session
+        # named by an AuthenticationToken (sequential, guessable) to the new connection before
+        # the ActivateSession is vetted, and keeps it bound after a refusal, so any channel,
+        # a None one included, could read through a trusted client's session. A client whose
+        # channel broke creates a new session instead (plcbridge's own client always does).
+        server.iserver.lookup_external_session = lambda auth_token: None  # type: ignore[method-assign]
         server.set_endpoint(self.url)
         server.set_server_name("plcbridge")
         await server.set_application_uri(config.application_uri)

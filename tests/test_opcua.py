@@ -270,7 +270,8 @@ async def test_secure_policies_and_modes_with_generated_certificates(
         adapters.append(plain)
         with pytest.raises(OpcuaConnectError) as info:
             await plain.connect()
-        assert str(info.value).startswith("plain: not connected")
+        assert str(info.value).startswith("plain: not connected") and info.value.kind == "security"
+        assert "no endpoint offers None/None" in str(info.value)  # the wrong policy, named
     finally:
         await srv.stop()
 

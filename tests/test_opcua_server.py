@@ -251,3 +251,57 @@ async def test_secure_sink_vets_the_channel_not_the_claim(
     finally:
         await sink.stop()
         await bridge.stop()
+
+
+async def test_a_refused_activation_cannot_borrow_a_trusted_session(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An attacker on a SecurityPolicy#None channel names a trusted client's session (its
+    AuthenticationToken: sequential in asyncua, so guessable) in ActivateSession. The
+    activation is refused, and the connection must not be able to read through that session."""
+    server_cert, server_key = await make_cert(tmp_path / "s", "server", "urn:plcbridge:server", True)
+    good_cert, good_key = await make_cert(tmp_path / "c", "client", CLIENT_URI, False)
+    (tmp_path / "trusted").mkdir()
+    shutil.copy(good_cert, tmp_path / "trusted")
+    monkeypatch.setenv("PLCBRIDGE_TEST_SINK_PW", "pw-1")
+    bridge = Bridge(demo_config(free_port(), api_port=0))
+    sink = OpcuaServerSink(OpcuaServerConfig.model_validate({
+        "enabled": True, "port": 0, "security_policy": "Basic256Sha256", "security_mode": "Sign",
+        "certificate": server_cert, "private_key": server_key, "trusted_clients": tmp_path / "trusted",
+        "allow_anonymous": False, "username": "scada", "password_env": "PLCBRIDGE_TEST_SINK_PW"}))
+    await sink.start(bridge)
+    legit = Client(sink.url, timeout=5)
+    evil = Client(sink.url, timeout=5)
+    try:
+        legit.application_uri = CLIENT_URI
+        legit.set_user("scada")
+        legit.set_password("pw-1")
+        await legit.set_security_string(f"Basic256Sha256,Sign,{good_cert},{good_key},{server_cert}")
+        await legit.connect()
+        ns = await legit.get_namespace_index("urn:plcbridge:results")
+        threshold = ua.NodeId("Models.pump.Threshold", ns)
+        assert math.isfinite(await legit.get_node(threshold).read_value())  # the session works
+
+        await evil.connect_socket()
+        await evil.send_hello()
+        await evil.open_secure_channel()
+        evil.uaclient.protocol.authentication_token = legit.uaclient.protocol.authentication_token
+        params = ua.ActivateSessionParameters()
+        params.UserIdentityToken = ua.AnonymousIdentityToken()
+        params.UserIdentityToken.PolicyId = "anonymous"
+        with pytest.raises(ua.UaStatusCodeError):
+            await evil.uaclient.activate_session(params)
+        read = ua.ReadParameters()
+        item = ua.ReadValueId()
+        item.NodeId, item.AttributeId = threshold, ua.AttributeIds.Value
+        read.NodesToRead.append(item)
+        try:
+            values: list[ua.DataValue] | None = await evil.uaclient.read(read)
+        except (ua.UaStatusCodeError, ConnectionError):
+            values = None  # refused: no session on this connection
+        assert values is None or not values[0].StatusCode.is_good(), values
+        assert math.isfinite(await legit.get_node(threshold).read_value())  # still works
+    finally:
+        evil.uaclient.disconnect_socket()
+        await legit.disconnect()
+        await sink.stop()
+        await bridge.stop()
