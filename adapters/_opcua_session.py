@@ -60,14 +60,14 @@ async def teardown(client: Client, timeout: float) -> None:
         client.uaclient.disconnect_socket()
 
 
-def monitored_item_requests(config: OpcuaDeviceConfig, node_ids: list[ua.NodeId | None],
+def monitored_item_requests(config: OpcuaDeviceConfig, items: list[tuple[int, ua.NodeId | None]],
                             sampling_ms: float) -> list[ua.MonitoredItemCreateRequest]:
-    """One Value monitored item per resolved tag; client handle = tag index + 1 (routes
-    changes)."""
+    """One Value monitored item per (tag index, NodeId); client handle = tag index + 1
+    (routes changes)."""
     requests = []
-    for handle, node_id in enumerate(node_ids, start=1):
-        if node_id is None:
-            continue
+    for index, node_id in items:
+        assert node_id is not None, "only resolved tags are monitored"
+        handle = index + 1
         parameters = ua.MonitoringParameters()
         parameters.ClientHandle = handle
         parameters.SamplingInterval = sampling_ms
@@ -133,12 +133,13 @@ def chunks(count: int, size: int) -> list[range]:
     return [range(start, min(start + step, count)) for start in range(0, count, step)]
 
 
-async def resolve_browse_paths(client: Client, tags: list[OpcuaTagConfig], limit: int
-                               ) -> dict[int, ua.NodeId | str]:
-    """TranslateBrowsePathsToNodeIds for every tag given by browse path, from the Objects
-    folder: tag index -> its NodeId, or the reason it did not resolve (a StatusCode name, or
-    "ambiguous" when the path names more than one node)."""
-    wanted = [i for i, tag in enumerate(tags) if tag.browse_path is not None]
+async def resolve_browse_paths(client: Client, tags: list[OpcuaTagConfig], wanted: list[int],
+                               limit: int) -> dict[int, ua.NodeId | str]:
+    """TranslateBrowsePathsToNodeIds for the tags at ``wanted`` (indexes of tags given by
+    browse path), from the Objects folder: tag index -> its NodeId, or the reason it did not
+    resolve (a StatusCode name, "no node matches", or "ambiguous" when the path names more
+    than one node). A failure of the whole service is a reason for every tag, not an error:
+    the device's NodeId tags must keep working."""
     resolved: dict[int, ua.NodeId | str] = {}
     for part in chunks(len(wanted), limit):
         paths = []
@@ -148,15 +149,26 @@ async def resolve_browse_paths(client: Client, tags: list[OpcuaTagConfig], limit
             path.RelativePath = RelativePathFormatter.parse(
                 str(tags[wanted[position]].browse_path)).build()
             paths.append(path)
-        results = await client.uaclient.translate_browsepaths_to_nodeids(paths)
+        try:
+            results = await client.uaclient.translate_browsepaths_to_nodeids(paths)
+        except ua.UaStatusCodeError as exc:  # e.g. BadServiceUnsupported, BadTooManyOperations
+            name = ua.StatusCode(exc.code).name
+            resolved.update({wanted[p]: f"TranslateBrowsePathsToNodeIds failed ({name})"
+                             for p in part})
+            continue
         for position, result in zip(part, results, strict=True):
             index = wanted[position]
+            # "/" follows every hierarchical reference: one node reached twice (Organizes
+            # and HasNotifier, say) is one match.
+            targets = list({t.TargetId.to_string(): t for t in result.Targets}.values())
             if not result.StatusCode.is_good():
                 resolved[index] = result.StatusCode.name
-            elif len(result.Targets) != 1:
-                resolved[index] = f"ambiguous ({len(result.Targets)} nodes match)"
+            elif not targets:
+                resolved[index] = "no node matches"
+            elif len(targets) != 1:
+                resolved[index] = f"ambiguous ({len(targets)} nodes match)"
             else:
-                target = result.Targets[0]
+                target = targets[0]
                 node = target.TargetId  # an ExpandedNodeId (asyncua may decode a NodeId)
                 remote = getattr(node, "ServerIndex", 0) or getattr(node, "NamespaceUri", None)
                 if target.RemainingPathIndex != 0xFFFFFFFF or remote:

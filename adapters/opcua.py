@@ -113,6 +113,7 @@ class OpcuaAdapter:
         self._unresolved: dict[int, str] = {
             i: "browse path not resolved yet" for i, n in enumerate(self._node_ids) if n is None}
         self._limits = OperationLimits()
+        self._next_resolve = 0.0  # monotonic time of the next try for unresolved browse paths
         self._backoff = Backoff(initial=config.reconnect_min, maximum=config.reconnect_max)
         self._client: Client | None = None
         self._subscription: Subscription | None = None
@@ -179,8 +180,9 @@ class OpcuaAdapter:
                         mode=getattr(ua.MessageSecurityMode, mode))
                 await client.connect()
                 self._limits = await read_operation_limits(client)
-                if self._unresolved or any(t.browse_path is not None for t in config.tags):
-                    self._adopt(await resolve_browse_paths(client, config.tags,
+                paths = [i for i, tag in enumerate(config.tags) if tag.browse_path is not None]
+                if paths:  # a new session may have renumbered every node: all of them again
+                    self._adopt(await resolve_browse_paths(client, config.tags, paths,
                                                            self._limits.nodes_per_translate))
         except asyncio.CancelledError:
             await teardown(client, 0.0)  # closed while connecting: leave nothing behind
@@ -220,21 +222,44 @@ class OpcuaAdapter:
                 raise OpcuaConnectError(self.name, "authentication",
                                         f"cannot load {key} {path} ({detail})") from None
 
-    def _adopt(self, resolved: dict[int, ua.NodeId | str]) -> None:
-        """Take this session's browse-path results; warn when the set of failures changes."""
+    def _adopt(self, resolved: dict[int, ua.NodeId | str]) -> list[int]:
+        """Take browse-path results (for some or all path tags); warn when the set of failures
+        changes. Returns the indexes of tags that resolved and were not resolved before."""
         before = dict(self._unresolved)
-        self._unresolved = {}
+        newly = []
         for index, result in resolved.items():
             if isinstance(result, ua.NodeId):
+                if self._node_ids[index] is None:
+                    newly.append(index)
                 self._node_ids[index] = result
+                self._unresolved.pop(index, None)
             else:
                 self._node_ids[index] = None
                 self._unresolved[index] = f"browse path not resolved: {result}"
+        # Nodes that appear later (a PLC runtime loading after its OPC UA server) are found
+        # by trying again, without waiting for a new session.
+        self._next_resolve = time.monotonic() + self.config.reconnect_max
+        tags = self.config.tags
         if self._unresolved and self._unresolved != before:
-            tags = self.config.tags
             log.warning("browse paths not resolved device=%s %s", self.name, ", ".join(
                 f"{tags[i].name}={tags[i].browse_path} ({reason})"
                 for i, reason in self._unresolved.items()))
+        if newly and before:
+            log.info("browse paths resolved device=%s %s", self.name,
+                     ", ".join(f"{tags[i].name}={self._node_ids[i]}" for i in newly))
+        return newly
+
+    async def _retry_unresolved(self) -> list[int]:
+        """Try the unresolved browse paths again when their time has come; the newly
+        resolved tag indexes (raises like any request on a broken session)."""
+        if not self._unresolved or time.monotonic() < self._next_resolve:
+            return []
+        client = self._client
+        assert client is not None
+        async with asyncio.timeout(self.config.timeout):
+            resolved = await resolve_browse_paths(client, self.config.tags, sorted(self._unresolved),
+                                                  self._limits.nodes_per_translate)
+        return self._adopt(resolved)
 
     async def _server_certificate(self, mode: str) -> str | bytes:
         """The server certificate to talk to: pinned, or offered by the server and checked
@@ -335,6 +360,7 @@ class OpcuaAdapter:
                 self._failed(exc.kind, reason)
                 return self._bad_all(reason)
         try:
+            await self._retry_unresolved()
             values = await self._read_values()
         except (TimeoutError, ConnectionError, OSError) as exc:
             reason = "timeout" if isinstance(exc, TimeoutError) else f"not connected: {exc}"
@@ -429,6 +455,7 @@ class OpcuaAdapter:
                         await lost.wait()
                 except TimeoutError:
                     self._refresh()
+                    await self._monitor_late_paths()
             # Bad quality first: tearing down a hung session may take a moment.
             reason = "not connected: session lost"
             self._push(self._bad_all(reason))
@@ -443,28 +470,50 @@ class OpcuaAdapter:
                 for r in self._latest.values()]
         self._push(held)
 
+    async def _monitor_late_paths(self) -> None:
+        """Subscribe the tags whose browse paths resolve only now. A failure here is left to
+        the keepalive: it is logged, the tags stay bad, the next tick tries again."""
+        try:
+            newly = await self._retry_unresolved()
+            if newly:
+                async with asyncio.timeout(self.config.timeout):
+                    await self._monitor(newly)
+        except (Exception, TimeoutError) as exc:
+            log.debug("late browse paths not subscribed device=%s error=%r", self.name, exc)
+
     async def _start_subscription(self) -> None:
         client = self._client
         assert client is not None
         config = self.config
-        publishing_ms = config.publishing_interval * 1000
-        sampling_ms = (config.sampling_interval if config.sampling_interval is not None
-                       else config.publishing_interval) * 1000
         async with asyncio.timeout(config.timeout * 2):
             subscription = await client.create_subscription(
-                publishing_ms, None, queue_maxsize=_QUEUE_MAX, overflow=OverflowPolicy.DISCONNECT)
-            requests = monitored_item_requests(config, self._node_ids, sampling_ms)
+                config.publishing_interval * 1000, None, queue_maxsize=_QUEUE_MAX,
+                overflow=OverflowPolicy.DISCONNECT)
             # The consumer starts before the items exist: initial values follow at once.
             self._subscription = subscription
             self._consumer = asyncio.create_task(self._consume(subscription),
                                                  name=f"plcbridge[{self.name}].opcua.changes")
-            results: list[object] = []
-            for part in chunks(len(requests), self._limits.monitored_items_per_call):
-                results += await subscription.create_monitored_items([requests[i] for i in part])
+            await self._monitor([i for i, n in enumerate(self._node_ids) if n is not None])
         now = time.time()
         tags = config.tags
         self._push([bad(tags[i].name, reason, received_time=now)
                     for i, reason in self._unresolved.items()])
+
+    async def _monitor(self, indexes: list[int]) -> None:
+        """Monitored items for the tags at ``indexes`` (resolved), in CreateMonitoredItems
+        calls of at most the server's MaxMonitoredItemsPerCall; refused items read bad."""
+        subscription = self._subscription
+        assert subscription is not None
+        config = self.config
+        sampling_ms = (config.sampling_interval if config.sampling_interval is not None
+                       else config.publishing_interval) * 1000
+        requests = monitored_item_requests(config, [(i, self._node_ids[i]) for i in indexes],
+                                           sampling_ms)
+        results: list[object] = []
+        for part in chunks(len(requests), self._limits.monitored_items_per_call):
+            results += await subscription.create_monitored_items([requests[i] for i in part])
+        now = time.time()
+        tags = config.tags
         refused = [bad(tags[request.RequestedParameters.ClientHandle - 1].name, result.name,
                         received_time=now)
                     for request, result in zip(requests, results, strict=True)

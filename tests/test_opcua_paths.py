@@ -180,3 +180,79 @@ async def test_certificate_user_identity_accepted_refused_and_missing(
     finally:
         await srv.stop()
     assert "PRIVATE KEY" not in caplog.text
+
+
+async def test_a_node_that_appears_later_is_found_without_a_new_session(
+        adapters: list[OpcuaAdapter]) -> None:
+    """A PLC runtime may load its variables after its OPC UA server is up: unresolved paths
+    are tried again every reconnect_max seconds, in both modes, on the live session."""
+    srv = await OpcuaTestServer().start()
+    try:
+        ns = srv.ns
+        tags = [{"name": "pressure", "browse_path": f"/{ns}:Pump1/{ns}:pressure"},
+                {"name": "late", "browse_path": f"/{ns}:Pump1/{ns}:late"}]
+        poller = OpcuaAdapter(device(srv, tags))
+        subscriber = OpcuaAdapter(device(srv, tags, mode="subscribe", publishing_interval=0.05,
+                                         poll_interval=0.05))
+        adapters += [poller, subscriber]
+        seen: list[Reading] = []
+        await subscriber.subscribe(seen.extend)
+        late = {r.tag: r for r in await poller.read()}["late"]
+        assert (late.quality, late.reason) == (Quality.BAD, "browse path not resolved: BadNoMatch")
+        await until(lambda: any(r.tag == "late" for r in seen), 5, "the subscriber's first values")
+
+        assert srv.server is not None
+        pump = await srv.server.nodes.objects.get_child([f"{ns}:Pump1"])
+        await pump.add_variable(ua.NodeId("Pump1.Late", ns), f"{ns}:late", 7.0)
+
+        async def poller_found_it() -> bool:
+            return {r.tag: r.value for r in await poller.read()}["late"] == 7.0
+
+        await until(poller_found_it, 5, "the late node through the poller")
+        await until(lambda: any(r.tag == "late" and r.value == 7.0 for r in seen), 5,
+                    "the late node through the subscription")
+        assert (poller.sessions, subscriber.sessions) == (1, 1)
+    finally:
+        await srv.stop()
+
+
+async def test_one_node_reached_by_two_references_is_not_ambiguous(
+        adapters: list[OpcuaAdapter]) -> None:
+    """'/' follows every hierarchical reference: Objects Organizes Pump1 and (an alarm area)
+    Objects HasNotifier Pump1 lead to the same node, which is one match."""
+    srv = await OpcuaTestServer().start()
+    try:
+        assert srv.server is not None
+        pump = await srv.server.nodes.objects.get_child([f"{srv.ns}:Pump1"])
+        await srv.server.nodes.objects.add_reference(pump.nodeid, ua.ObjectIds.HasNotifier)
+        adapter = OpcuaAdapter(device(srv, path_tags(srv.ns)[:1]))
+        adapters.append(adapter)
+        [reading] = await adapter.read()
+        assert (reading.quality, reading.value) == (Quality.GOOD, 4.25), reading
+    finally:
+        await srv.stop()
+
+
+async def test_a_server_without_translate_keeps_its_node_id_tags(
+        adapters: list[OpcuaAdapter], monkeypatch: pytest.MonkeyPatch) -> None:
+    from asyncua.common.utils import ServiceError
+    from asyncua.server.internal_session import InternalSession
+
+    async def unsupported(self: InternalSession, params: Any) -> Any:
+        raise ServiceError(ua.StatusCodes.BadServiceUnsupported)
+
+    monkeypatch.setattr(InternalSession, "translate_browsepaths_to_nodeids", unsupported)
+    srv = await OpcuaTestServer().start()
+    try:
+        adapter = OpcuaAdapter(device(srv, [
+            {"name": "by_id", "node_id": srv.node_id("pressure")},
+            {"name": "by_path", "browse_path": f"/{srv.ns}:Pump1/{srv.ns}:flow"}]))
+        adapters.append(adapter)
+        by_id, by_path = await adapter.read()
+        assert (by_id.quality, by_id.value) == (Quality.GOOD, 4.25)
+        assert by_path.quality is Quality.BAD
+        assert by_path.reason == ("browse path not resolved: TranslateBrowsePathsToNodeIds failed "
+                                  "(BadServiceUnsupported)")
+        assert adapter.status.connected
+    finally:
+        await srv.stop()
