@@ -244,6 +244,11 @@ def _certs(args: argparse.Namespace) -> int:
     print(f"certificate {cert}\nprivate key {key}\napplication URI {args.application_uri}")
     key_name = "certificate / private_key" + ("" if args.server else " / application_uri")
     print(f"set {key_name} accordingly; the peer must trust {cert}")
+    if not args.server:
+        print("the server's own certificate must be trusted too: put it in the trusted_servers "
+              "folder, or set trust_on_first_use = true (saved there on first connect); for a "
+              "certificate user identity (user_certificate / user_private_key) run this again "
+              "with --name <user> --application-uri urn:<site>:user:<user>")
     return 0
 
 
