@@ -305,3 +305,34 @@ async def test_a_refused_activation_cannot_borrow_a_trusted_session(
         await legit.disconnect()
         await sink.stop()
         await bridge.stop()
+
+
+async def test_clients_cannot_change_the_address_space() -> None:
+    """SCADA reads; nobody adds, deletes, relinks or rewrites nodes (asyncua refuses every
+    node-management service and attribute write to a non-admin user: checked, not assumed)."""
+    bridge = Bridge(demo_config(free_port(), api_port=0))
+    sink = OpcuaServerSink(sink_config())
+    await sink.start(bridge)
+    try:
+        async with Client(sink.url, timeout=5) as client:
+            ns = await client.get_namespace_index(NS_URI)
+            threshold = client.get_node(ua.NodeId("Models.pump.Threshold", ns))
+            before = await threshold.read_value()
+            attempts = {
+                "AddNodes": lambda: client.nodes.objects.add_object(ns, "Intruder"),
+                "DeleteNodes": lambda: client.delete_nodes([threshold]),
+                "AddReferences": lambda: client.nodes.objects.add_reference(
+                    threshold.nodeid, ua.ObjectIds.Organizes),
+                "Write AccessLevel": lambda: threshold.write_attribute(
+                    ua.AttributeIds.AccessLevel, ua.DataValue(ua.Variant(3, ua.VariantType.Byte))),
+            }
+            for service, attempt in attempts.items():
+                with pytest.raises(ua.UaStatusCodeError, match="BadUserAccessDenied"):
+                    await attempt()
+                    pytest.fail(f"{service} was accepted")
+            assert await threshold.read_value() == before
+            children = await client.nodes.objects.get_children()
+            assert "Intruder" not in [(await c.read_browse_name()).Name for c in children]
+    finally:
+        await sink.stop()
+        await bridge.stop()
