@@ -380,14 +380,14 @@ class OpcuaAdapter:
 
     async def _read_values(self) -> dict[int, ua.DataValue]:
         """Tag index -> DataValue for every resolved tag, in Reads of at most
-        ``max_nodes_per_read`` (config) or the server's MaxNodesPerRead."""
+        ``max_nodes_per_read`` (config) and the server's MaxNodesPerRead, the smaller one."""
         client = self._client
         assert client is not None
         ids = [(i, n) for i, n in enumerate(self._node_ids) if n is not None]
         values: list[ua.DataValue] = []
         async with asyncio.timeout(self.config.timeout):
-            for part in chunks(len(ids), self.config.max_nodes_per_read
-                               or self._limits.nodes_per_read):
+            limits = [n for n in (self.config.max_nodes_per_read, self._limits.nodes_per_read) if n]
+            for part in chunks(len(ids), min(limits, default=0)):
                 params = ua.ReadParameters()
                 params.TimestampsToReturn = ua.TimestampsToReturn.Both
                 for position in part:

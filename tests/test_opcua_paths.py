@@ -124,6 +124,12 @@ async def test_requests_are_split_by_the_servers_operation_limits(
         calls["read"].clear()
         assert [r.value for r in await poller.read()] == [float(i) for i in range(7)]
         assert calls["read"] == [3, 3, 1]
+        larger = OpcuaAdapter(device(srv, tags, max_nodes_per_read=5))  # the server's 3 wins
+        adapters.append(larger)
+        await larger.connect()
+        calls["read"].clear()
+        await larger.read()
+        assert calls["read"] == [3, 3, 1]
 
         subscriber = OpcuaAdapter(device(srv, tags, mode="subscribe", publishing_interval=0.05,
                                          poll_interval=30))
