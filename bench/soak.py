@@ -20,7 +20,7 @@ from typing import Any
 from bench._bridge_proc import BridgeProcess, start_idle
 from bench._common import Context, Result, Section, cpu_seconds, rss_mb
 from bench._servers import fleet_config, registers_for, servers, to_toml
-from bridge.config import BridgeSection
+from bridge.config import ApiConfig, BridgeSection
 
 NAME = "soak"
 TITLE = "Soak: memory over time"
@@ -28,6 +28,9 @@ DEVICES = 10
 TAGS_PER_DEVICE = 100
 POLL_INTERVAL = 0.1
 SERVER_PROCESSES = 2
+# The API keeps the last ApiConfig.score_history Scores per model; the default model scores
+# once a second, so that buffer fills (and stops growing) this many seconds after start.
+SCORE_HISTORY_FULL_S = ApiConfig().score_history * 1.0
 
 
 def slope_per_hour(times: Sequence[float], values: Sequence[float]) -> float:
@@ -130,10 +133,34 @@ def run(ctx: Context) -> Section:
     section.notes.append(
         f"{DEVICES * TAGS_PER_DEVICE:,} tags at {1 / POLL_INTERVAL:g} Hz for {wall:.0f} s after a "
         f"{warm:.0f} s warm-up (history_size = {history}: full after {history * POLL_INTERVAL:g} s); "
-        f"RSS sampled every {every:g} s. A slope over a few minutes cannot exclude a slow leak of a "
-        "few MB per day: it shows there is no growth at the rate of the polls (10,000 readings/s).")
+        f"RSS sampled every {every:g} s. The score history (3,600 Scores per model, one a second) "
+        "fills during the first hour: the slope after it is full is the one that says whether "
+        "memory still grows; a run of minutes cannot exclude a slow leak of a few MB per day.")
     section.curves["RSS over the soak"] = {
         "x": [round(t, 1) for t in times], "xlabel": "seconds after warm-up", "ylabel": "RSS, MB",
         "xscale": "linear", "series": {"bridge": [round(v, 2) for v in rss],
                                        "imports-only baseline": [round(v, 2) for v in base]}}
+    add_after_fill(section, warm)
     return section
+
+
+def add_after_fill(section: Section, warm: float) -> None:
+    """When the soak outlasts the filling of the score history, the slope after it is full:
+    the one number that says whether memory still grows once every bounded buffer is full.
+    Works on a finished section (its RSS curve), so stored results can be re-read too."""
+    curve = section.curves["RSS over the soak"]
+    full_at = SCORE_HISTORY_FULL_S - warm + 60.0  # sampling starts after the warm-up
+    times = [t for t in curve["x"] if t >= full_at]
+    if len(times) < 10 or times[-1] - times[0] < 600:
+        return
+    first = len(curve["x"]) - len(times)
+    slopes = {name: slope_per_hour(times, values[first:]) for name, values in curve["series"].items()}
+    label = f"RSS slope after the score history is full ({times[-1] - times[0]:.0f} s)"
+    result = Result(label, round(slopes["bridge"], 2), "MB/hour",
+                    round(slopes["imports-only baseline"], 2), "process importing the same libraries",
+                    higher_is_better=False, params={"from_s": round(times[0], 1)},
+                    note="no ratio: slopes are near zero and may be negative")
+    result.ratio = None
+    section.results = [r for r in section.results if not r.name.startswith("RSS slope after")]
+    section.results.append(result)
+    section.checks["RSS slope ≤ 1 MB/hour after the score history is full"] = slopes["bridge"] <= 1.0
