@@ -9,9 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from asyncua import Client, Server, ua
-from asyncua.ua.relative_path import RelativePathFormatter
 
-from bridge.config import OpcuaDeviceConfig, OpcuaTagConfig
+from bridge.config import OpcuaDeviceConfig
 
 __all__ = ["OperationLimits", "monitored_item_requests", "read_operation_limits",
            "resolve_browse_paths", "teardown"]
@@ -133,21 +132,21 @@ def chunks(count: int, size: int) -> list[range]:
     return [range(start, min(start + step, count)) for start in range(0, count, step)]
 
 
-async def resolve_browse_paths(client: Client, tags: list[OpcuaTagConfig], wanted: list[int],
+async def resolve_browse_paths(client: Client, relative: dict[int, ua.RelativePath],
                                limit: int) -> dict[int, ua.NodeId | str]:
-    """TranslateBrowsePathsToNodeIds for the tags at ``wanted`` (indexes of tags given by
-    browse path), from the Objects folder: tag index -> its NodeId, or the reason it did not
-    resolve (a StatusCode name, "no node matches", or "ambiguous" when the path names more
-    than one node). A failure of the whole service is a reason for every tag, not an error:
-    the device's NodeId tags must keep working."""
+    """TranslateBrowsePathsToNodeIds from the Objects folder for tag index -> relative path:
+    tag index -> its NodeId, or the reason it did not resolve (a StatusCode name, "no node
+    matches", or "ambiguous" when the path names more than one node). A failure of the whole
+    service is a reason for every tag, not an error: the device's NodeId tags must keep
+    working."""
+    wanted = list(relative)
     resolved: dict[int, ua.NodeId | str] = {}
     for part in chunks(len(wanted), limit):
         paths = []
         for position in part:
             path = ua.BrowsePath()
             path.StartingNode = ua.NodeId(ua.Int32(ua.ObjectIds.ObjectsFolder))
-            path.RelativePath = RelativePathFormatter.parse(
-                str(tags[wanted[position]].browse_path)).build()
+            path.RelativePath = relative[wanted[position]]
             paths.append(path)
         try:
             results = await client.uaclient.translate_browsepaths_to_nodeids(paths)

@@ -28,11 +28,13 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 
 from asyncua import Client, ua
 from asyncua.common.subscription import DataChangeEvent, OverflowPolicy, StatusChangeEvent, Subscription
 from asyncua.crypto import security_policies
+from asyncua.ua.relative_path import RelativePathFormatter
 
 from adapters._opcua_convert import (
     classify_connect_error,
@@ -110,8 +112,9 @@ class OpcuaAdapter:
         self._node_ids: list[ua.NodeId | None] = [
             ua.NodeId.from_string(tag.node_id) if tag.node_id is not None else None
             for tag in config.tags]
-        self._unresolved: dict[int, str] = {
-            i: "browse path not resolved yet" for i, n in enumerate(self._node_ids) if n is None}
+        self._paths = {i: RelativePathFormatter.parse(tag.browse_path).build()
+                       for i, tag in enumerate(config.tags) if tag.browse_path is not None}
+        self._unresolved: dict[int, str] = {i: "browse path not resolved yet" for i in self._paths}
         self._limits = OperationLimits()
         self._next_resolve = 0.0  # monotonic time of the next try for unresolved browse paths
         self._backoff = Backoff(initial=config.reconnect_min, maximum=config.reconnect_max)
@@ -180,9 +183,8 @@ class OpcuaAdapter:
                         mode=getattr(ua.MessageSecurityMode, mode))
                 await client.connect()
                 self._limits = await read_operation_limits(client)
-                paths = [i for i, tag in enumerate(config.tags) if tag.browse_path is not None]
-                if paths:  # a new session may have renumbered every node: all of them again
-                    self._adopt(await resolve_browse_paths(client, config.tags, paths,
+                if self._paths:  # a new session may have renumbered every node: all again
+                    self._adopt(await resolve_browse_paths(client, self._paths,
                                                            self._limits.nodes_per_translate))
         except asyncio.CancelledError:
             await teardown(client, 0.0)  # closed while connecting: leave nothing behind
@@ -210,13 +212,13 @@ class OpcuaAdapter:
         so a renewed certificate is picked up on the next reconnect."""
         config = self.config
         assert config.user_certificate is not None and config.user_private_key is not None
-        for key, path in (("user_certificate", config.user_certificate),
-                          ("user_private_key", config.user_private_key)):
+        loaders: tuple[tuple[str, Path, Callable[[Path], Awaitable[None]]], ...] = (
+            ("user_certificate", config.user_certificate,
+             lambda path: client.load_client_certificate(str(path))),
+            ("user_private_key", config.user_private_key, client.load_private_key))
+        for key, path, load in loaders:
             try:
-                if key == "user_certificate":
-                    await client.load_client_certificate(str(path))
-                else:
-                    await client.load_private_key(path)
+                await load(path)
             except (OSError, ValueError, TypeError) as exc:
                 detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
                 raise OpcuaConnectError(self.name, "authentication",
@@ -257,7 +259,7 @@ class OpcuaAdapter:
         client = self._client
         assert client is not None
         async with asyncio.timeout(self.config.timeout):
-            resolved = await resolve_browse_paths(client, self.config.tags, sorted(self._unresolved),
+            resolved = await resolve_browse_paths(client, {i: self._paths[i] for i in self._unresolved},
                                                   self._limits.nodes_per_translate)
         return self._adopt(resolved)
 
