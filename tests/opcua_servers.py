@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from adapters._opcua_session import stop_server
+from bridge.tags import Quality, Reading
 
 NS_URI = "urn:plcbridge:test"
 GUID = uuid.UUID("09087e75-8e5e-499b-954f-f2a9603db28a")
@@ -200,6 +201,22 @@ class OpcuaTestServer:
 def _is_server_task(task: asyncio.Task[Any]) -> bool:
     code = getattr(task.get_coro(), "cr_code", None)
     return code is not None and "asyncua/server/" in code.co_filename.replace("\\", "/")
+
+
+class Collected:
+    """An ``on_readings`` callback for subscribe-mode adapters: keeps every Reading pushed."""
+
+    def __init__(self) -> None:
+        self.readings: list[Reading] = []
+
+    def __call__(self, readings: list[Reading]) -> None:
+        self.readings.extend(readings)
+
+    def latest(self, tag: str) -> Reading | None:
+        return next((r for r in reversed(self.readings) if r.tag == tag), None)
+
+    def values(self, tag: str) -> list[Any]:
+        return [r.value for r in self.readings if r.tag == tag and r.quality is Quality.GOOD]
 
 
 class FreezableProxy:

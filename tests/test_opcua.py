@@ -25,7 +25,14 @@ from adapters.opcua import OpcuaAdapter, OpcuaConnectError, quality_of
 from bridge.config import OpcuaDeviceConfig, parse_config
 from bridge.errors import DeviceExceptionError, NotConnectedError, WriteRefusedError
 from bridge.tags import Quality, Reading
-from tests.opcua_servers import CLIENT_URI, FreezableProxy, OpcuaTestServer, free_port, make_cert
+from tests.opcua_servers import (
+    CLIENT_URI,
+    Collected,
+    FreezableProxy,
+    OpcuaTestServer,
+    free_port,
+    make_cert,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -279,26 +286,12 @@ async def test_secure_policies_and_modes_with_generated_certificates(
 # --------------------------------------------------------------------------- subscribe mode
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.readings: list[Reading] = []
-
-    def __call__(self, readings: list[Reading]) -> None:
-        self.readings.extend(readings)
-
-    def latest(self, tag: str) -> Reading | None:
-        return next((r for r in reversed(self.readings) if r.tag == tag), None)
-
-    def values(self, tag: str) -> list[Any]:
-        return [r.value for r in self.readings if r.tag == tag and r.quality is Quality.GOOD]
-
-
 async def test_subscribe_delivers_initial_values_and_every_change(
         server: OpcuaTestServer, adapters: list[OpcuaAdapter]) -> None:
     adapter = OpcuaAdapter(device(server, mode="subscribe", publishing_interval=0.02,
                                   sampling_interval=0.0, queue_size=100, poll_interval=30))
     adapters.append(adapter)
-    sink = Sink()
+    sink = Collected()
     assert await adapter.subscribe(sink) is True
     await until(lambda: {r.tag for r in sink.readings} >= {"pressure", "flow", "running", "temperature"},
                 what="initial values")
@@ -324,7 +317,7 @@ async def test_absolute_deadband_and_refused_items(
                                   sampling_interval=0.0, poll_interval=30, tags=tags,
                                   deadband_type="absolute", deadband_value=1.0))
     adapters.append(adapter)
-    sink = Sink()
+    sink = Collected()
     await adapter.subscribe(sink)
     await until(lambda: sink.values("pressure") == [4.25], what="initial value")
     ghost = sink.latest("ghost")
@@ -339,7 +332,7 @@ async def test_poll_mode_does_not_subscribe(adapters: list[OpcuaAdapter]) -> Non
     adapter = OpcuaAdapter(OpcuaDeviceConfig.model_validate({
         "name": "p", "protocol": "opcua", "endpoint": "opc.tcp://127.0.0.1:9", "mode": "poll"}))
     adapters.append(adapter)
-    assert await adapter.subscribe(Sink()) is False
+    assert await adapter.subscribe(Collected()) is False
     assert adapter.sessions == 0
 
 
@@ -348,7 +341,7 @@ async def test_subscription_resumes_after_server_restart_without_duplicates(
     adapter = OpcuaAdapter(device(server, mode="subscribe", publishing_interval=0.02,
                                   poll_interval=30, names=["pressure", "flow"]))
     adapters.append(adapter)
-    sink = Sink()
+    sink = Collected()
     await adapter.subscribe(sink)
     await until(lambda: len(sink.values("pressure")) == 1, what="initial value")
 
@@ -384,7 +377,7 @@ async def test_hung_server_is_detected_by_keepalive_and_recovered(
                                       poll_interval=30, names=["pressure"], timeout=1.0,
                                       endpoint=f"opc.tcp://127.0.0.1:{proxy.port}/plc"))
         adapters.append(adapter)
-        sink = Sink()
+        sink = Collected()
         await adapter.subscribe(sink)
         await until(lambda: len(sink.values("pressure")) == 1, what="initial value")
 
@@ -412,7 +405,7 @@ async def test_subscribed_values_are_refreshed_while_the_session_lives(
     adapter = OpcuaAdapter(device(server, mode="subscribe", publishing_interval=0.02,
                                   poll_interval=0.1, names=["pressure"]))
     adapters.append(adapter)
-    sink = Sink()
+    sink = Collected()
     await adapter.subscribe(sink)
     await until(lambda: len(sink.readings) >= 3, what="refreshes")
     first, *rest = sink.readings[:3]

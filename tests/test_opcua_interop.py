@@ -31,7 +31,7 @@ from adapters.opcua import OpcuaAdapter, OpcuaConnectError
 from bridge.config import OpcuaDeviceConfig, OpcuaTagConfig
 from bridge.errors import DeviceExceptionError
 from bridge.tags import Quality, Reading
-from tests.opcua_servers import CLIENT_URI, free_port, make_cert
+from tests.opcua_servers import CLIENT_URI, Collected, free_port, make_cert
 from tests.waiting import until
 
 PEER = Path(__file__).resolve().parent / "opcua_peer"
@@ -182,20 +182,6 @@ def secure(certs: Certs, policy: str, mode: str) -> dict[str, Any]:
     return {"security_policy": policy, "security_mode": mode, "certificate": certs.client_cert,
             "private_key": certs.client_key, "server_certificate": certs.server_der,
             "application_uri": CLIENT_URI}
-
-
-class Collected:
-    def __init__(self) -> None:
-        self.readings: list[Reading] = []
-
-    def __call__(self, readings: list[Reading]) -> None:
-        self.readings.extend(readings)
-
-    def latest(self, tag: str) -> Reading | None:
-        return next((r for r in reversed(self.readings) if r.tag == tag), None)
-
-    def values(self, tag: str) -> list[Any]:
-        return [r.value for r in self.readings if r.tag == tag and r.quality is Quality.GOOD]
 
 
 def assert_fixed_values(readings: dict[str, Reading]) -> None:
