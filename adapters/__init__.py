@@ -1,4 +1,4 @@
-"""Protocol adapters behind one small interface (see adapters.base).
+"""Protocol adapters behind one small interface (see bridge.ports).
 
 The registry is explicit and imports lazily, so a Modbus-only configuration never imports
 asyncua (about 25 MB of RSS), and an unknown ``protocol`` fails with the list of known ones.
@@ -9,14 +9,14 @@ from __future__ import annotations
 import importlib
 from typing import Any, cast
 
-from adapters.base import Adapter, DeviceStatus
+from bridge.ports import Adapter, DeviceStatus
 
 __all__ = ["ADAPTERS", "Adapter", "DeviceStatus", "create_adapter"]
 
 # TOML ``protocol`` value -> "module:Class"
 ADAPTERS: dict[str, str] = {
-    "modbus": "adapters.modbus:ModbusAdapter",
-    "opcua": "adapters.opcua:OpcuaAdapter",
+    "modbus": "adapters.modbus.client:ModbusAdapter",
+    "opcua": "adapters.opcua.client:OpcuaAdapter",
 }
 
 

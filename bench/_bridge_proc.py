@@ -134,7 +134,7 @@ def _jitter_stats(completions: dict[str, list[float]], interval: float) -> dict[
 
 async def _bridge_jitter(config_path: str, seconds: float) -> dict[str, Any]:
     from bridge.config import load_config
-    from bridge.runtime import Bridge
+    from bridge.runtime.bridge import Bridge
 
     config = load_config(config_path)
     bridge = Bridge(config)
@@ -176,7 +176,7 @@ async def _bridge_jitter(config_path: str, seconds: float) -> dict[str, Any]:
 async def _raw_poll(config_path: str, seconds: float) -> dict[str, Any]:
     from pymodbus.client import AsyncModbusTcpClient
 
-    from adapters._modbus_plan import plan_reads
+    from adapters.modbus.plan import plan_reads
     from bridge.config import ModbusDeviceConfig, load_config
 
     config = load_config(config_path)
@@ -233,7 +233,7 @@ async def _raw_poll(config_path: str, seconds: float) -> dict[str, Any]:
 def _history(tags: int, size: int) -> dict[str, Any]:
     import gc
 
-    from bridge.tags import TagStore, good
+    from bridge.core.tags import TagStore, good
 
     names = [f"t{i}" for i in range(tags)]
     gc.collect()

@@ -29,7 +29,7 @@ from typing import Any
 from bench._bridge_proc import BridgeProcess
 from bench._common import PYTHON, ROOT, Context, Result, Section, percentile
 from bench._servers import to_toml
-from bridge.contract import ModelContract
+from bridge.core.contract import ModelContract
 
 NAME = "e2e"
 TITLE = "End-to-end latency"

@@ -15,8 +15,8 @@ import onnxruntime as ort
 
 from bench._common import Context, Result, Section, percentile
 from bridge.config import DEFAULT_MODEL
-from bridge.errors import ModelContractError
-from bridge.inference import INPUT_NAME, Detector
+from bridge.core.errors import ModelContractError
+from bridge.scoring.detector import INPUT_NAME, Detector
 
 NAME = "inference"
 TITLE = "Inference overhead"

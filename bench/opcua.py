@@ -91,7 +91,7 @@ async def _loop(step: Callable[[], Awaitable[None]], seconds: float) -> tuple[fl
 async def _reads(url: str, node_ids: list[str], seconds: float, rounds: int) -> dict[str, float]:
     from asyncua import Client, ua
 
-    from adapters.opcua import OpcuaAdapter
+    from adapters.opcua.client import OpcuaAdapter
 
     adapter = OpcuaAdapter(_config(url, node_ids, "poll"))
     client = Client(url, timeout=10)
@@ -140,8 +140,8 @@ async def _count_for(counter: list[int], seconds: float, warm: float) -> tuple[f
 
 async def _bridge_notifications(url: str, node_ids: list[str], seconds: float,
                                 warm: float) -> tuple[float, float]:
-    from adapters.opcua import OpcuaAdapter
-    from bridge.tags import Reading
+    from adapters.opcua.client import OpcuaAdapter
+    from bridge.core.tags import Reading
 
     adapter = OpcuaAdapter(_config(url, node_ids, "subscribe"))
     counter = [0]

@@ -19,9 +19,9 @@ import onnxruntime as ort
 
 from bench._common import Context, Result, Section
 from bridge.config import DEFAULT_MODEL, ModelConfig
-from bridge.inference import INPUT_NAME, Detector
-from bridge.scoring import ModelRunner
-from bridge.tags import TagStore, good
+from bridge.core.tags import TagStore, good
+from bridge.scoring.detector import INPUT_NAME, Detector
+from bridge.scoring.runner import ModelRunner
 
 NAME = "pipeline"
 TITLE = "Pipeline throughput"

@@ -22,8 +22,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from adapters._modbus_plan import ReadRequest
-from adapters.modbus import ModbusAdapter
+from adapters.modbus.client import ModbusAdapter
+from adapters.modbus.plan import ReadRequest
 from bench._common import ROOT as _ROOT
 from bench._common import Context, Result, Section
 from bench._servers import ServerProcess, mixed_tags, servers

@@ -54,13 +54,13 @@ def _profile_tags(config_path: Path, calls: int) -> tuple[float, list[str]]:
     the list is the same for both servers. (The handler itself runs in uvicorn's threadpool,
     out of cProfile's reach, hence the direct call of the API's per-tag renderer.)
     """
-    from bridge import api
-    from bridge.runtime import Bridge
-    from bridge.tags import good
+    from bridge.api import app as api
+    from bridge.core.tags import good
+    from bridge.runtime.bridge import Bridge
 
     render = getattr(api, "_reading", None)
     if render is None:
-        return float("nan"), ["(bridge.api._reading not found: the API changed; profile skipped)"]
+        return float("nan"), ["(bridge.api.app._reading not found: the API changed; profile skipped)"]
     bridge = Bridge(load_config(config_path))  # not started: nothing connects
     now = time.time()
     bridge.store.put_many(good(name, 1.25, received_time=now) for name in bridge.tags)

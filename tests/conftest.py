@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest_asyncio
 
-from adapters.simulator import SimulatorHandle, start_simulator
-from bridge.demo import demo_config
-from bridge.runtime import Bridge
+from adapters.sim.modbus import SimulatorHandle, start_simulator
+from bridge.cli.demo import demo_config
+from bridge.runtime.bridge import Bridge
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:

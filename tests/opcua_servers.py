@@ -22,8 +22,8 @@ from asyncua.crypto.permission_rules import User, UserRole
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from adapters._opcua_session import stop_server
-from bridge.tags import Quality, Reading
+from adapters.opcua.session import stop_server
+from bridge.core.tags import Quality, Reading
 
 NS_URI = "urn:plcbridge:test"
 GUID = uuid.UUID("09087e75-8e5e-499b-954f-f2a9603db28a")

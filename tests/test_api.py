@@ -9,9 +9,9 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from adapters.simulator import SimulatorHandle
-from bridge.api import create_app
-from bridge.runtime import Bridge
+from adapters.sim.modbus import SimulatorHandle
+from bridge.api.app import create_app
+from bridge.runtime.bridge import Bridge
 
 
 @pytest_asyncio.fixture

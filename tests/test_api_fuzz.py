@@ -10,10 +10,10 @@ from typing import Any
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from bridge.api import create_app
-from bridge.auth import parse_tokens
-from bridge.demo import demo_config
-from bridge.runtime import Bridge
+from bridge.api.app import create_app
+from bridge.api.auth import parse_tokens
+from bridge.cli.demo import demo_config
+from bridge.runtime.bridge import Bridge
 
 ADMIN = "fuzz-admin-token-0123456789"
 CASES: Counter[str] = Counter()

@@ -1,10 +1,10 @@
-"""bridge.backoff: capped, jittered exponential backoff as a pure function."""
+"""bridge.core.backoff: capped, jittered exponential backoff as a pure function."""
 
 from __future__ import annotations
 
 import pytest
 
-from bridge.backoff import Backoff
+from bridge.core.backoff import Backoff
 
 
 def test_grows_exponentially_then_caps_without_jitter() -> None:

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from adapters.modbus import ModbusAdapter
+from adapters.modbus.client import ModbusAdapter
 from bridge.config import ModbusDeviceConfig
-from bridge.tags import Quality
+from bridge.core.tags import Quality
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from adapters._modbus_codec import TYPES, VENDOR_ORDERS, EncodeError, decode, decode_raw, encode
-from adapters.modbus import ModbusAdapter
+from adapters.modbus.client import ModbusAdapter
+from adapters.modbus.codec import TYPES, VENDOR_ORDERS, EncodeError, decode, decode_raw, encode
 from bridge.config import ModbusDeviceConfig, ModbusTagConfig
-from bridge.errors import DecodeError
-from bridge.tags import Quality, Reading
+from bridge.core.errors import DecodeError
+from bridge.core.tags import Quality, Reading
 from tests.modbus_servers import Unit, tcp_server
 
 ORDERS = [("big", "big"), ("big", "little"), ("little", "big"), ("little", "little")]

@@ -8,7 +8,7 @@ import pytest
 
 from bridge.cli import main
 from bridge.config import DEFAULT_MODEL, load_config, parse_config
-from bridge.errors import ConfigError
+from bridge.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = sorted((ROOT / "tests" / "cases").iterdir())

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.config_reference import render
+from bridge.config.reference import render
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_reference_is_current() -> None:
     committed = (ROOT / "docs" / "config-reference.md").read_text()
     assert committed == render(), (
-        "docs/config-reference.md is stale: run `python -m bridge.config_reference > "
+        "docs/config-reference.md is stale: run `python -m bridge.config.reference > "
         "docs/config-reference.md`")
 
 

@@ -23,12 +23,12 @@ import pytest_asyncio
 import uvicorn
 from fastapi import FastAPI
 
-from adapters.simulator import SimulatorHandle, start_simulator
-from bridge.api import create_app
-from bridge.auth import parse_tokens
-from bridge.dashboard import mount_dashboard
-from bridge.demo import demo_config
-from bridge.runtime import Bridge
+from adapters.sim.modbus import SimulatorHandle, start_simulator
+from bridge.api.app import create_app
+from bridge.api.auth import parse_tokens
+from bridge.api.dashboard import mount_dashboard
+from bridge.cli.demo import demo_config
+from bridge.runtime.bridge import Bridge
 from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(40)

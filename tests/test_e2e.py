@@ -15,11 +15,11 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from adapters.simulator import SimulatorHandle, start_simulator
+from adapters.sim.modbus import SimulatorHandle, start_simulator
+from bridge.api.serve import ApiServer
+from bridge.cli.demo import demo_config
 from bridge.config import parse_config
-from bridge.demo import demo_config
-from bridge.runtime import Bridge
-from bridge.server import ApiServer
+from bridge.runtime.bridge import Bridge
 from tests.waiting import until
 
 SPEED = 10.0

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from adapters import create_adapter
-from adapters.base import Adapter
 from bridge.config import parse_config
-from bridge.runtime import Bridge
-from bridge.tags import Quality, Reading
+from bridge.core.tags import Quality, Reading
+from bridge.ports import Adapter
+from bridge.runtime.bridge import Bridge
 from tests.fault_proxy import fault_proxy
 from tests.modbus_servers import Unit, tcp_server
 from tests.waiting import until

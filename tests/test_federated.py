@@ -10,11 +10,11 @@ import onnx
 from onnx import numpy_helper
 
 from bridge.cli import main
-from bridge.dataset import load_csv
-from bridge.inference import Detector
-from bridge.replay import replay
-from models.recipes import pca
-from models.recipes._onnx import fit_front
+from bridge.ml.dataset import load_csv
+from bridge.ml.heads import pca
+from bridge.ml.heads.graph import fit_front
+from bridge.ml.replay import replay
+from bridge.scoring.detector import Detector
 from tests.test_train_evaluate import T0, write_csv
 
 INPUTS = ("flow", "pressure", "current")
@@ -80,7 +80,7 @@ def test_merged_statistics_equal_centralized_training(tmp_path: Path) -> None:
         np.testing.assert_allclose(inits[name], cen_inits[name], rtol=1e-5, atol=1e-6)
 
     # Scores of every window: the federated model vs the same graph built centrally.
-    from models.recipes._onnx import assemble
+    from bridge.ml.heads.graph import assemble
 
     cen_model = tmp_path / "central.onnx"
     cen_model.write_bytes(assemble(front_c, central, fed.contract, "central").SerializeToString())

@@ -11,9 +11,9 @@ ROOT = Path(__file__).resolve().parent.parent
 _PROBE = """
 import asyncio, sys
 sys.path.insert(0, {root!r})
-from bridge.demo import demo_config
-from bridge.runtime import Bridge
-from bridge.server import ApiServer
+from bridge.cli.demo import demo_config
+from bridge.runtime.bridge import Bridge
+from bridge.api.serve import ApiServer
 
 async def main():
     bridge = Bridge(demo_config(1, api_port=0))

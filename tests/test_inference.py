@@ -13,10 +13,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from bridge.contract import CONTRACT_KEY, ModelContract
-from bridge.errors import ModelContractError
-from bridge.inference import Detector
-from bridge.plant import SIGNALS, PumpPlant
+from adapters.sim.plant import SIGNALS, PumpPlant
+from bridge.core.contract import CONTRACT_KEY, ModelContract
+from bridge.core.errors import ModelContractError
+from bridge.scoring.detector import Detector
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "models" / "pump_pca.onnx"
@@ -172,7 +172,7 @@ def test_contract_round_trip_and_field_errors() -> None:
 
 def test_runtime_does_not_import_onnx_or_sklearn() -> None:
     code = (
-        "import sys; from bridge.inference import Detector; "
+        "import sys; from bridge.scoring.detector import Detector; "
         f"Detector({str(MODEL)!r}); "
         "bad = [m for m in ('onnx', 'sklearn') if m in sys.modules]; "
         "assert not bad, bad"

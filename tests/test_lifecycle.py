@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from adapters.simulator import SimulatorHandle, start_simulator
-from bridge.demo import DEMO_TOML
+from adapters.sim.modbus import SimulatorHandle, start_simulator
+from bridge.cli.demo import DEMO_TOML
 from tests.waiting import until
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 
 from adapters import ADAPTERS, create_adapter
-from adapters._modbus_plan import plan_reads
-from adapters.base import Adapter
-from adapters.modbus import ModbusAdapter, open_lines
+from adapters.modbus.client import ModbusAdapter, open_lines
+from adapters.modbus.plan import plan_reads
 from bridge.config import ModbusDeviceConfig, RegisterTarget
-from bridge.errors import DeviceExceptionError, DeviceTimeoutError, NotConnectedError
-from bridge.tags import Quality, Reading
+from bridge.core.errors import DeviceExceptionError, DeviceTimeoutError, NotConnectedError
+from bridge.core.tags import Quality, Reading
+from bridge.ports import Adapter
 from tests.modbus_servers import Unit, dead_port, silent_tcp_server, tcp_server
 from tests.waiting import until
 
@@ -272,7 +272,7 @@ async def test_registry_builds_a_modbus_adapter_with_its_plan() -> None:
     adapter = create_adapter(config)
     assert isinstance(adapter, ModbusAdapter) and isinstance(adapter, Adapter)
     assert adapter.plan == plan_reads(config.tags)
-    assert ADAPTERS["modbus"] == "adapters.modbus:ModbusAdapter"
+    assert ADAPTERS["modbus"] == "adapters.modbus.client:ModbusAdapter"
     with pytest.raises(ValueError, match="'bacnet' is not one of modbus, opcua"):
         create_adapter(type("Cfg", (), {"protocol": "bacnet"})())
     await adapter.close()

@@ -27,15 +27,20 @@ import pytest_asyncio
 from pydantic import ValidationError
 from pymodbus.client import AsyncModbusTcpClient
 
-from adapters.modbus_server import ModbusServerSink
-from adapters.simulator import SimulatorHandle, start_simulator
-from bridge.api import create_app
+from adapters.modbus.register_map import (
+    format_register_table,
+    model_fingerprint,
+    register_map,
+    registers_command,
+)
+from adapters.modbus.server import ModbusServerSink
+from adapters.sim.modbus import SimulatorHandle, start_simulator
+from bridge.api.app import create_app
+from bridge.cli.demo import DEMO_TOML
 from bridge.config import DEFAULT_MODEL, Config, parse_config
-from bridge.demo import DEMO_TOML
-from bridge.registers import format_register_table, model_fingerprint, register_map, registers_command
-from bridge.runtime import Bridge
-from bridge.scores import Score
-from bridge.sink_configs import ModbusServerConfig, check_modbus_server
+from bridge.config.servers import ModbusServerConfig, check_modbus_server
+from bridge.core.scores import Score
+from bridge.runtime.bridge import Bridge
 from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(60)

@@ -12,12 +12,12 @@ import onnx
 import pytest
 import pytest_asyncio
 
-from adapters.simulator import SimulatorHandle, start_simulator
-from bridge.api import create_app
-from bridge.auth import parse_tokens
+from adapters.sim.modbus import SimulatorHandle, start_simulator
+from bridge.api.app import create_app
+from bridge.api.auth import parse_tokens
+from bridge.cli.demo import demo_config
 from bridge.config import DEFAULT_MODEL, Config
-from bridge.demo import demo_config
-from bridge.runtime import Bridge
+from bridge.runtime.bridge import Bridge
 from tests.waiting import until
 
 ADMIN = "admin-token-0123456789"

@@ -19,14 +19,14 @@ import pytest
 import pytest_asyncio
 from aiomqtt import TLSParameters
 
-from adapters.simulator import start_simulator
-from bridge.backoff import Backoff
-from bridge.demo import demo_config
-from bridge.errors import ConfigError
-from bridge.runtime import Bridge
-from bridge.scores import Score
+from adapters.sim.modbus import start_simulator
+from bridge.cli.demo import demo_config
+from bridge.config.mqtt import MqttConfig
+from bridge.core.backoff import Backoff
+from bridge.core.errors import ConfigError
+from bridge.core.scores import Score
+from bridge.runtime.bridge import Bridge
 from bridge.sinks.mqtt import MqttSink
-from bridge.sinks.mqtt_config import MqttConfig
 from tests.mqtt_broker import MOSQUITTO, Broker, Subscriber, make_password_file, make_tls_files
 from tests.waiting import until
 

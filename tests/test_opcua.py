@@ -21,10 +21,10 @@ import pytest_asyncio
 from asyncua import ua
 
 from adapters import create_adapter
-from adapters.opcua import OpcuaAdapter, OpcuaConnectError, quality_of
+from adapters.opcua.client import OpcuaAdapter, OpcuaConnectError, quality_of
 from bridge.config import OpcuaDeviceConfig, parse_config
-from bridge.errors import DeviceExceptionError, NotConnectedError, WriteRefusedError
-from bridge.tags import Quality, Reading
+from bridge.core.errors import DeviceExceptionError, NotConnectedError, WriteRefusedError
+from bridge.core.tags import Quality, Reading
 from tests.opcua_servers import (
     CLIENT_URI,
     Collected,
@@ -493,7 +493,7 @@ async def test_write_to_a_stopped_server_is_not_connected(
 
 
 async def test_bridge_runs_a_subscribed_opcua_device(server: OpcuaTestServer) -> None:
-    from bridge.runtime import Bridge
+    from bridge.runtime.bridge import Bridge
 
     config = parse_config({"api": {"enabled": False}, "devices": [{
         "name": "plc1", "protocol": "opcua", "endpoint": server.url, "mode": "subscribe",
@@ -522,7 +522,7 @@ def test_registry_builds_opcua_adapter_and_modbus_only_never_imports_asyncua() -
     config = parse_config({"devices": [{"name": "o", "protocol": "opcua",
                                         "endpoint": "opc.tcp://127.0.0.1:4840"}]})
     assert isinstance(create_adapter(config.devices[0]), OpcuaAdapter)
-    code = ("import sys; from bridge.config import load_config; from bridge.runtime import Bridge; "
+    code = ("import sys; from bridge.config import load_config; from bridge.runtime.bridge import Bridge; "
             "from adapters import create_adapter; "
             f"c = load_config({str(ROOT / 'config.example.toml')!r}); "
             "[create_adapter(d) for d in c.devices]; "

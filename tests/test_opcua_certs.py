@@ -10,7 +10,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from adapters.opcua_certs import generate_certificate
+from adapters.opcua.certs import generate_certificate
 
 
 def test_certificate_carries_the_application_uri_and_a_private_key(tmp_path: Path) -> None:

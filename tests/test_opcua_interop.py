@@ -27,10 +27,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from adapters.opcua import OpcuaAdapter, OpcuaConnectError
+from adapters.opcua.client import OpcuaAdapter, OpcuaConnectError
 from bridge.config import OpcuaDeviceConfig, OpcuaTagConfig
-from bridge.errors import DeviceExceptionError
-from bridge.tags import Quality, Reading
+from bridge.core.errors import DeviceExceptionError
+from bridge.core.tags import Quality, Reading
 from tests.opcua_servers import CLIENT_URI, Collected, free_port, make_cert
 from tests.waiting import until
 
@@ -329,7 +329,7 @@ async def test_plcbridge_certs_output_is_accepted_and_the_uri_matters(
         peer: NodePeer, tmp_path: Path, adapters: list[OpcuaAdapter]) -> None:
     """A certificate from ``plcbridge certs`` opens a SignAndEncrypt session; node-opcua
     checks its URI against the client's application_uri, which is why certs asks for it."""
-    from adapters.opcua_certs import generate_certificate
+    from adapters.opcua.certs import generate_certificate
 
     cert, key = generate_certificate(tmp_path, "urn:site:edge-7")
     options = {"security_policy": "Basic256Sha256", "security_mode": "SignAndEncrypt",

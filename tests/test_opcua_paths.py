@@ -11,9 +11,9 @@ from asyncua import ua
 from asyncua.client.ua_client import UaClient
 from asyncua.client.ua_session import UaSession
 
-from adapters.opcua import OpcuaAdapter, OpcuaConnectError
+from adapters.opcua.client import OpcuaAdapter, OpcuaConnectError
 from bridge.config import OpcuaDeviceConfig
-from bridge.tags import Quality, Reading
+from bridge.core.tags import Quality, Reading
 from tests.opcua_servers import CLIENT_URI, OpcuaTestServer, free_port, make_cert
 from tests.waiting import until
 

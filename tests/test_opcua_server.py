@@ -19,12 +19,12 @@ from asyncua import Client, ua
 from asyncua.client.ua_client import UaClient
 from pydantic import ValidationError
 
-from adapters.opcua_server import OpcuaServerSink
-from adapters.simulator import SimulatorHandle, start_simulator
-from bridge.demo import demo_config
-from bridge.errors import ConfigError
-from bridge.runtime import Bridge
-from bridge.sink_configs_opcua import OpcuaServerConfig
+from adapters.opcua.server import OpcuaServerSink
+from adapters.sim.modbus import SimulatorHandle, start_simulator
+from bridge.cli.demo import demo_config
+from bridge.config.opcua_server import OpcuaServerConfig
+from bridge.core.errors import ConfigError
+from bridge.runtime.bridge import Bridge
 from tests.opcua_servers import CLIENT_URI, free_port, make_cert
 from tests.waiting import until
 

@@ -33,11 +33,11 @@ import pytest_asyncio
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from adapters.opcua_server import OpcuaServerSink
-from bridge.demo import demo_config
-from bridge.runtime import Bridge
-from bridge.scores import Score
-from bridge.sink_configs_opcua import OpcuaServerConfig
+from adapters.opcua.server import OpcuaServerSink
+from bridge.cli.demo import demo_config
+from bridge.config.opcua_server import OpcuaServerConfig
+from bridge.core.scores import Score
+from bridge.runtime.bridge import Bridge
 from tests.opcua_servers import CLIENT_URI, free_port, make_cert
 from tests.waiting import until
 

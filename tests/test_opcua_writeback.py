@@ -6,10 +6,10 @@ import tomllib
 
 import pytest
 
-from adapters.simulator import start_simulator
+from adapters.sim.modbus import start_simulator
+from bridge.cli.demo import DEMO_TOML
 from bridge.config import parse_config
-from bridge.demo import DEMO_TOML
-from bridge.runtime import Bridge
+from bridge.runtime.bridge import Bridge
 from tests.opcua_servers import OpcuaTestServer
 from tests.waiting import until
 

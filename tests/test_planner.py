@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from adapters._modbus_plan import ReadRequest, describe, plan_reads
+from adapters.modbus.plan import ReadRequest, describe, plan_reads
 from bridge.config import ModbusTagConfig
 
 

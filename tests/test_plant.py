@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bridge.plant import FAULT_NAMES, FAULTS, SIGNALS, PumpPlant
+from adapters.sim.plant import FAULT_NAMES, FAULTS, SIGNALS, PumpPlant
 
 RANGES = {
     "pressure": (3.0, 6.5),

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import io
 
-from bridge.progress import clock, track
+from bridge.core.progress import clock, track
 
 
 def test_track_in_a_log_writes_a_start_and_a_final_line() -> None:

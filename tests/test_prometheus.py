@@ -12,14 +12,14 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from adapters.simulator import SimulatorHandle, start_simulator
+from adapters.sim.modbus import SimulatorHandle, start_simulator
 from bridge import __version__
-from bridge.api import create_app
-from bridge.api_security import require_scope
-from bridge.auth import TokenSet, parse_tokens
-from bridge.prometheus import PrometheusMetrics, metrics_router
-from bridge.runtime import Bridge
-from bridge.scores import Score
+from bridge.api.app import create_app
+from bridge.api.auth import TokenSet, parse_tokens
+from bridge.api.security import require_scope
+from bridge.core.scores import Score
+from bridge.runtime.bridge import Bridge
+from bridge.sinks.prometheus import PrometheusMetrics, metrics_router
 from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(60)

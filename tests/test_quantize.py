@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from bridge.cli import main
-from bridge.dataset import load_csv
-from bridge.inference import Detector
-from bridge.quantize import quantize
-from bridge.train import TrainOptions, train
+from bridge.ml.dataset import load_csv
+from bridge.ml.quantize import quantize
+from bridge.ml.train import TrainOptions, train
+from bridge.scoring.detector import Detector
 from tests.test_train_evaluate import T0, normal_csv, write_csv
 
 

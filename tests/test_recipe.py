@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bridge.inference import Detector
-from bridge.plant import SIGNALS
+from adapters.sim.plant import SIGNALS
+from bridge.scoring.detector import Detector
 from models.recipes import pump_pca
 
 

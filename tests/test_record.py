@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from adapters.simulator import start_simulator
+from adapters.sim.modbus import start_simulator
 from bridge.cli import main
-from bridge.dataset import load_csv
-from bridge.demo import DEMO_TOML, demo_config
-from bridge.inference import Detector
-from bridge.record import RecordError, parse_duration, plan, record
+from bridge.cli.demo import DEMO_TOML, demo_config
+from bridge.ml.dataset import load_csv
+from bridge.ml.record import RecordError, parse_duration, plan, record
+from bridge.scoring.detector import Detector
 from tests.waiting import until
 
 SPEED = 10.0  # plant and recorder both 10x real time, as in tests/test_e2e.py

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from adapters.modbus import ModbusAdapter, open_lines
+from adapters.modbus.client import ModbusAdapter, open_lines
 from bridge.config import ModbusDeviceConfig, RegisterTarget
-from bridge.tags import Quality
+from bridge.core.tags import Quality
 from tests.modbus_servers import Unit, serial_server, socat_pair, tcp_server
 
 pytestmark = pytest.mark.timeout(30)

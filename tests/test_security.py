@@ -15,13 +15,13 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from bridge.api import create_app
-from bridge.api_security import BodySizeLimit
-from bridge.auth import load_tokens
+from bridge.api.app import create_app
+from bridge.api.auth import load_tokens
+from bridge.api.security import BodySizeLimit
+from bridge.api.serve import ApiServer
 from bridge.config import parse_config
-from bridge.errors import ConfigError
-from bridge.runtime import Bridge
-from bridge.server import ApiServer
+from bridge.core.errors import ConfigError
+from bridge.runtime.bridge import Bridge
 
 READ = "read-token-0123456789"
 ADMIN = "admin-token-0123456789"

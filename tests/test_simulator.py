@@ -14,7 +14,7 @@ import pytest
 import pytest_asyncio
 from pymodbus.client import AsyncModbusTcpClient
 
-from adapters.simulator import (
+from adapters.sim.modbus import (
     SKAB_COLUMNS,
     SimulatorHandle,
     registers_to_float32,

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 import pytest
 import pytest_asyncio
 
-from adapters.opcua import OpcuaAdapter
-from adapters.simulator_opcua import OpcuaSimulatorHandle, opcua_demo_config, start_opcua_simulator
+from adapters.opcua.client import OpcuaAdapter
+from adapters.sim.opcua import OpcuaSimulatorHandle, opcua_demo_config, start_opcua_simulator
 from bridge.config import OpcuaDeviceConfig
-from bridge.errors import DeviceExceptionError
-from bridge.runtime import Bridge
-from bridge.tags import Quality, Reading
+from bridge.core.errors import DeviceExceptionError
+from bridge.core.tags import Quality, Reading
+from bridge.runtime.bridge import Bridge
 from tests.waiting import until
 
 SPEED = 10.0

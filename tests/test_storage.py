@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge.scores import Score
-from bridge.storage import EventStore
+from bridge.core.scores import Score
+from bridge.runtime.storage import EventStore
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,8 +57,8 @@ _WRITER = """
 import sys, time
 sys.path.insert(0, {root!r})
 from pathlib import Path
-from bridge.scores import Score
-from bridge.storage import EventStore
+from bridge.core.scores import Score
+from bridge.runtime.storage import EventStore
 store = EventStore(Path({path!r}), retention_days=1)
 i = 0
 while True:

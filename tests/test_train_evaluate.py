@@ -11,16 +11,16 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from bridge.cli_models import add_commands
-from bridge.contract import ModelContract
-from bridge.dataset import DataError, load_csv
-from bridge.evaluate import evaluate, evaluate_table
-from bridge.inference import Detector
-from bridge.metrics import Counts, count, segments
-from bridge.replay import replay
-from bridge.tags import Quality, Reading, TagStore
-from bridge.train import KINDS, TrainOptions, train
-from bridge.windows import WindowBuilder
+from bridge.cli.models import add_commands
+from bridge.core.contract import ModelContract
+from bridge.core.tags import Quality, Reading, TagStore
+from bridge.ml.dataset import DataError, load_csv
+from bridge.ml.detection import Counts, count, segments
+from bridge.ml.evaluate import evaluate, evaluate_table
+from bridge.ml.replay import replay
+from bridge.ml.train import KINDS, TrainOptions, train
+from bridge.scoring.detector import Detector
+from bridge.scoring.windows import WindowBuilder
 
 T0 = datetime(2020, 3, 9, 10, 0, 0, tzinfo=UTC).timestamp()
 

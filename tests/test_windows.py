@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from bridge.tags import Quality, Reading, TagStore, bad, good
-from bridge.windows import WindowBuilder
+from bridge.core.tags import Quality, Reading, TagStore, bad, good
+from bridge.scoring.windows import WindowBuilder
 
 
 def test_window_fills_then_is_valid_and_ordered() -> None:

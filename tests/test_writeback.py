@@ -7,9 +7,9 @@ from collections.abc import Sequence
 import pytest
 
 from bridge.config import RegisterTarget, WritebackConfig
-from bridge.errors import NotConnectedError, WriteRefusedError
-from bridge.scores import Score
-from bridge.writeback import ModelWriteback, check_value
+from bridge.core.errors import NotConnectedError, WriteRefusedError
+from bridge.core.scores import Score
+from bridge.sinks.writeback import ModelWriteback, check_value
 
 
 class RecordingWriter:

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from adapters.simulator import start_simulator
+from adapters.sim.modbus import start_simulator
+from bridge.cli.demo import DEMO_TOML
 from bridge.config import parse_config
-from bridge.demo import DEMO_TOML
-from bridge.runtime import Bridge
+from bridge.runtime.bridge import Bridge
 from tests.fault_proxy import fault_proxy
 from tests.waiting import until
 

@@ -26,7 +26,7 @@ at a time, deleting each only after the broker acknowledged it (PUBACK for QoS 1
 broker is unreachable, messages accumulate in the spool (at most ``spool_max_messages``; when
 full the oldest are dropped and counted) and are sent in order after reconnect, before newer
 ones. A crash between PUBACK and the delete re-sends that message: at least once, as QoS 1
-promises. Reconnects use capped exponential backoff with jitter (``bridge.backoff``).
+promises. Reconnects use capped exponential backoff with jitter (``bridge.core.backoff``).
 """
 
 from __future__ import annotations
@@ -46,18 +46,18 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import aiomqtt
 
-from bridge.aio import cancel_and_wait
-from bridge.backoff import Backoff
-from bridge.errors import ConfigError
-from bridge.scores import Score
-from bridge.sinks.mqtt_config import MqttConfig, MqttTlsConfig
+from bridge.config.mqtt import MqttConfig, MqttTlsConfig
+from bridge.core.aio import cancel_and_wait
+from bridge.core.backoff import Backoff
+from bridge.core.errors import ConfigError
+from bridge.core.scores import Score
 from bridge.sinks.mqtt_messages import MessageBuilder, iso
 from bridge.sinks.spool import Spool
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from bridge.runtime import Bridge
+    from bridge.runtime.bridge import Bridge
 
 __all__ = ["MqttSink", "MqttStats"]
 
@@ -85,7 +85,7 @@ class MqttStats:
 
 
 class MqttSink:
-    """Implements ``bridge.runtime.Sink``. Construction reads the password and TLS files and
+    """Implements ``bridge.runtime.bridge.Sink``. Construction reads the password and TLS files and
     raises ConfigError if they are unusable, so a bad setup stops ``plcbridge run`` early."""
 
     name = "mqtt"

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from bridge.scores import Score
-from bridge.sinks.mqtt_config import MqttConfig
+from bridge.config.mqtt import MqttConfig
+from bridge.core.scores import Score
 
 __all__ = ["MessageBuilder", "iso"]
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bridge.inference import Detector
-from bridge.plant import PumpPlant
+from adapters.sim.plant import PumpPlant
+from bridge.scoring.detector import Detector
 from models.recipes.pump_pca import (
     CALIB_RUNS,
     CALIB_SEED,
@@ -225,7 +225,7 @@ overhead): median **{lat['median_us']:.1f} µs**, p99 {lat['p99_us']:.1f} µs.
 
 ## Limits
 
-- Trained on simulated data only (`bridge.plant`); it knows nothing about a real pump.
+- Trained on simulated data only (`adapters.sim.plant`); it knows nothing about a real pump.
 - A stuck sensor is only seen once the whole window is flat (~{WINDOW} s).
 - Drift is the hardest case: a single drifting pressure sensor looks partly like a change of pump
   speed, so only the part of it that breaks the pressure/flow/vibration coupling counts. At the

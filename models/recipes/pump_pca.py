@@ -16,7 +16,7 @@ Model (everything inside the ONNX graph, normalisation included):
    the 99.9th percentile on held-out normal data times a margin, so the threshold is 1.0.
 5. ``contrib[f] = resid_f² / L_spe + rough_f² / L_rough``: which signal is to blame.
 
-Only build-time code imports ``onnx``; the runtime (``bridge.inference``) does not.
+Only build-time code imports ``onnx``; the runtime (``bridge.scoring.detector``) does not.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from bridge.contract import ModelContract
-from bridge.plant import SIGNALS, PumpPlant
+from adapters.sim.plant import SIGNALS, PumpPlant
+from bridge.core.contract import ModelContract
 
 __all__ = ["RECIPE_VERSION", "Fitted", "build", "fit", "main", "part_values", "window_features", "windows_of"]
 
@@ -248,7 +248,7 @@ def make_contract(train: np.ndarray, train_seed: int, train_seconds: float) -> M
         "higher = more anomalous, >= threshold means anomalous",
         threshold=1.0,
         training={
-            "source": f"bridge.plant.PumpPlant(seed={train_seed}..{train_seed + TRAIN_RUNS - 1}), "
+            "source": f"adapters.sim.plant.PumpPlant(seed={train_seed}..{train_seed + TRAIN_RUNS - 1}), "
             f"{TRAIN_RUNS} runs x {train_seconds:.0f} s at {PERIOD:g} s, normal operation",
             "rows": int(train.shape[0]),
             "time_range_s": [0.0, float(train_seconds)],  # per run

@@ -6,7 +6,7 @@ Run: ``python -m models.recipes.skab_report [--data ../shared/data/skab] [--out 
 Protocol (the SKAB README, steps 1-2): per file, the first 400 rows are the training part (the
 recipe fits on the first 300 and calibrates its threshold on the last 100), the rest is the test
 part; outlier-detection counts are point-wise on the test rows that have a prediction, summed
-over files. Windows come from the live bridge's path (``bridge.evaluate``), so they are causal:
+over files. Windows come from the live bridge's path (``bridge.ml.evaluate``), so they are causal:
 a row is judged from itself and the rows before it, never after. Models are written to a
 temporary directory and deleted: SKAB is GPL-3.0 and models trained only on it are not shipped.
 """
@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bridge.dataset import load_csv
-from bridge.evaluate import evaluate_table, latency_us
-from bridge.inference import Detector
-from bridge.metrics import Counts
-from bridge.train import TrainOptions, train
+from bridge.ml.dataset import load_csv
+from bridge.ml.detection import Counts
+from bridge.ml.evaluate import evaluate_table, latency_us
+from bridge.ml.train import TrainOptions, train
+from bridge.scoring.detector import Detector
 
 __all__ = ["main"]
 
@@ -184,7 +184,7 @@ def render(rows: list[Row], window: int, seconds: float) -> str:
 
 def quantization_report(data: Path, window: int) -> str:
     """`plcbridge quantize` on every valve1 file's pca and ae model (hydraulic inputs), both methods."""
-    from bridge.quantize import QuantReport, quantize
+    from bridge.ml.quantize import QuantReport, quantize
 
     folder = data / "valve1"
     rows = []

@@ -1,0 +1,1 @@
+"""Modbus in both directions (pymodbus): client adapter, codec, read planner, server sink."""

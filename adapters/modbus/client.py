@@ -1,0 +1,512 @@
+"""Modbus adapter: the only module that talks to pymodbus (pinned to 3.16.x in pyproject).
+
+Design choices, and why:
+
+* Devices on the same physical line (``ModbusDeviceConfig.line``: one TCP endpoint, one
+  gateway, one serial port) share one pymodbus client, kept in a small per-event-loop pool
+  with reference counts. Requests on a line are serialized by an ``asyncio.Lock`` (an RS-485
+  bus carries one request at a time) and spaced by the device's ``inter_request_delay_ms``.
+* pymodbus' own reconnect task and timeouts are disabled / pushed out of the way
+  (``reconnect_delay=0``, ``retries=0``, a generous client timeout); every wait is bounded
+  here by the requesting device's ``timeout``, retried ``retries`` times. A dead device
+  therefore costs at most ``timeout * (retries + 1)`` per read, holds only its own line, and
+  the next read simply tries to connect again.
+* ``read`` never raises for device faults: each tag gets a Reading, bad with a reason.
+  ``write`` and ``connect`` raise typed errors from ``bridge.core.errors``; the core decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from itertools import repeat
+from typing import Any
+
+from pymodbus import FramerType
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException
+
+from adapters.modbus.codec import BIT, RAW, FieldDecoder, RequestDecoder, decode, encode
+from adapters.modbus.plan import ReadRequest, plan_reads
+from bridge.config import ModbusDeviceConfig, ModbusTagConfig, RegisterTarget
+from bridge.core.backoff import Backoff
+from bridge.core.errors import (
+    ConfigError,
+    DecodeError,
+    DeviceExceptionError,
+    DeviceTimeoutError,
+    NotConnectedError,
+)
+from bridge.core.tags import Quality, Reading, bad, good
+from bridge.ports import DeviceStatus
+
+_MAX_WRITE = 123  # registers per FC16 request (Modbus limit)
+_GOOD = Quality.GOOD
+_READ_METHODS = {"holding": "read_holding_registers", "input": "read_input_registers",
+                 "coil": "read_coils", "discrete": "read_discrete_inputs"}
+
+__all__ = ["EXCEPTION_NAMES", "ModbusAdapter", "open_lines"]
+
+log = logging.getLogger("plcbridge.modbus")
+
+EXCEPTION_NAMES: dict[int, str] = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "server device failure",
+    5: "acknowledge",
+    6: "server device busy",
+    8: "memory parity error",
+    10: "gateway path unavailable",
+    11: "gateway target device failed to respond",
+}
+
+# pymodbus' own response timeout only backs ours up; ours (per device) always fires first.
+_CLIENT_TIMEOUT = 120.0
+_Client = AsyncModbusTcpClient | AsyncModbusSerialClient
+
+
+class _Failure(Exception):
+    """A request failed; ``kind`` keys DeviceStatus.errors, ``reason`` goes into Readings."""
+
+    def __init__(self, kind: str, reason: str, code: int = 0) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+        self.code = code
+
+
+# --------------------------------------------------------------------------- line pool
+
+
+@dataclass
+class _Line:
+    """One shared client and the lock that serializes its requests."""
+
+    key: str
+    settings: tuple[Any, ...]
+    client: _Client = field(init=False)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    refs: int = 0
+    last_request_end: float = 0.0  # monotonic; for inter_request_delay_ms
+    # The request in flight and whether its connection dropped under it: pymodbus leaves the
+    # response future pending on a lost connection, so we cancel the request ourselves rather
+    # than wait out the timeout.
+    inflight: asyncio.Task[Any] | None = None  # the task waiting for the reply
+    lost: bool = False
+    # Reconnect policy for the whole line: a dead device is not hammered with a connect per
+    # poll; polls before ``retry_at`` fail at once with the last reason.
+    backoff: Backoff = field(default_factory=Backoff)
+    attempts: int = 0
+    retry_at: float = 0.0
+    last_failure: str = ""
+    was_connected: bool = False
+
+    def on_connection(self, connected: bool) -> None:
+        """pymodbus' trace_connect callback."""
+        inflight = self.inflight
+        if connected or inflight is None or inflight.done():
+            return
+        try:
+            running = asyncio.current_task()
+        except RuntimeError:
+            running = None
+        # Called from inside the request itself (pymodbus closing on its own error): that
+        # error is about to surface; a cancel left pending on the caller would outlive it.
+        if inflight is not running:
+            self.lost = True
+            inflight.cancel()
+
+
+# Keyed by event loop: a client is bound to the loop that created it, and tests run one
+# loop per test. Weak, so a finished loop's leftovers cannot be handed out again.
+_POOL: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Line]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _line_settings(config: ModbusDeviceConfig) -> tuple[Any, ...]:
+    if config.transport == "rtu":
+        return (config.transport, config.baudrate, config.parity, config.stopbits, config.bytesize)
+    return (config.transport,)
+
+
+def _new_client(config: ModbusDeviceConfig, line: _Line) -> _Client:
+    # reconnect_delay=0 turns pymodbus' background reconnect task off: reconnecting is our
+    # job, done inline by the next request, so it can never outlive a read or hog a line.
+    common: dict[str, Any] = {
+        "name": config.line, "reconnect_delay": 0, "timeout": _CLIENT_TIMEOUT, "retries": 0,
+        "trace_connect": line.on_connection,
+    }
+    if config.transport == "rtu":
+        assert config.serial_port is not None
+        return AsyncModbusSerialClient(
+            config.serial_port, framer=FramerType.RTU, baudrate=config.baudrate,
+            bytesize=config.bytesize, parity=config.parity, stopbits=config.stopbits, **common)
+    assert config.host is not None
+    framer = FramerType.RTU if config.transport == "rtu-over-tcp" else FramerType.SOCKET
+    return AsyncModbusTcpClient(config.host, port=config.port, framer=framer, **common)
+
+
+def _acquire_line(config: ModbusDeviceConfig) -> _Line:
+    lines = _POOL.setdefault(asyncio.get_running_loop(), {})
+    line = lines.get(config.line)
+    settings = _line_settings(config)
+    if line is None:
+        line = lines[config.line] = _Line(
+            config.line, settings, backoff=Backoff(config.reconnect_min, config.reconnect_max))
+        line.client = _new_client(config, line)
+    elif line.settings != settings:
+        raise ConfigError([f"devices: {config.name!r} shares line {config.line!r} but its serial "
+                           f"settings {settings[1:]} differ from {line.settings[1:]}"])
+    line.refs += 1
+    return line
+
+
+def _release_line(line: _Line) -> None:
+    line.refs -= 1
+    if line.refs > 0:
+        return
+    line.client.close()
+    for lines in _POOL.values():
+        if lines.get(line.key) is line:
+            del lines[line.key]
+
+
+def open_lines() -> list[str]:
+    """Lines with a live client in this loop's pool (for tests and diagnostics)."""
+    return sorted(_POOL.get(asyncio.get_running_loop(), {}))
+
+
+# --------------------------------------------------------------------------- adapter
+
+
+class ModbusAdapter:
+    """One Modbus device (one unit id on one line)."""
+
+    def __init__(self, config: ModbusDeviceConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self.status = DeviceStatus(config.name)
+        self._line: _Line | None = None
+        self._failing = False
+        self._decoders: list[RequestDecoder] = []
+        # Planned once: the poll loop only walks this list (and its compiled decoders).
+        self.plan = plan_reads(
+            config.tags, max_registers=config.max_registers, max_bits=config.max_bits,
+            max_gap=config.max_gap)
+
+    @property
+    def plan(self) -> list[ReadRequest]:
+        """The planned requests, in poll order. Assigning a new plan recompiles its decoders."""
+        return self._plan
+
+    @plan.setter
+    def plan(self, requests: list[ReadRequest]) -> None:
+        config = self.config
+        self._plan = requests
+        self._decoders = [
+            RequestDecoder(request.tags, request.count, is_bits=request.is_bits,
+                           byte_order=config.byte_order, word_order=config.word_order)
+            for request in requests]
+
+    # ---- lifecycle
+
+    async def connect(self) -> None:
+        """Join the shared line and open it. Raises NotConnectedError if unreachable."""
+        line = self._join()
+        async with line.lock:
+            failure = await self._ensure_connected(line)
+        if failure is not None:
+            self.status.connected = False
+            raise NotConnectedError(self.name, failure.reason.removeprefix("not connected: "))
+        self.status.connected = True
+
+    async def close(self) -> None:
+        """Leave the line; the client closes when its last device leaves. Idempotent."""
+        line, self._line = self._line, None
+        if line is not None:
+            _release_line(line)
+        self.status.connected = False
+
+    def _join(self) -> _Line:
+        if self._line is None:
+            self._line = _acquire_line(self.config)
+        return self._line
+
+    async def _ensure_connected(self, line: _Line) -> _Failure | None:
+        """Open the line if needed (lock held), at most once per backoff delay. Bounded by
+        this device's timeout."""
+        if line.client.connected:
+            return None
+        now = time.monotonic()
+        if now < line.retry_at:
+            return _Failure("not_connected", f"{line.last_failure}; next attempt in "
+                                             f"{line.retry_at - now:.1f} s")
+        failure = await self._connect(line)
+        if failure is not None:
+            line.attempts += 1
+            line.retry_at = time.monotonic() + line.backoff.delay(line.attempts)
+            line.last_failure = failure.reason
+            return failure
+        if line.was_connected:
+            self.status.reconnects += 1
+        line.was_connected, line.attempts, line.retry_at = True, 0, 0.0
+        return None
+
+    async def _connect(self, line: _Line) -> _Failure | None:
+        try:
+            async with asyncio.timeout(self.config.timeout):
+                ok = await line.client.connect()
+        except TimeoutError:
+            return _Failure("not_connected", f"not connected: connect to {line.key} timed out "
+                                             f"after {self.config.timeout:g} s")
+        except Exception as exc:  # pymodbus lets termios/serial errors escape connect()
+            line.client.close()
+            return _Failure("not_connected", f"not connected: cannot open {line.key} ({exc})")
+        if not ok:
+            return _Failure("not_connected", f"not connected: cannot open {line.key}")
+        return None
+
+    # ---- requests
+
+    async def _execute(self, call: Callable[[_Client], Awaitable[Any]]) -> Any:
+        """Run one request with this device's timeout and retries; raise _Failure."""
+        line = self._join()
+        config = self.config
+        for attempt in range(config.retries + 1):
+            async with line.lock:
+                failure = await self._ensure_connected(line)
+                if failure is not None:
+                    raise failure
+                # A bus needs silence between frames; this is timing, not waiting for state.
+                wait = line.last_request_end + config.inter_request_delay_ms / 1000 - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                # The request runs in this task (no task per request): a lost connection
+                # cancels this task while it waits, and the cancel is taken back below.
+                task = asyncio.current_task()
+                line.lost, line.inflight = False, task
+                try:
+                    async with asyncio.timeout(config.timeout):
+                        response = await call(line.client)
+                except TimeoutError:
+                    response = None
+                except asyncio.CancelledError:
+                    # uncancel() takes back our own cancel; anything left is our caller's.
+                    if not line.lost or task is None or task.uncancel() > 0:
+                        raise  # our caller is being cancelled: not a device fault
+                    raise _Failure("not_connected", "not connected: connection lost") from None
+                except ConnectionException as exc:
+                    raise _Failure("not_connected", f"not connected: {exc}") from None
+                except ModbusException as exc:
+                    raise _Failure("protocol", f"protocol error: {exc}") from None
+                finally:
+                    line.inflight = None
+                    line.last_request_end = time.monotonic()
+            if response is None:
+                if not line.client.connected:
+                    raise _Failure("not_connected", "not connected: connection lost")
+                log.debug("timeout device=%s attempt=%d", self.name, attempt + 1)
+                continue
+            if response.isError():
+                code = int(getattr(response, "exception_code", 0))
+                name = EXCEPTION_NAMES.get(code, "unknown")
+                raise _Failure("exception", f"exception code {code} ({name})", code)
+            return response
+        raise _Failure("timeout", "timeout")
+
+    async def _read_request(self, request: ReadRequest) -> list[int] | list[bool]:
+        unit, address, count = self.config.unit_id, request.address, request.count
+        method = _READ_METHODS[request.table]
+
+        def call(client: _Client) -> Awaitable[Any]:
+            return getattr(client, method)(address, count=count, device_id=unit)  # type: ignore[no-any-return]
+
+        response = await self._execute(call)
+        # Bit responses are padded to whole bytes; register replies must match exactly: a
+        # longer reply is as wrong as a short one (wrong request answered, broken gateway).
+        values = list(response.bits if request.is_bits else response.registers)
+        expected = -(-count // 8) * 8 if request.is_bits else count
+        if not count <= len(values) <= expected:
+            what = "bits" if request.is_bits else "registers"
+            raise _Failure("decode", f"decode error: reply carries {len(values)} {what}, "
+                                     f"asked for {count}")
+        return values[:count]
+
+    async def read(self) -> list[Reading]:
+        """One Reading per tag, in plan order. Never raises for device faults."""
+        started = time.monotonic()
+        readings: list[Reading] = []
+        failures: list[_Failure] = []
+        timed_out = False
+        for request, decoder in zip(self._plan, self._decoders, strict=True):
+            if timed_out:
+                # The device did not answer within timeout*(retries+1): do not spend that
+                # again on every remaining request of this poll.
+                failure = _Failure("timeout", "timeout (not sent: the device did not answer "
+                                              "an earlier request)")
+                readings.extend(bad(tag.name, failure.reason) for tag, _ in request.tags)
+                continue
+            try:
+                values = await self._read_request(request)
+            except _Failure as failure:
+                failures.append(failure)
+                timed_out = failure.kind in ("timeout", "not_connected")
+                readings.extend(bad(tag.name, failure.reason) for tag, _ in request.tags)
+                continue
+            readings.extend(self._decode_request(decoder, values, time.time()))
+        self._record(failures, time.monotonic() - started)
+        return readings
+
+    def _decode_request(self, decoder: RequestDecoder, values: list[int] | list[bool],
+                        received: float) -> list[Reading]:
+        """All tags of one reply: the compiled fast path of ``_decode``, same Readings."""
+        raws = decoder.raw(values)
+        if raws is None:  # bits, or a register that is not 16-bit: tag by tag
+            if decoder.words is None:
+                return [Reading(tag.name, bool(values[offset]), _GOOD, received)
+                        for tag, offset in decoder.tags]
+            return [self._decode(tag, values[offset:offset + tag.registers], received)
+                    for tag, offset in decoder.tags]
+        special = decoder.special
+        if not special:  # every tag a plain number: one Reading each, built by map() in C
+            return list(map(Reading, decoder.names, raws, repeat(_GOOD), repeat(received)))
+        final = list(raws)
+        fixups: list[tuple[int, FieldDecoder]] = []
+        for i, f in zip(decoder.special_at, special, strict=True):
+            kind = f.kind
+            if kind == RAW:
+                value = final[i]
+                assert value is not None
+                if f.scaled:
+                    final[i] = value = value * f.scale + f.add
+                if (f.check_finite and not math.isfinite(value)) or (
+                        f.valid_min is not None and value < f.valid_min) or (
+                        f.valid_max is not None and value > f.valid_max):
+                    fixups.append((i, f))
+            elif kind == BIT:
+                final[i] = bool((final[i] >> f.bit) & 1)  # type: ignore[operator]
+            else:
+                fixups.append((i, f))
+        readings = list(map(Reading, decoder.names, final, repeat(_GOOD), repeat(received)))
+        for i, f in fixups:
+            readings[i] = (self._value_problem(f, final[i], received) if f.kind == RAW  # type: ignore[arg-type]
+                           else self._decode_field(f, values, received))
+        return readings
+
+    def _decode_field(self, f: FieldDecoder, values: list[int] | list[bool], received: float) -> Reading:
+        return self._decode(f.tag, values[f.offset:f.offset + f.registers], received)
+
+    def _value_problem(self, f: FieldDecoder, value: float, received: float) -> Reading:
+        """A decoded value that is not finite or outside the valid range (as ``_decode``)."""
+        if isinstance(value, float) and not math.isfinite(value):
+            problem = "not finite"
+        elif f.valid_min is not None and value < f.valid_min:
+            problem = f"out of range: {value} < valid_min {f.valid_min}"
+        else:
+            problem = f"out of range: {value} > valid_max {f.valid_max}"
+        self.status.count("value")
+        return bad(f.name, problem, received_time=received, value=value)
+
+    def _decode(self, tag: ModbusTagConfig, values: list[int] | list[bool], received: float) -> Reading:
+        config = self.config
+        try:
+            value = decode([int(v) for v in values], tag, tag.byte_order or config.byte_order,
+                           tag.word_order or config.word_order)
+        except DecodeError as exc:
+            return bad(tag.name, f"decode error: {exc}", received_time=received)
+        problem = ""
+        if isinstance(value, float) and not math.isfinite(value):
+            problem = "not finite"
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            if tag.valid_min is not None and value < tag.valid_min:
+                problem = f"out of range: {value} < valid_min {tag.valid_min}"
+            elif tag.valid_max is not None and value > tag.valid_max:
+                problem = f"out of range: {value} > valid_max {tag.valid_max}"
+        if problem:
+            # The device answered; the value is unusable. Counted, not a device failure.
+            self.status.count("value")
+            return bad(tag.name, problem, received_time=received, value=value)
+        return good(tag.name, value, received_time=received)
+
+    def _record(self, failures: list[_Failure], latency: float) -> None:
+        """Update status and log a failure once: ERROR on start, DEBUG while down, INFO on recovery."""
+        status = self.status
+        if not failures:
+            status.record_success(latency)
+            if self._failing:
+                self._failing = False
+                log.info("device recovered device=%s line=%s", self.name, self.config.line)
+            return
+        first = failures[0]
+        status.record_error(first.kind, first.reason)
+        for extra in failures[1:]:
+            # record_error also counts a poll; further failures of the same poll only count.
+            status.errors[extra.kind] = status.errors.get(extra.kind, 0) + 1
+        if any(f.kind in ("not_connected", "timeout") for f in failures):
+            status.connected = False
+        if not self._failing:
+            self._failing = True
+            log.error("device failing device=%s line=%s kind=%s reason=%r",
+                      self.name, self.config.line, first.kind, first.reason)
+        else:
+            log.debug("device still failing device=%s kind=%s reason=%r",
+                      self.name, first.kind, first.reason)
+
+    async def write(self, target: object, value: float) -> None:
+        """Write ``value`` to one holding-register ``target`` (a RegisterTarget); see write_many."""
+        await self.write_many([(target, value)])
+
+    async def write_many(self, items: Sequence[tuple[object, float]]) -> None:
+        """Write several holding-register targets, merging adjacent ones into one FC16 request.
+
+        A PLC reading score and flag must never see one updated and the other not, so targets
+        that sit next to each other go out in a single request. Only the registers of the given
+        targets are written; gaps between targets are never filled. Raises ValueError
+        (EncodeError) for an unencodable value before anything is sent, NotConnectedError,
+        DeviceTimeoutError or DeviceExceptionError for device failures. Whether a write is
+        allowed is decided by the caller (bridge.sinks.writeback), not here.
+        """
+        blocks = self._write_blocks(items)
+        unit = self.config.unit_id
+        for address, registers in blocks:
+            def request(client: Any, a: int = address, r: list[int] = registers) -> Awaitable[Any]:
+                return client.write_registers(a, r, device_id=unit)  # type: ignore[no-any-return]
+
+            try:
+                await self._execute(request)
+            except _Failure as failure:
+                if failure.kind == "not_connected":
+                    raise NotConnectedError(self.name, failure.reason) from None
+                if failure.kind == "timeout":
+                    raise DeviceTimeoutError(self.name, f"write holding {address}") from None
+                if failure.kind == "exception":
+                    raise DeviceExceptionError(self.name, failure.code, failure.reason) from None
+                raise NotConnectedError(self.name, failure.reason) from None
+
+    def _write_blocks(self, items: Sequence[tuple[object, float]]) -> list[tuple[int, list[int]]]:
+        encoded: list[tuple[int, list[int]]] = []
+        for target, value in items:
+            if not isinstance(target, RegisterTarget):
+                raise TypeError(f"target must be a RegisterTarget, not {type(target).__name__}")
+            registers = encode(value, target.type, target.byte_order or self.config.byte_order,
+                               target.word_order or self.config.word_order)
+            assert len(registers) == target.registers  # the codec and config agree on widths
+            encoded.append((target.address, registers))
+        encoded.sort(key=lambda item: item[0])
+        blocks: list[tuple[int, list[int]]] = []
+        for address, registers in encoded:
+            if blocks:
+                start, merged = blocks[-1]
+                if start + len(merged) > address:
+                    raise ValueError(f"write targets overlap at holding {address}")
+                if start + len(merged) == address and len(merged) + len(registers) <= _MAX_WRITE:
+                    merged.extend(registers)
+                    continue
+            blocks.append((address, list(registers)))
+        return blocks

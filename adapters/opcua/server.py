@@ -1,0 +1,371 @@
+"""plcbridge's own OPC UA server: a Sink that serves scores and device health to SCADA.
+
+Address space (namespace ``namespace_uri``; clients should resolve its index by URI):
+
+    Objects/plcbridge/Models/<model>/  Score (Double), Threshold (Double), Anomaly (Boolean),
+                                       WindowValid (Boolean), Version (String)
+    Objects/plcbridge/Devices/<device>/ Connected (Boolean), LastSuccess (DateTime),
+                                       ErrorCount (UInt32)
+
+NodeIds are strings that never depend on config order: ``ns=<i>;s=Models.<model>.Score``,
+``ns=<i>;s=Devices.<device>.Connected``; a SCADA project that points at them survives edits.
+
+``on_score`` only records the Score and wakes one named task: asyncua's server-side writes
+are coroutines (they run the subscriptions' change callbacks), and ``on_score`` must never
+await. The same task refreshes the device nodes every ``refresh_interval``. A Score that was
+not computed (invalid window) is published as NaN with status ``BadNoData`` and its reason
+is not lost: it stays on ``/api/v1/models/<name>/score``. Every node is read-only for clients
+(AccessLevel CurrentRead): asyncua answers a Write with ``BadUserAccessDenied``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import math
+import os
+import socket
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from asyncua import Server, ua
+from asyncua.common.utils import ServiceError
+from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.user_managers import UserManager
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from adapters.opcua.session import stop_server
+from bridge.config.opcua_server import OpcuaServerConfig
+from bridge.core.aio import cancel_and_wait
+from bridge.core.errors import ConfigError
+from bridge.core.scores import Score
+
+if TYPE_CHECKING:  # runtime imports adapters: no import cycle at run time
+    from bridge.runtime.bridge import Bridge
+
+__all__ = ["OpcuaServerSink", "free_tcp_port"]
+
+log = logging.getLogger("plcbridge.opcua_server")
+
+_POLICIES: dict[tuple[str, str], ua.SecurityPolicyType] = {
+    ("Basic256Sha256", "Sign"): ua.SecurityPolicyType.Basic256Sha256_Sign,
+    ("Basic256Sha256", "SignAndEncrypt"): ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
+    ("Aes128_Sha256_RsaOaep", "Sign"): ua.SecurityPolicyType.Aes128Sha256RsaOaep_Sign,
+    ("Aes128_Sha256_RsaOaep", "SignAndEncrypt"):
+        ua.SecurityPolicyType.Aes128Sha256RsaOaep_SignAndEncrypt,
+    ("Aes256_Sha256_RsaPss", "Sign"): ua.SecurityPolicyType.Aes256Sha256RsaPss_Sign,
+    ("Aes256_Sha256_RsaPss", "SignAndEncrypt"):
+        ua.SecurityPolicyType.Aes256Sha256RsaPss_SignAndEncrypt,
+}
+_MODEL_VARIABLES: tuple[tuple[str, ua.VariantType, Any], ...] = (
+    ("Score", ua.VariantType.Double, math.nan),
+    ("Threshold", ua.VariantType.Double, math.nan),
+    ("Anomaly", ua.VariantType.Boolean, False),
+    ("WindowValid", ua.VariantType.Boolean, False),
+    ("Version", ua.VariantType.String, ""),
+)
+_DEVICE_VARIABLES: tuple[tuple[str, ua.VariantType, Any], ...] = (
+    ("Connected", ua.VariantType.Boolean, False),
+    ("LastSuccess", ua.VariantType.DateTime, None),
+    ("ErrorCount", ua.VariantType.UInt32, 0),
+)
+
+
+class _Users(UserManager):
+    """asyncua user manager: the configured user, and anonymous when allowed. Never an
+    admin: nobody gets write access to the address space.
+
+    On a secure endpoint it also vets the secure channel the session is activated on.
+    asyncua does not: it accepts a SecurityPolicy#None channel from anyone (GetEndpoints
+    needs one) and then creates and activates sessions on it although no None endpoint is
+    offered, and its certificate validator sees only the certificate a client *claims* in
+    CreateSession (and is skipped when that is empty), not the one that signs the channel."""
+
+    def __init__(self, config: OpcuaServerConfig, password: str | None,
+                 trusted: set[bytes] | None) -> None:
+        self._username = config.username
+        self._password = password
+        self._anonymous = config.allow_anonymous
+        self._secure = config.security_policy != "None"
+        self._trusted = trusted
+
+    def get_user(self, iserver: Any, username: str | None = None, password: str | None = None,
+                 certificate: Any = None) -> User | None:
+        # ``certificate`` is the secure channel's client certificate (DER; b"" on a
+        # SecurityPolicy#None channel), not a user identity: X509 identity tokens are not
+        # offered, so no username means an anonymous token.
+        if self._secure and not certificate:
+            log.warning("session refused: unsecured channel on a secure endpoint user=%s", username)
+            raise ServiceError(ua.StatusCodes.BadSecurityModeRejected)
+        if self._secure and self._trusted is not None and certificate not in self._trusted:
+            log.warning("session refused: channel certificate not in trusted_clients user=%s",
+                        username)
+            raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
+        if username is None:
+            return User(role=UserRole.User) if self._anonymous else None
+        if (username is not None and username == self._username and password is not None
+                and self._password is not None
+                and hmac.compare_digest(password.encode(), self._password.encode())):
+            return User(role=UserRole.User, name=username)
+        return None
+
+
+def _password(config: OpcuaServerConfig) -> str | None:
+    if config.username is None:
+        return None
+    if config.password_env is not None:
+        value = os.environ.get(config.password_env)
+        if value is None:
+            raise ConfigError([f"opcua_server.password_env: environment variable "
+                               f"{config.password_env} is not set"])
+        return value
+    assert config.password_file is not None
+    try:
+        return config.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise ConfigError([f"opcua_server.password_file: cannot read {config.password_file} "
+                           f"({exc.strerror or exc})"]) from None
+
+
+def _load_trusted(folder: Path) -> set[bytes]:
+    """DER bytes of every certificate (DER or PEM) in ``folder``."""
+    trusted: set[bytes] = set()
+    try:
+        files = sorted(p for p in folder.iterdir() if p.is_file())
+    except OSError as exc:
+        raise ConfigError([f"opcua_server.trusted_clients: cannot read {folder} "
+                           f"({exc.strerror or exc})"]) from None
+    for path in files:
+        data = path.read_bytes()
+        try:
+            cert = (x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data
+                    else x509.load_der_x509_certificate(data))
+        except ValueError:
+            log.warning("not a certificate, ignored path=%s", path)
+            continue
+        trusted.add(cert.public_bytes(Encoding.DER))
+    return trusted
+
+
+def free_tcp_port(host: str) -> int:
+    """A port that was free a moment ago (bind 0, close)."""
+    # asyncua advertises the configured port in its endpoints; with port 0 that would be
+    # "opc.tcp://host:0". Pick the port first so the endpoints name the real one.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _data_value(value: Any, kind: ua.VariantType, status: int = ua.StatusCodes.Good,
+                source_time: datetime | None = None) -> ua.DataValue:
+    now = datetime.now(UTC)
+    variant = ua.Variant(value, kind) if value is not None else ua.Variant()  # null: no value
+    return ua.DataValue(variant, StatusCode=ua.StatusCode(ua.UInt32(status)),
+                        SourceTimestamp=source_time or now, ServerTimestamp=now)  # type: ignore[arg-type]
+
+
+class OpcuaServerSink:
+    """Serves the bridge's Scores and device health over OPC UA. ``port`` is the bound port
+    once started (``port = 0`` in the config picks a free one)."""
+
+    name = "opcua_server"
+
+    def __init__(self, config: OpcuaServerConfig) -> None:
+        self.config = config
+        self.port: int | None = None
+        self._password = _password(config)  # a missing env var fails at construction, as MQTT
+        self._trusted = _load_trusted(config.trusted_clients) if config.trusted_clients else None
+        self._bridge: Bridge | None = None
+        self._server: Server | None = None
+        self._ns = 0
+        self._pending: dict[str, Score] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"opc.tcp://{self.config.host}:{self.port}/plcbridge"
+
+    def node_id(self, path: str) -> ua.NodeId:
+        """NodeId of e.g. ``Models.pump.Score`` in the results namespace."""
+        return ua.NodeId(ua.String(path), ua.Int16(self._ns))
+
+    def _qname(self, name: str) -> ua.QualifiedName:
+        # Browse names in the results namespace, so Objects/<ns>:plcbridge/... resolves.
+        return ua.QualifiedName(name, ua.UInt16(self._ns))
+
+    # -- Sink -----------------------------------------------------------------------------
+
+    def on_score(self, score: Score) -> None:
+        if self._bridge is None or score.model not in self._bridge.runners:
+            return
+        self._pending[score.model] = score  # only the latest matters to a subscriber
+        self._wake.set()
+
+    async def start(self, bridge: Bridge) -> None:
+        self._bridge = bridge
+        port = self.config.port
+        for attempt in range(5):
+            self.port = port or free_tcp_port(self.config.host)
+            try:
+                self._server = await self._make_server()
+                break
+            except OSError:
+                if port or attempt == 4:  # a configured port that is taken is the operator's
+                    raise
+        self._task = asyncio.create_task(self._run(), name="plcbridge[opcua_server].update")
+        log.info("opcua server listening endpoint=%s security=%s/%s anonymous=%s models=%d "
+                 "devices=%d", self.url, self.config.security_policy,
+                 self.config.effective_security_mode, self.config.allow_anonymous,
+                 len(bridge.runners), len(bridge.adapters))
+
+    async def stop(self) -> None:
+        """Stop updating and serving; close client sessions. Idempotent."""
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
+        server, self._server = self._server, None
+        if server is not None:
+            await stop_server(server)
+
+    # -- the address space ----------------------------------------------------------------
+
+    async def _make_server(self) -> Server:
+        config = self.config
+        server = Server(user_manager=_Users(config, self._password, self._trusted))
+        await server.init()
+        # No session transfer to a new secure channel (Part 4 6.7): asyncua binds the session
+        # named by an AuthenticationToken (sequential, guessable) to the new connection before
+        # the ActivateSession is vetted, and keeps it bound after a refusal, so any channel,
+        # a None one included, could read through a trusted client's session. A client whose
+        # channel broke creates a new session instead (plcbridge's own client always does).
+        server.iserver.lookup_external_session = lambda auth_token: None  # type: ignore[method-assign]
+        server.set_endpoint(self.url)
+        server.set_server_name("plcbridge")
+        await server.set_application_uri(config.application_uri)
+        server.allow_remote_admin(False)
+        tokens: list[type] = [ua.AnonymousIdentityToken] if config.allow_anonymous else []
+        if config.username is not None:
+            tokens.append(ua.UserNameIdentityToken)
+        server.set_identity_tokens(tokens)
+        if config.security_policy == "None":
+            server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        else:
+            assert config.certificate is not None and config.private_key is not None
+            await server.load_certificate(str(config.certificate))
+            await server.load_private_key(str(config.private_key))
+            server.set_security_policy(
+                [_POLICIES[(config.security_policy, config.effective_security_mode)]])
+            if self._trusted is not None:
+                server.set_certificate_validator(self._validate_client)
+        self._ns = await server.register_namespace(config.namespace_uri)
+        await self._build(server)
+        try:
+            await server.start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await server.stop()
+            raise
+        return server
+
+    async def _validate_client(self, cert: x509.Certificate,
+                               description: ua.ApplicationDescription) -> None:
+        """Only client certificates found in ``trusted_clients`` open a session."""
+        der = cert.public_bytes(Encoding.DER)
+        if self._trusted is None or der not in self._trusted:
+            log.warning("client certificate not trusted application_uri=%s subject=%s",
+                        description.ApplicationUri, cert.subject.rfc4514_string())
+            raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
+
+    async def _build(self, server: Server) -> None:
+        bridge = self._bridge
+        assert bridge is not None
+        root = await server.nodes.objects.add_folder(self.node_id("plcbridge"), self._qname("plcbridge"))
+        for kind, names, variables in (("Models", list(bridge.runners), _MODEL_VARIABLES),
+                                       ("Devices", list(bridge.adapters), _DEVICE_VARIABLES)):
+            folder = await root.add_folder(self.node_id(kind), self._qname(kind))
+            for name in names:
+                item = await folder.add_folder(self.node_id(f"{kind}.{name}"), self._qname(name))
+                for variable, vtype, initial in variables:
+                    # add_variable leaves AccessLevel at CurrentRead: read-only for clients.
+                    await item.add_variable(self.node_id(f"{kind}.{name}.{variable}"), self._qname(variable),
+                                            ua.Variant(initial, vtype), varianttype=vtype)
+        for name, runner in bridge.runners.items():
+            latest = bridge.scores.latest(name)
+            if latest is not None:
+                self._pending[name] = latest
+            else:  # the threshold and version are known before the first score
+                await self._write(server, f"Models.{name}.Threshold", runner.threshold,
+                                  ua.VariantType.Double)
+                await self._write(server, f"Models.{name}.Version", runner.detector.version,
+                                  ua.VariantType.String)
+                await self._write(server, f"Models.{name}.Score", None, ua.VariantType.Double,
+                                  ua.StatusCodes.BadWaitingForInitialData)
+        await self._refresh_devices(server)
+
+    async def _write(self, server: Server, path: str, value: Any, kind: ua.VariantType,
+                     status: int = ua.StatusCodes.Good, source_time: datetime | None = None) -> None:
+        await server.write_attribute_value(self.node_id(path),
+                                           _data_value(value, kind, status, source_time))
+
+    # -- updates ----------------------------------------------------------------------------
+
+    async def _publish_score(self, server: Server, score: Score) -> None:
+        base = f"Models.{score.model}"
+        when = datetime.fromtimestamp(score.time, UTC)
+        if score.score is None or not math.isfinite(score.score):
+            await self._write(server, f"{base}.Score", None, ua.VariantType.Double,
+                              ua.StatusCodes.BadNoData, when)
+        else:
+            await self._write(server, f"{base}.Score", score.score, ua.VariantType.Double,
+                              source_time=when)
+        await self._write(server, f"{base}.Threshold", score.threshold, ua.VariantType.Double,
+                          source_time=when)
+        await self._write(server, f"{base}.Anomaly", score.anomaly, ua.VariantType.Boolean,
+                          source_time=when)
+        await self._write(server, f"{base}.WindowValid", score.window_valid,
+                          ua.VariantType.Boolean, source_time=when)
+        await self._write(server, f"{base}.Version", score.version, ua.VariantType.String,
+                          source_time=when)
+
+    async def _refresh_devices(self, server: Server) -> None:
+        bridge = self._bridge
+        assert bridge is not None
+        for name, adapter in bridge.adapters.items():
+            status = adapter.status
+            base = f"Devices.{name}"
+            await self._write(server, f"{base}.Connected", status.connected, ua.VariantType.Boolean)
+            if status.last_success is not None:
+                await self._write(server, f"{base}.LastSuccess",
+                                  datetime.fromtimestamp(status.last_success, UTC),
+                                  ua.VariantType.DateTime)
+            else:
+                await self._write(server, f"{base}.LastSuccess", None, ua.VariantType.DateTime,
+                                  ua.StatusCodes.BadWaitingForInitialData)
+            await self._write(server, f"{base}.ErrorCount", min(status.error_count, 2**32 - 1),
+                              ua.VariantType.UInt32)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_refresh = loop.time() + self.config.refresh_interval
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, next_refresh - loop.time())):
+                    await self._wake.wait()
+            self._wake.clear()
+            server = self._server
+            if server is None:
+                continue
+            try:
+                pending, self._pending = self._pending, {}
+                for score in pending.values():
+                    await self._publish_score(server, score)
+                if loop.time() >= next_refresh:
+                    next_refresh = loop.time() + self.config.refresh_interval
+                    await self._refresh_devices(server)
+            except Exception:  # a bug here must not take the server down; log it each time
+                log.exception("opcua server update failed")
+

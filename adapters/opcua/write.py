@@ -1,0 +1,71 @@
+"""Write-back values for OPC UA nodes: the node's DataType decides the encoding (pure)."""
+
+from __future__ import annotations
+
+import math
+
+from asyncua import ua
+
+from bridge.core.errors import WriteRefusedError
+
+__all__ = ["encode_for", "target_limits", "variant_type_of"]
+
+_INT_RANGES: dict[ua.VariantType, tuple[int, int]] = {
+    ua.VariantType.SByte: (-(2**7), 2**7 - 1),
+    ua.VariantType.Byte: (0, 2**8 - 1),
+    ua.VariantType.Int16: (-(2**15), 2**15 - 1),
+    ua.VariantType.UInt16: (0, 2**16 - 1),
+    ua.VariantType.Int32: (-(2**31), 2**31 - 1),
+    ua.VariantType.UInt32: (0, 2**32 - 1),
+    ua.VariantType.Int64: (-(2**63), 2**63 - 1),
+    ua.VariantType.UInt64: (0, 2**64 - 1),
+}
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def variant_type_of(data_type: ua.NodeId) -> ua.VariantType | None:
+    """The built-in VariantType of a DataType NodeId (ns=0;i=1..25), else None."""
+    if data_type.NamespaceIndex != 0 or not isinstance(data_type.Identifier, int):
+        return None
+    try:
+        return ua.VariantType(data_type.Identifier)
+    except ValueError:
+        return None
+
+
+def target_limits(target: object) -> tuple[float | None, float | None]:
+    """Configured range of a write target: ``min``/``max`` or ``valid_min``/``valid_max``."""
+    low = getattr(target, "min", getattr(target, "valid_min", None))
+    high = getattr(target, "max", getattr(target, "valid_max", None))
+    return low, high
+
+
+def encode_for(where: str, kind: ua.VariantType | None, value: float,
+               low: float | None = None, high: float | None = None) -> ua.Variant:
+    """``value`` as a Variant of the node's type; WriteRefusedError if it does not fit."""
+    if not math.isfinite(value):
+        raise WriteRefusedError(f"{where}: value {value!r} is not finite")
+    if low is not None and value < low:
+        raise WriteRefusedError(f"{where}: value {value!r} below configured min {low}")
+    if high is not None and value > high:
+        raise WriteRefusedError(f"{where}: value {value!r} above configured max {high}")
+    if kind is ua.VariantType.Boolean:
+        if value not in (0.0, 1.0):
+            raise WriteRefusedError(f"{where}: value {value!r} is not 0 or 1 for a Boolean node")
+        return ua.Variant(bool(value), kind)
+    limits = _INT_RANGES.get(kind) if kind is not None else None
+    if kind is not None and limits is not None:
+        if value != int(value):
+            raise WriteRefusedError(f"{where}: value {value!r} is not an integer ({kind.name} node)")
+        if not limits[0] <= value <= limits[1]:
+            raise WriteRefusedError(f"{where}: value {value!r} outside {limits[0]}..{limits[1]} "
+                                    f"({kind.name} node)")
+        return ua.Variant(int(value), kind)
+    if kind is ua.VariantType.Float:
+        if abs(value) > _FLOAT32_MAX:
+            raise WriteRefusedError(f"{where}: value {value!r} does not fit a Float node")
+        return ua.Variant(value, kind)
+    if kind is ua.VariantType.Double:
+        return ua.Variant(value, kind)
+    name = kind.name if kind is not None else "non built-in"
+    raise WriteRefusedError(f"{where}: cannot write a number to a {name} node")

@@ -1,0 +1,332 @@
+"""`plcbridge` command line: run, check, simulate, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bridge import __version__
+from bridge.config import DEFAULT_MODEL, Config, OpcuaDeviceConfig, load_config
+from bridge.core.errors import ConfigError, ModelContractError
+
+__all__ = ["main"]
+
+EXIT_CONFIG = 2
+
+
+class _KeyValueFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = (f"{self.formatTime(record, '%Y-%m-%dT%H:%M:%S')} level={record.levelname.lower()} "
+                f"logger={record.name} {record.getMessage()}")
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def _setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_KeyValueFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("pymodbus", "apscheduler", "uvicorn.error", "asyncua"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def _load(path: str) -> Config | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"{path}: invalid configuration", file=sys.stderr)
+        for line in exc.errors:
+            print(f"  {line}", file=sys.stderr)
+        return None
+
+
+def _print_opcua_device(device: OpcuaDeviceConfig) -> None:
+    """`check` for an OPC UA device: endpoint, security, and the nodes it reads."""
+    user = f", user {device.username}" if device.username else ", anonymous"
+    timing = (f"every {device.poll_interval:g} s" if device.mode == "poll" else
+              f"publishing {device.publishing_interval:g} s, queue {device.queue_size}, "
+              f"deadband {device.deadband_type}")
+    print(f"\ndevice {device.name}: opcua {device.mode} {device.endpoint} "
+          f"({device.security_policy}/{device.effective_security_mode}{user}), {timing}, "
+          f"timeout {device.timeout:g} s")
+    for tag in device.tags:
+        unit = f" [{tag.unit}]" if tag.unit else ""
+        print(f"  tag {tag.name:<24} {tag.address}{unit}")
+    reads = "1 Read per cycle" if device.mode == "poll" else "subscription"
+    print(f"  {len(device.tags)} node(s), {reads}")
+
+
+def _check(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    from adapters.modbus.plan import describe, plan_reads  # pure: no protocol library
+    from bridge.scoring.detector import Detector
+    from bridge.scoring.runner import resolve_inputs
+    from bridge.sinks.writeback import place
+
+    print(f"{args.config}: valid")
+    total = 0
+    for device in config.devices:
+        if isinstance(device, OpcuaDeviceConfig):
+            _print_opcua_device(device)
+            continue
+        where = device.serial_port if device.transport == "rtu" else f"{device.host}:{device.port}"
+        print(f"\ndevice {device.name}: modbus {device.transport} {where} unit {device.unit_id}, "
+              f"every {device.poll_interval:g} s, timeout {device.timeout:g} s, retries {device.retries}")
+        for tag in device.tags:
+            unit = f" [{tag.unit}]" if tag.unit else ""
+            print(f"  tag {tag.name:<24} {tag.table:<8} {tag.address:>5}  {tag.data_type}{unit}")
+        try:
+            requests = plan_reads(device.tags, max_registers=device.max_registers,
+                                  max_bits=device.max_bits, max_gap=device.max_gap)
+        except ValueError as exc:
+            print(f"devices.{device.name}: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        total += len(requests)
+        print(f"  {len(requests)} request(s) per cycle:")
+        for line in describe(requests):
+            print(f"    {line}")
+    status = 0
+    for index, model in enumerate(config.models):
+        path = Path(model.file) if model.file is not None else DEFAULT_MODEL
+        try:
+            detector = Detector(path)
+            tags = resolve_inputs(model, detector.contract.inputs, detector)
+        except ModelContractError as exc:
+            print(f"models[{index}] ({model.name}): {exc}", file=sys.stderr)
+            status = EXIT_CONFIG
+            continue
+        c = detector.contract
+        print(f"\nmodel {model.name}: {path.name} ({c.kind}, version {c.version}), window "
+              f"{c.window_length} x {c.period:g} s, threshold "
+              f"{model.threshold if model.threshold is not None else c.threshold:g}")
+        for feature, tag_name in zip(c.inputs, tags, strict=True):
+            print(f"  input {feature:<16} <- {tag_name}")
+        if model.writeback is not None:
+            targets = ", ".join(f"{k} -> {place(t)}" for k, t in model.writeback.targets().items())
+            print(f"  write-back ({config.writeback.mode}) to {model.writeback.device}: {targets}")
+    print(f"\n{len(config.devices)} device(s), {len(config.tag_names())} tag(s), "
+          f"{total} request(s) per cycle, {len(config.models)} model(s)")
+    return status
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    _setup_logging(args.log_level or config.bridge.log_level)
+    _setup_audit(config)
+    from bridge.api.serve import run_until_stopped
+    from bridge.runtime.bridge import Bridge
+
+    try:
+        bridge = Bridge(config)
+    except ConfigError as exc:
+        print(f"{args.config}: invalid configuration", file=sys.stderr)
+        for line in exc.errors:
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (ModelContractError, ValueError, OSError) as exc:
+        print(f"{args.config}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.check_only:
+        return asyncio.run(_connect_once(bridge))
+    try:
+        asyncio.run(run_until_stopped(bridge))
+    except ConfigError as exc:
+        print(f"{args.config}: invalid configuration", file=sys.stderr)
+        for line in exc.errors:
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_CONFIG
+    return 0
+
+
+def _setup_audit(config: Config) -> None:
+    """Every write-back goes to a bounded audit file beside the database; without a data
+    directory only refusals and failures reach the main log."""
+    audit = logging.getLogger("plcbridge.audit")
+    if config.storage.data_dir is None:
+        audit.setLevel(logging.WARNING)
+        return
+    from logging.handlers import RotatingFileHandler
+
+    config.storage.data_dir.mkdir(parents=True, exist_ok=True)
+    handler = RotatingFileHandler(config.storage.data_dir / "audit.log", maxBytes=1_000_000,
+                                  backupCount=5, encoding="utf-8")
+    handler.setFormatter(_KeyValueFormatter())
+    audit.addHandler(handler)
+    audit.setLevel(logging.INFO)
+    audit.propagate = False
+
+
+async def _connect_once(bridge: Any) -> int:
+    """``run --check-only``: one connect and one read per device; 0 if all answered, else 1."""
+    failed = 0
+    for name, adapter in bridge.adapters.items():
+        readings = []
+        try:
+            await adapter.connect()
+            readings = await adapter.read()
+        except Exception as exc:  # report every device, whatever went wrong with one
+            print(f"device {name}: FAILED ({exc})")
+            failed += 1
+            continue
+        finally:
+            await adapter.close()
+        bad = [r for r in readings if r.quality.value != "good"]
+        if bad:
+            failed += 1
+            print(f"device {name}: {len(readings) - len(bad)}/{len(readings)} tags good; "
+                  f"first problem: {bad[0].tag}: {bad[0].reason}")
+        else:
+            print(f"device {name}: ok, {len(readings)} tags read")
+    return 1 if failed else 0
+
+
+def _registers(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    from adapters.modbus.register_map import registers_command
+
+    return registers_command(config)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    _setup_logging(args.log_level or "info")
+    from adapters.sim.modbus import run_simulator_forever
+
+    schedule = []
+    for item in args.fault_at or []:
+        seconds, _, fault = item.partition(":")
+        try:
+            schedule.append((float(seconds), fault))
+        except ValueError:
+            print(f"--fault-at: {item!r} is not SECONDS:FAULT", file=sys.stderr)
+            return EXIT_CONFIG
+    if args.opcua:
+        if args.replay:
+            print("--opcua serves the simulated plant; it cannot be combined with --replay",
+                  file=sys.stderr)
+            return EXIT_CONFIG
+        from adapters.sim.opcua import run_opcua_simulator_forever
+
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run_opcua_simulator_forever(args.host, args.port, args.opcua_port,
+                                                    args.seed, schedule or None))
+        return 0
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_simulator_forever(args.host, args.port, args.seed, schedule or None,
+                                          Path(args.replay) if args.replay else None, args.speed))
+    return 0
+
+
+def _certs(args: argparse.Namespace) -> int:
+    from adapters.opcua.certs import generate_certificate
+
+    try:
+        cert, key = generate_certificate(Path(args.out), args.application_uri, hostname=args.hostname,
+                                         name=args.name, server=args.server, days=args.days,
+                                         force=args.force)
+    except (FileExistsError, ValueError) as exc:
+        print(f"certs: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"certificate {cert}\nprivate key {key}\napplication URI {args.application_uri}")
+    key_name = "certificate / private_key" + ("" if args.server else " / application_uri")
+    print(f"set {key_name} accordingly; the peer must trust {cert}")
+    if not args.server:
+        print("the server's own certificate must be trusted too: put it in the trusted_servers "
+              "folder, or set trust_on_first_use = true (saved there on first connect); for a "
+              "certificate user identity (user_certificate / user_private_key) run this again "
+              "with --name <user> --application-uri urn:<site>:user:<user>")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    _setup_logging(args.log_level or "warning")
+    from bridge.cli.demo import run_demo
+
+    try:
+        return asyncio.run(run_demo(args.port, args.fault, args.fault_after, args.duration))
+    except KeyboardInterrupt:
+        return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="plcbridge", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"plcbridge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="poll devices, score models, serve the API")
+    run.add_argument("config")
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--check-only", action="store_true",
+                     help="validate, connect to each device once, read once, exit (0 = all good)")
+    run.set_defaults(func=_run)
+
+    check = sub.add_parser("check", help="validate a config and print what it will do")
+    check.add_argument("config")
+    check.set_defaults(func=_check)
+
+    registers = sub.add_parser("registers", help="print the Modbus register map served to SCADA")
+    registers.add_argument("config")
+    registers.set_defaults(func=_registers)
+
+    sim = sub.add_parser("simulate", help="serve a simulated pump station over Modbus TCP")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=5020)
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--fault-at", action="append", metavar="SECONDS:FAULT",
+                     help="inject a fault (spike, stuck, drift, cavitation) after SECONDS; repeatable")
+    sim.add_argument("--replay", metavar="FILE.csv", help="play a recorded SKAB-format CSV instead")
+    sim.add_argument("--speed", type=float, default=1.0, help="replay speed factor")
+    sim.add_argument("--opcua", action="store_true",
+                     help="also serve the plant over OPC UA (ns=2;s=Pump.*, FaultCode writable)")
+    sim.add_argument("--opcua-port", type=int, default=4840, help="OPC UA port (with --opcua)")
+    sim.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    sim.set_defaults(func=_simulate)
+
+    certs = sub.add_parser("certs", help="generate a self-signed OPC UA application certificate")
+    certs.add_argument("--out", default="pki", metavar="DIR", help="folder for the files (default pki)")
+    certs.add_argument("--application-uri", default="urn:plcbridge:client",
+                       help="must equal the device's application_uri (default urn:plcbridge:client)")
+    certs.add_argument("--hostname", default=None, help="DNS name in the certificate (default: this host)")
+    certs.add_argument("--name", default="plcbridge", help="file name prefix (default plcbridge)")
+    certs.add_argument("--server", action="store_true", help="a server certificate for [opcua_server]")
+    certs.add_argument("--days", type=int, default=730, help="validity in days (default 730)")
+    certs.add_argument("--force", action="store_true", help="replace existing files")
+    certs.set_defaults(func=_certs)
+
+    demo = sub.add_parser("demo", help="simulated plant + default model + API on 127.0.0.1")
+    demo.add_argument("--port", type=int, default=8080, help="API port (a free one if busy)")
+    demo.add_argument("--fault", default="cavitation", choices=["spike", "stuck", "drift", "cavitation"])
+    demo.add_argument("--fault-after", type=float, default=45.0, metavar="SECONDS")
+    demo.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                      help="stop after SECONDS (default: run until Ctrl-C)")
+    demo.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    demo.set_defaults(func=_demo)
+
+    from bridge.cli.models import add_commands  # train, evaluate: models on site
+
+    add_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""The ``[mqtt]`` config section (pydantic). Kept apart from the sink so that loading a config
+never imports aiomqtt: the MQTT client library is only needed when the sink runs."""
+
+from __future__ import annotations
+
+import re
+import socket
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from bridge.config.checks import check_backoff, check_credentials
+
+__all__ = ["MqttConfig", "MqttTlsConfig"]
+
+# An MQTT topic level may not hold wildcards; "$" at the start is reserved for the broker.
+_PREFIX = re.compile(r"^[^/+#$\x00][^+#\x00]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MqttTlsConfig(_Strict):
+    ca_file: Path | None = None  # None: the system's trust store
+    cert_file: Path | None = None  # client certificate (mutual TLS)
+    key_file: Path | None = None
+    insecure: bool = False  # skip certificate and host name checks: test benches only
+
+    @model_validator(mode="after")
+    def _pair(self) -> MqttTlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            missing = "key_file" if self.key_file is None else "cert_file"
+            raise ValueError(f"{missing}: cert_file and key_file go together (client certificate)")
+        return self
+
+
+class MqttConfig(_Strict):
+    host: Annotated[str, Field(min_length=1, max_length=253)]
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None  # None: 1883, or 8883 with [mqtt.tls]
+    client_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    topic_prefix: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    username: Annotated[str, Field(min_length=1)] | None = None
+    password_env: Annotated[str, Field(min_length=1)] | None = None
+    password_file: Path | None = None
+    tls: MqttTlsConfig | None = None
+    qos: Literal[0, 1, 2] = 1
+    keepalive: Annotated[int, Field(ge=5, le=3600)] = 60
+    timeout: Annotated[float, Field(gt=0, le=300)] = 10.0  # connect and per-publish acknowledgement
+    reconnect_min: Annotated[float, Field(gt=0, le=600)] = 0.5
+    reconnect_max: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    events: bool = True
+    summary: bool = True
+    summary_every: Annotated[int, Field(ge=1, le=1_000_000)] = 60
+    summary_interval: Annotated[float, Field(gt=0, le=86400)] = 60.0
+    scores: bool = False
+    spool_dir: Path
+    spool_max_messages: Annotated[int, Field(ge=1, le=10_000_000)] = 100_000
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str | None) -> str | None:
+        if value is not None and (not _PREFIX.match(value) or value.endswith("/")):
+            raise ValueError(f"{value!r} is not a topic prefix (no wildcards + or #, no leading "
+                             "$ or /, no trailing /)")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> MqttConfig:
+        check_credentials(self.username, self.password_env, self.password_file)
+        check_backoff(self.reconnect_min, self.reconnect_max)
+        if not (self.events or self.summary or self.scores):
+            raise ValueError("events: events, summary and scores are all off: nothing to publish")
+        return self
+
+    @property
+    def effective_port(self) -> int:
+        if self.port is not None:
+            return self.port
+        return 8883 if self.tls is not None else 1883
+
+    @property
+    def effective_prefix(self) -> str:
+        return self.topic_prefix or f"plcbridge/{_hostname()}"
+
+    @property
+    def effective_client_id(self) -> str:
+        # Stable across restarts (a broker kicks the older of two clients with one id), and
+        # different per box by default.
+        return self.client_id or f"plcbridge-{_hostname()}"
+
+
+def _hostname() -> str:
+    # A host name can hold nothing that is illegal in a topic level except, in theory, "+#/".
+    return re.sub(r"[+#/\s]", "_", socket.gethostname()) or "bridge"

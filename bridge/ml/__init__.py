@@ -1,0 +1,1 @@
+"""The model lifecycle on site: dataset, record, train, evaluate, quantize, model cards."""

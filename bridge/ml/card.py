@@ -1,0 +1,75 @@
+"""The model card written next to a trained model: what it is, what it was trained on, its limits."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bridge.ml.train import TrainOptions, TrainResult
+
+__all__ = ["write_card"]
+
+
+def _utc(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def write_card(result: TrainResult, opts: TrainOptions) -> None:
+    c = result.contract
+    data = result.path.read_bytes()
+    t = c.training
+    outputs = "`score` [batch]" + (", `contrib` [batch, F] (per-input share of the score)"
+                                   if "contrib" in c.outputs else "")
+    lines = [
+        f"# Model card: `{result.path.name}` ({c.name}, {c.kind} {c.version})",
+        "",
+        f"Built by `plcbridge train {t['source']} --kind {opts.kind} --seed {opts.seed} "
+        f"--target-far {opts.target_far} --window {opts.window}` (deterministic: same data, options and "
+        f"seed give the same scores). sha256 `{hashlib.sha256(data).hexdigest()}`, {len(data)} bytes.",
+        "The full contract is in the ONNX metadata under `plcbridge.contract`.",
+        "",
+        "## Inputs and outputs",
+        "",
+        f"- Input `window`: float32 `[batch, {c.window_length}, {len(c.inputs)}]`, raw engineering units, "
+        f"one sample every {c.period:g} s, columns: " + ", ".join(f"`{n}`" for n in c.inputs) + ".",
+        f"- Outputs: {outputs}.",
+        f"- Score: {c.score}. **Anomalous when score >= {c.threshold:.6g}.**",
+        "",
+        "## Model",
+        "",
+        f"- Normalisation: {c.normalization}.",
+        *[f"- {line}" for line in result.card_lines],
+        "",
+        "## Training data",
+        "",
+        f"- `{t['source']}`: {result.rows} rows, {_utc(t['time_range'][0])} to {_utc(t['time_range'][1])} "
+        "(file timestamps read as UTC).",
+        f"- Rows with bad quality or an empty value: **{result.bad_rows}**; their windows are invalid, "
+        f"as in the live bridge. Invalid windows dropped (including the {c.window_length - 1}-sample "
+        f"warm-up): **{result.dropped_windows}**.",
+        f"- Fit: the first {t['fit_rows']} rows ({result.fit_windows} windows). sha256 of times and "
+        f"inputs: `{t['sha256']}`.",
+        "",
+        "## Threshold",
+        "",
+        f"Held-out normal part: the windows entirely after the fit rows ({result.calib_windows} windows). "
+        f"Threshold = median + {opts.effective_margin:g} x (quantile {1 - opts.target_far:g} - median) "
+        "of their scores "
+        f"= {result.calib_median:.4g} + {opts.effective_margin:g} x ({result.calib_quantile:.4g} - "
+        f"{result.calib_median:.4g}) = **{c.threshold:.6g}**. The stated target is a false-alarm rate of "
+        f"{100 * opts.target_far:g} % of windows on data like the held-out part; the margin pays for a "
+        "held-out part that is short and for slow drift after it.",
+        "",
+        "## Limits",
+        "",
+        "- Trained only on the data above: a new operating point, season or sensor will look anomalous.",
+        "- The held-out part is a few hundred windows at most on short recordings: the threshold's "
+        "quantile is then estimated from its largest values. Measure the real false-alarm rate with "
+        "`plcbridge evaluate` on more normal data before enabling write-back.",
+        f"- A window needs {c.window_length} good, fresh samples: after a bad reading or a gap, no score "
+        f"for {c.window_length} periods.",
+        "",
+    ]
+    result.card.write_text("\n".join(lines), encoding="utf-8")

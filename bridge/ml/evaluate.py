@@ -1,0 +1,142 @@
+"""Evaluate a model on labelled CSVs through the live bridge's path.
+
+Rows are replayed through TagStore -> WindowBuilder (``bridge.ml.replay``) on the model's period,
+then the valid windows are scored with ``Detector.score_batch``: the same windows the runtime
+would pass to ``Detector.score`` one by one (``tests/test_train_evaluate.py`` checks both), and
+``anomaly = score >= threshold`` as in ``bridge.scoring.runner``. Rows whose window is invalid (warm-up,
+bad or stale input) have no prediction and drop out of the counts, as in SKAB.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bridge.core.progress import track
+from bridge.ml.dataset import DataError, Table, load_csv
+from bridge.ml.detection import Counts, Segment, count, segments
+from bridge.ml.replay import replay
+from bridge.scoring.detector import Detector
+
+__all__ = ["FileResult", "Report", "evaluate", "evaluate_table", "latency_us", "plot"]
+
+
+@dataclass(frozen=True)
+class FileResult:
+    path: Path
+    times: np.ndarray  # [T]
+    labels: np.ndarray  # [T] 0/1
+    scores: np.ndarray  # [T] float64, NaN where there is no prediction
+    alarms: np.ndarray  # [T] bool
+    scored: np.ndarray  # [T] bool: a test row with a prediction
+    counts: Counts
+    segments: list[Segment]
+    test_from: int
+
+    def as_dict(self) -> dict[str, Any]:
+        delays = [s.delay_s for s in self.segments if s.delay_s is not None]
+        return {"file": str(self.path), "rows": len(self.times), "test_from": self.test_from,
+                "scored_rows": int(self.scored.sum()), **self.counts.as_dict(),
+                "segments": [s.as_dict() for s in self.segments],
+                "mean_delay_s": statistics.fmean(delays) if delays else None}
+
+
+@dataclass(frozen=True)
+class Report:
+    model: Path
+    threshold: float
+    files: list[FileResult]
+
+    @property
+    def total(self) -> Counts:
+        return sum((f.counts for f in self.files), Counts())
+
+    def delays(self) -> list[float]:
+        return [s.delay_s for f in self.files for s in f.segments if s.delay_s is not None]
+
+    def missed(self) -> int:
+        return sum(1 for f in self.files for s in f.segments if s.detected_row is None)
+
+    def as_dict(self) -> dict[str, Any]:
+        delays = self.delays()
+        return {"model": str(self.model), "threshold": self.threshold,
+                "total": {**self.total.as_dict(), "segments": sum(len(f.segments) for f in self.files),
+                          "segments_missed": self.missed(),
+                          "mean_delay_s": statistics.fmean(delays) if delays else None,
+                          "median_delay_s": statistics.median(delays) if delays else None},
+                "files": [f.as_dict() for f in self.files]}
+
+
+def evaluate_table(detector: Detector, table: Table, *, test_from: int = 0,
+                   max_age: float | None = None) -> FileResult:
+    """Score every row of ``table``; count the rows from ``test_from`` on (SKAB: 400)."""
+    if table.labels is None:
+        raise DataError(f"{table.path}: no 'anomaly' column: evaluation needs labelled data")
+    c = detector.contract
+    rep = replay(table, c.inputs, length=c.window_length, period=c.period, max_age=max_age)
+    scores = np.full(len(table), np.nan)
+    if rep.valid.any():
+        scores[rep.valid] = detector.score_batch(rep.windows[rep.valid])
+    finite = np.isfinite(scores)  # a non-finite score is "no score" in the runtime as well
+    alarms = finite & (np.where(finite, scores, -np.inf) >= detector.threshold)
+    scored = finite & (np.arange(len(table)) >= test_from)
+    return FileResult(table.path, table.times, table.labels, scores, alarms, scored,
+                      count(alarms, table.labels, scored),
+                      segments(alarms, table.labels, scored, table.times), test_from)
+
+
+def evaluate(model: Path | str, data: Sequence[Path | str], *, test_from: int = 0,
+             max_age: float | None = None) -> Report:
+    """Evaluate one model on several labelled files; totals are summed counts, as in SKAB."""
+    detector = Detector(model)
+    files = [evaluate_table(detector, load_csv(p), test_from=test_from, max_age=max_age)
+             for p in track(list(data), "evaluating")]
+    return Report(Path(model), detector.threshold, files)
+
+
+def latency_us(detector: Detector, window: np.ndarray, repeat: int = 2000) -> tuple[float, float]:
+    """Median and p99 wall time of ``Detector.score`` on one window, in µs (includes Python overhead)."""
+    for _ in range(50):  # warm up the session's allocations
+        detector.score(window)
+    samples = np.empty(repeat)
+    for i in range(repeat):
+        start = time.perf_counter_ns()
+        detector.score(window)
+        samples[i] = time.perf_counter_ns() - start
+    return float(np.median(samples) / 1e3), float(np.quantile(samples, 0.99) / 1e3)
+
+
+def plot(result: FileResult, threshold: float, out_dir: Path) -> Path | None:
+    """PNG of score, threshold and labels; None when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # no display on an edge box
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"{result.path.parent.name}_{result.path.stem}.png"
+    t = result.times - result.times[0]
+    fig, ax = plt.subplots(figsize=(10, 3))
+    ax.plot(t, result.scores, lw=0.8, label="score")
+    ax.axhline(threshold, color="red", lw=0.8, ls="--", label="threshold")
+    top = float(np.nanmax(result.scores)) if np.isfinite(result.scores).any() else threshold
+    ax.fill_between(t, 0, max(top, threshold), where=result.labels.astype(bool), color="orange",
+                    alpha=0.2, label="labelled anomaly")
+    if result.test_from:
+        ax.axvline(t[min(result.test_from, len(t) - 1)], color="grey", lw=0.8, label="test part starts")
+    ax.set_xlabel("seconds")
+    ax.set_title(f"{result.path}  F1 {result.counts.f1:.2f}  FAR {result.counts.far:.1f} %  "
+                 f"MAR {result.counts.mar:.1f} %", fontsize=9)
+    ax.legend(loc="upper left", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

@@ -1,0 +1,316 @@
+"""Train a self-describing ONNX anomaly model from recorded normal data.
+
+Pipeline (every step deterministic for the same data and seed):
+
+1. Replay the rows through TagStore -> WindowBuilder (``bridge.ml.replay``): the model learns from
+   exactly the windows the bridge will build; bad-quality rows make their windows invalid,
+   and those windows are dropped and counted.
+2. Split by time: the first ``1 - calib_fraction`` of the rows fit the model, windows lying
+   entirely in the rest are the held-out normal part for the threshold.
+3. Fit the front end (z-score per signal, window mean, standardise) and the recipe's head.
+4. Score the held-out windows with the built graph in onnxruntime (the numbers the bridge will
+   see), threshold = median + margin x (quantile(1 - target_far) - median).
+5. Write the model with its contract and a model card next to it.
+
+Training imports ``onnx`` (and scikit-learn for ``iforest``/``ae``); the runtime never does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bridge.core.contract import ModelContract
+from bridge.ml.dataset import DataError, Table
+from bridge.ml.replay import replay
+
+__all__ = ["KINDS", "STATS_FORMAT", "TrainOptions", "TrainResult", "export_stats", "train",
+           "train_from_stats"]
+
+KINDS = ("pca", "iforest", "ae")
+# An Isolation Forest score is bounded (-decision_function <= 0.5) and saturates for points
+# beyond the training range, so widening its quantile pushes the threshold past where faults
+# land; the unbounded squared statistics of pca and ae get room for drift instead.
+DEFAULT_MARGIN = {"pca": 2.0, "iforest": 1.0, "ae": 2.0}
+RECIPE_VERSION = "1.0.0"
+MIN_FIT_WINDOWS = 20
+MIN_CALIB_WINDOWS = 20
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    kind: str
+    inputs: tuple[str, ...] | None = None  # None: every signal column of the file
+    window: int = 5  # samples
+    period: float = 1.0  # seconds between samples
+    seed: int = 0
+    target_far: float = 0.01  # fraction of held-out normal windows allowed above the quantile
+    # Widening of that quantile's distance from the median score; None: the kind's default.
+    margin: float | None = None
+    calib_fraction: float = 0.25
+    train_rows: int | None = None  # use only the first N rows (SKAB: 400)
+    max_age: float | None = None  # None: the runtime default (2.5 x period)
+    name: str | None = None
+
+    @property
+    def effective_margin(self) -> float:
+        return DEFAULT_MARGIN[self.kind] if self.margin is None else self.margin
+
+    def check(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind {self.kind!r} is not one of {', '.join(KINDS)}")
+        if self.window < 2:
+            raise ValueError(f"window must be >= 2 samples, got {self.window}")
+        if not self.period > 0:
+            raise ValueError(f"period must be > 0 s, got {self.period}")
+        if not 0 < self.target_far < 0.5:
+            raise ValueError(f"target FAR must be in (0, 0.5), got {self.target_far}")
+        if self.margin is not None and not self.margin >= 1:
+            raise ValueError(f"margin must be >= 1, got {self.margin}")
+        if not 0.05 <= self.calib_fraction <= 0.5:
+            raise ValueError(f"calibration fraction must be in [0.05, 0.5], got {self.calib_fraction}")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    path: Path
+    card: Path
+    contract: ModelContract
+    rows: int
+    bad_rows: int
+    fit_windows: int
+    calib_windows: int
+    dropped_windows: int  # invalid windows (bad or stale samples, warm-up) not used
+    calib_quantile: float
+    calib_median: float
+    card_lines: list[str] = field(default_factory=list)
+
+
+def _head(kind: str) -> Callable[[np.ndarray, int], Any]:
+    # Imported lazily: each recipe pulls in onnx, two of them scikit-learn.
+    if kind == "pca":
+        from bridge.ml.heads import pca
+        return pca.head
+    if kind == "iforest":
+        from bridge.ml.heads import iforest
+        return iforest.head
+    from bridge.ml.heads import ae
+    return ae.head
+
+
+def _score(model_bytes: bytes, windows: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # the same as the Detector, so float rounding is the same
+    session = ort.InferenceSession(model_bytes, sess_options=options, providers=["CPUExecutionProvider"])
+    (scores,) = session.run(["score"], {"window": np.ascontiguousarray(windows, dtype=np.float32)})
+    return np.asarray(scores, dtype=np.float64)
+
+
+def _contract(name: str, opts: TrainOptions, inputs: Sequence[str], part: Any, threshold: float,
+              training: dict[str, Any]) -> ModelContract:
+    return ModelContract(
+        name=name,
+        kind=part.kind,
+        inputs=tuple(inputs),
+        window_length=opts.window,
+        period=opts.period,
+        normalization="z-score per signal, window mean, standardised per feature; all fitted on the "
+        "training rows and embedded in the graph; raw engineering units in",
+        score=part.score,
+        threshold=threshold,
+        training=training,
+        recipe=f"bridge.ml.train --kind {opts.kind} (models.recipes.{opts.kind}) {RECIPE_VERSION}",
+        version=RECIPE_VERSION,
+        outputs=("score", "contrib") if part.contrib else ("score",),
+    )
+
+
+def train(table: Table, out: Path, opts: TrainOptions) -> TrainResult:
+    """Train on ``table`` (normal operation), write ``out`` and its card. Raises DataError/ValueError."""
+    from bridge.ml.card import write_card
+    from bridge.ml.heads.graph import assemble, fit_front
+
+    opts.check()
+    if opts.train_rows is not None:
+        table = table.head(opts.train_rows)
+    inputs = tuple(opts.inputs) if opts.inputs else table.columns
+    if not inputs:
+        raise DataError(f"{table.path}: no signal columns to train on")
+    values = table.select(inputs)
+    rep = replay(table, inputs, length=opts.window, period=opts.period, max_age=opts.max_age)
+    n_rows = len(table)
+    n_fit = round(n_rows * (1.0 - opts.calib_fraction))
+    row = np.arange(n_rows)
+    # A row's window holds it and the rows before it: a calibration window must start after
+    # the fit part to be held out, so skip the first window-1 rows of the calibration part.
+    fit_rows = rep.valid & (row < n_fit)
+    calib_rows = rep.valid & (row >= n_fit + opts.window - 1)
+    if fit_rows.sum() < MIN_FIT_WINDOWS or calib_rows.sum() < MIN_CALIB_WINDOWS:
+        raise DataError(
+            f"{table.path}: {int(fit_rows.sum())} valid fit windows and {int(calib_rows.sum())} "
+            f"calibration windows from {n_rows} rows ({rep.bad_rows} bad); need at least "
+            f"{MIN_FIT_WINDOWS} and {MIN_CALIB_WINDOWS}: record longer or fix the bad inputs")
+    good_rows = (row < n_fit) & table.good & ~np.isnan(values).any(axis=1)
+    front, a = fit_front(values[good_rows], rep.windows[fit_rows].astype(np.float64))
+    part = _head(opts.kind)(a, opts.seed)
+    training: dict[str, Any] = {
+        "source": str(table.path),
+        "rows": n_rows,
+        "bad_rows_dropped": rep.bad_rows,
+        "time_range": [float(table.times[0]), float(table.times[-1])],
+        "sha256": table.sha256(inputs),
+        "fit_rows": n_fit,
+        "fit_windows": int(fit_rows.sum()),
+        "calibration_windows": int(calib_rows.sum()),
+        "target_far": opts.target_far,
+        "margin": opts.effective_margin,
+        "seed": opts.seed,
+    }
+    doc = f"plcbridge {opts.kind} {RECIPE_VERSION}"
+    name = opts.name or f"{opts.kind}_{table.path.stem}"
+    # Build once to score the held-out part with the real graph, then again with the threshold.
+    draft = assemble(front, part, _contract(name, opts, inputs, part, 0.0, training), doc)
+    calib = _score(draft.SerializeToString(deterministic=True), rep.windows[calib_rows])
+    median = float(np.median(calib))
+    quantile = float(np.quantile(calib, 1.0 - opts.target_far))
+    threshold = median + opts.effective_margin * (quantile - median)
+    contract = _contract(name, opts, inputs, part, threshold, training)
+    model = assemble(front, part, contract, doc)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(model.SerializeToString(deterministic=True))
+    result = TrainResult(out, out.with_suffix(".md"), contract, n_rows, rep.bad_rows,
+                         int(fit_rows.sum()), int(calib_rows.sum()), int((~rep.valid).sum()),
+                         quantile, median, list(part.card))
+    write_card(result, opts)
+    return result
+
+
+# ---------------------------------------------------- federated PCA baseline (issue 3, item 7)
+#
+# Each site exports the count, mean and scatter matrix of its good rows and of its valid
+# windows' raw means (``export_stats``); ``train_from_stats`` merges them (Chan et al.) and
+# builds the model training on the pooled rows and windows would build. No raw data leaves a
+# site. A site uses all its rows: nothing is held out, because the merged model's threshold is
+# set analytically (chi² law of T² and SPE, ``bridge.ml.heads.pca.analytic_threshold``), since
+# the held-out scores a threshold normally needs would require a second round trip to the sites.
+
+STATS_FORMAT = "plcbridge.pca-stats"
+STATS_VERSION = 1
+
+
+def export_stats(table: Table, opts: TrainOptions) -> dict[str, Any]:
+    """Sufficient statistics of ``table`` for a federated PCA baseline (JSON-serialisable)."""
+    from bridge.ml.heads.pca import Moments
+
+    opts.check()
+    if opts.kind != "pca":
+        raise ValueError(f"--export-stats: only --kind pca merges exactly, not {opts.kind!r}")
+    if opts.train_rows is not None:
+        table = table.head(opts.train_rows)
+    inputs = tuple(opts.inputs) if opts.inputs else table.columns
+    values = table.select(inputs)
+    rep = replay(table, inputs, length=opts.window, period=opts.period, max_age=opts.max_age)
+    good = table.good & ~np.isnan(values).any(axis=1)
+    windows = rep.windows[rep.valid].astype(np.float64).mean(axis=1)
+    if int(rep.valid.sum()) < MIN_FIT_WINDOWS:
+        raise DataError(f"{table.path}: {int(rep.valid.sum())} valid windows from {len(table)} rows "
+                        f"({rep.bad_rows} bad); need at least {MIN_FIT_WINDOWS}")
+    return {"format": STATS_FORMAT, "version": STATS_VERSION, "inputs": list(inputs),
+            "window": opts.window, "period": opts.period, "max_age": opts.max_age,
+            "source": {"file": table.path.name, "sha256": table.sha256(inputs), "rows": len(table),
+                       "bad_rows_dropped": rep.bad_rows,
+                       "time_range": [float(table.times[0]), float(table.times[-1])]},
+            "rows": Moments.of(values[good]).to_json(),
+            "window_means": Moments.of(windows).to_json()}
+
+
+def _load_stats(path: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: cannot read as statistics JSON ({exc})") from exc
+    if not isinstance(obj, dict) or obj.get("format") != STATS_FORMAT or obj.get("version") != STATS_VERSION:
+        raise DataError(f"{path}: not a {STATS_FORMAT} v{STATS_VERSION} file (from train --export-stats)")
+    return obj
+
+
+def train_from_stats(paths: Sequence[Path], out: Path, opts: TrainOptions) -> TrainResult:
+    """Merge exported statistics and write the PCA model (and its card) they determine."""
+    from bridge.ml.heads import pca
+    from bridge.ml.heads.graph import assemble
+
+    opts.check()
+    if opts.kind != "pca":
+        raise ValueError(f"--from-stats: only --kind pca, not {opts.kind!r}")
+    sites = [_load_stats(p) for p in paths]
+    first = sites[0]
+    n_f = len(first["inputs"])
+    rows, wins = pca.Moments(0, np.zeros(n_f), np.zeros((n_f, n_f))), None
+    for path, site in zip(paths, sites, strict=True):
+        for key in ("inputs", "window", "period", "max_age"):
+            if site.get(key) != first.get(key):
+                raise DataError(f"{path}: {key} {site.get(key)!r} differs from {paths[0]}'s "
+                                f"{first.get(key)!r}; every site must export with the same options")
+        try:
+            r, w = pca.Moments.from_json(site["rows"], n_f), pca.Moments.from_json(site["window_means"], n_f)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{path}: bad statistics ({exc})") from exc
+        rows, wins = rows.merge(r), w if wins is None else wins.merge(w)
+    assert wins is not None  # paths is non-empty: the CLI requires one or more
+    front, cov = pca.front_from_moments(rows, wins)
+    part = pca.head_from_cov(cov)
+    threshold, median, quantile = pca.analytic_threshold(cov, opts.target_far, opts.effective_margin)
+    window_opts = TrainOptions(kind="pca", window=int(first["window"]), period=float(first["period"]),
+                               target_far=opts.target_far, margin=opts.margin, name=opts.name)
+    source = f"federated: {len(sites)} sites ({', '.join(s['source']['file'] for s in sites)})"
+    training: dict[str, Any] = {
+        "source": source, "rows": rows.count, "fit_rows": rows.count, "fit_windows": wins.count,
+        "bad_rows_dropped": sum(int(s["source"]["bad_rows_dropped"]) for s in sites),
+        "time_range": [min(s["source"]["time_range"][0] for s in sites),
+                       max(s["source"]["time_range"][1] for s in sites)],
+        "sha256": ",".join(s["source"]["sha256"] for s in sites),
+        "sites": [s["source"] for s in sites], "calibration": "analytic chi2 (T2, SPE independent)",
+        "target_far": opts.target_far, "margin": opts.effective_margin, "seed": opts.seed,
+    }
+    contract = _contract(opts.name or "pca_federated", window_opts, first["inputs"], part, threshold,
+                         training)
+    model = assemble(front, part, contract, f"plcbridge pca {RECIPE_VERSION} (federated)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(model.SerializeToString(deterministic=True))
+    result = TrainResult(out, out.with_suffix(".md"), contract, rows.count,
+                         training["bad_rows_dropped"], wins.count, 0, 0, quantile, median, list(part.card))
+    _federated_card(result, opts, len(sites))
+    return result
+
+
+def _federated_card(result: TrainResult, opts: TrainOptions, n_sites: int) -> None:
+    import hashlib
+
+    c, data = result.contract, result.path.read_bytes()
+    lines = [
+        f"# Model card: `{result.path.name}` ({c.name}, {c.kind} {c.version}, federated)",
+        "",
+        f"Merged from {n_sites} sites' statistics by `plcbridge train --kind pca --from-stats`. "
+        f"sha256 `{hashlib.sha256(data).hexdigest()}`, {len(data)} bytes. Contract: ONNX metadata "
+        "`plcbridge.contract`.",
+        "",
+        f"- Inputs: {', '.join(f'`{n}`' for n in c.inputs)}; window {c.window_length} x {c.period:g} s.",
+        f"- Pooled: {result.rows} good rows, {result.fit_windows} valid windows; "
+        f"{result.bad_rows} bad rows dropped at the sites.",
+        *[f"- {line}" for line in result.card_lines],
+        f"- Threshold (analytic, no held-out data): median {result.calib_median:.4g} + "
+        f"{opts.effective_margin:g} x (chi² quantile {1 - opts.target_far:g} = {result.calib_quantile:.4g} "
+        f"- median) = **{c.threshold:.6g}**. This assumes Gaussian features; real windows have heavier "
+        "tails, so measure the false-alarm rate with `plcbridge evaluate` on normal data from each "
+        "site before enabling write-back.",
+        "",
+    ]
+    result.card.write_text("\n".join(lines), encoding="utf-8")

@@ -1,0 +1,1 @@
+"""The running bridge: wiring, scheduling, stop order and the event store."""

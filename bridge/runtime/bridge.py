@@ -1,0 +1,350 @@
+"""Wires config → adapters → TagStore → ModelRunners → sinks, and runs them in one event loop.
+
+One APScheduler ``AsyncIOScheduler`` holds one interval job per device (poll) and one per
+model (score), each ``max_instances=1, coalesce=True`` so a slow device skips cycles instead
+of piling them up. uvicorn serves the API from the same loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from adapters import create_adapter
+from bridge.config import (
+    DEFAULT_MODEL,
+    Config,
+    ModbusDeviceConfig,
+    ModbusTagConfig,
+    OpcuaDeviceConfig,
+    OpcuaTagConfig,
+)
+from bridge.config.mqtt import MqttConfig
+from bridge.core.errors import ConfigError, ModelContractError
+from bridge.core.scores import Score, ScoreStore
+from bridge.core.tags import Reading, TagStore, bad
+from bridge.ports import Adapter
+from bridge.runtime.storage import EventStore
+from bridge.scoring.detector import Detector
+from bridge.scoring.runner import ModelRunner
+from bridge.scoring.updates import ModelUpdater
+from bridge.sinks.writeback import ModelWriteback
+
+__all__ = ["Bridge", "Sink"]
+
+log = logging.getLogger("plcbridge.runtime")
+
+AdapterFactory = Callable[[ModbusDeviceConfig | OpcuaDeviceConfig], Adapter]
+
+
+class Sink(Protocol):
+    """Something that consumes Scores (Modbus server, MQTT, metrics, ...).
+
+    ``on_score`` is called in the event loop right after each scoring cycle and must not
+    block: a sink that does I/O queues the Score and sends it from its own task, so a dead
+    broker never delays scoring, write-back or the API.
+    """
+
+    name: str
+
+    async def start(self, bridge: Bridge) -> None: ...
+
+    def on_score(self, score: Score) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def _mqtt_sink(config: MqttConfig) -> Sink:
+    try:
+        from bridge.sinks.mqtt import MqttSink  # aiomqtt only when [mqtt] is configured
+    except ImportError:
+        raise ConfigError(["mqtt: needs the MQTT client: pip install 'plcbridge[mqtt]'"]) from None
+    return MqttSink(config)  # raises ConfigError: password env/file, TLS files, spool_dir
+
+
+class Bridge:
+    """The running bridge. Construction validates models against the config (raises
+    ModelContractError); ``start()`` connects and schedules; ``stop()`` undoes it all."""
+
+    def __init__(self, config: Config, *, adapter_factory: AdapterFactory = create_adapter,
+                 speed: float = 1.0) -> None:
+        if speed <= 0:
+            raise ValueError("speed must be > 0")
+        self.config = config
+        # speed > 1 runs every interval (poll, model period, max age) that many times faster:
+        # tests and fast-forward demos drive a simulated plant running at the same speed.
+        self.speed = speed
+        self.started_at = time.time()
+        self.store = TagStore(config.tag_names(), config.bridge.history_size)
+        self.tags: dict[str, tuple[str, ModbusTagConfig | OpcuaTagConfig]] = {
+            tag.name: (device.name, tag) for device in config.devices for tag in device.tags
+        }
+        self.adapters: dict[str, Adapter] = {d.name: adapter_factory(d) for d in config.devices}
+        self._poll_budget = {d.name: self._watchdog_budget(d, self.adapters[d.name])
+                             for d in config.devices}
+        self.runners: dict[str, ModelRunner] = {}
+        self.writebacks: dict[str, ModelWriteback] = {}
+        models_folder = config.storage.data_dir / "models" if config.storage.data_dir else None
+        for index, model in enumerate(config.models):
+            path = Path(model.file) if model.file is not None else DEFAULT_MODEL
+            uploaded = ModelUpdater.stored_model(models_folder, model.name)
+            if uploaded is not None:
+                # An update accepted in an earlier run outlives the restart; rollback undoes it.
+                log.info("using uploaded model model=%s file=%s instead of %s", model.name, uploaded, path)
+                path = uploaded
+            try:
+                detector = Detector(path)
+            except ModelContractError as exc:
+                raise ModelContractError(f"models[{index}].file: {exc}") from None
+            slowest = max(config.device(self.tags[t][0]).poll_interval for t in model.input_tags)
+            runner = ModelRunner(model, detector, self.store,
+                                 default_max_age=2.5 * max(slowest, detector.contract.period),
+                                 speed=speed)
+            self.runners[model.name] = runner
+            if model.writeback is not None:
+                self.writebacks[model.name] = ModelWriteback(
+                    model.name, model.writeback, self.adapters[model.writeback.device],
+                    mode=config.writeback.mode, min_interval=config.writeback.min_interval)
+        self.scores = ScoreStore(self.runners, config.api.score_history)
+        self.storage: EventStore | None = None
+        if config.storage.data_dir is not None:
+            self.storage = EventStore(config.storage.data_dir, config.storage.retention_days)
+        self.events: list[dict[str, Any]] = []
+        self._anomalous: dict[str, bool] = dict.fromkeys(self.runners, False)
+        self._write_tasks: dict[str, asyncio.Task[None]] = {}
+        self._jobs: set[asyncio.Task[Any]] = set()
+        self._scheduler: AsyncIOScheduler | None = None
+        self.sinks: list[Sink] = []
+        if config.modbus_server.enabled:
+            from adapters.modbus.server import ModbusServerSink  # pymodbus server only if asked
+
+            self.sinks.append(ModbusServerSink(config.modbus_server))
+        if config.opcua_server.enabled:
+            from adapters.opcua.server import OpcuaServerSink  # asyncua server only if asked
+
+            self.sinks.append(OpcuaServerSink(config.opcua_server))  # ConfigError: password env/file
+        if config.mqtt is not None:
+            self.sinks.append(_mqtt_sink(config.mqtt))
+        self.updater = ModelUpdater(self)
+
+    @staticmethod
+    def _watchdog_budget(device: Any, adapter: Adapter) -> float:
+        """How long one poll may take before the watchdog calls the adapter stuck: every
+        request of the poll timing out on every retry (or, for a session protocol, a connect
+        bounded at two timeouts plus the read), with a margin, and never less than five poll
+        intervals."""
+        requests = max(1, len(getattr(adapter, "plan", ()) or ()))
+        attempts = getattr(device, "retries", 0) + 1
+        timeout = getattr(device, "timeout", 1.0)
+        worst = max(requests * attempts * timeout, 3 * timeout)
+        return float(max(5 * device.poll_interval, worst + 2.0))
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    def _track_job(self) -> None:
+        # Jobs in flight, so stop() can let them finish instead of cancelling them mid-request.
+        task = asyncio.current_task()
+        if task is not None:
+            self._jobs.add(task)
+            task.add_done_callback(self._jobs.discard)
+
+    async def poll_device(self, name: str) -> None:
+        self._track_job()
+        adapter = self.adapters[name]
+        budget = self._poll_budget[name]
+        started = time.perf_counter()
+        try:
+            readings = await asyncio.wait_for(adapter.read(), budget)
+        except TimeoutError:
+            # The adapter's own timeouts should have ended the poll long before this: it is
+            # stuck (a library bug, a half-open socket). Restart it rather than stall forever.
+            readings = await self._restart_stuck(name, budget)
+        self.store.put_many(readings)
+        elapsed = time.perf_counter() - started
+        for sink in self.sinks:
+            on_poll = getattr(sink, "on_poll", None)  # optional: poll-duration histograms
+            if on_poll is not None:
+                try:
+                    on_poll(name, elapsed)
+                except Exception:
+                    log.exception("sink failed sink=%s device=%s", sink.name, name)
+
+    async def _restart_stuck(self, name: str, budget: float) -> list[Reading]:
+        adapter = self.adapters[name]
+        reason = f"watchdog: poll did not finish in {budget:.1f} s, adapter restarted"
+        adapter.status.record_error("watchdog", reason)
+        log.error("device=%s %s", name, reason)
+        for step in (adapter.close, adapter.connect):
+            try:
+                await asyncio.wait_for(step(), budget)
+            except Exception as exc:  # the next poll retries; this one is already reported
+                log.debug("device=%s watchdog %s failed: %s", name, step.__name__, exc)
+        now = time.time()
+        return [bad(tag.name, reason, received_time=now) for tag in self.config.device(name).tags]
+
+    async def score_model(self, name: str) -> Score:
+        self._track_job()
+        score = self.runners[name].step()
+        self.scores.put(score)
+        if self.storage is not None:
+            self.storage.add_score(score)
+        self._track_events(score)
+        for sink in self.sinks:
+            try:
+                sink.on_score(score)
+            except Exception:  # one failing sink never stops scoring or the others
+                log.exception("sink failed sink=%s model=%s", sink.name, name)
+        writeback = self.writebacks.get(name)
+        if writeback is not None:
+            # A dead write-back device must not delay scoring: at most one write in flight per
+            # model, and a cycle that finds one still running skips its write.
+            running = self._write_tasks.get(name)
+            if running is None or running.done():
+                self._write_tasks[name] = asyncio.create_task(
+                    writeback.publish(score), name=f"plcbridge[{name}].writeback")
+            else:
+                writeback.stats.skipped_rate += 1
+        return score
+
+    def _track_events(self, score: Score) -> None:
+        was = self._anomalous[score.model]
+        kind = None
+        if score.anomaly and not was:
+            kind = "anomaly-start"
+            log.warning("anomaly started model=%s score=%.3f threshold=%.3f",
+                        score.model, score.score or 0.0, score.threshold)
+        elif was and score.window_valid and not score.anomaly:
+            kind = "anomaly-end"
+            log.info("anomaly cleared model=%s score=%.3f", score.model, score.score or 0.0)
+        if score.window_valid:
+            self._anomalous[score.model] = score.anomaly
+        if kind is None:
+            return
+        event: dict[str, Any] = {"model": score.model, "time": score.time, "kind": kind,
+                                 "score": score.score, "threshold": score.threshold,
+                                 "detail": {"contributions": score.contributions or {}}}
+        self.events.append(event)
+        del self.events[:-1000]  # bounded; the durable record is self.storage
+        if self.storage is not None:
+            self.storage.add_event(event)
+
+    async def flush_storage(self) -> None:
+        if self.storage is not None:
+            try:
+                await asyncio.to_thread(self.storage.flush)
+            except Exception:  # a full disk must not stop polling or scoring
+                log.exception("storage flush failed path=%s", self.storage.path)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await asyncio.gather(*(adapter.connect() for adapter in self.adapters.values()),
+                             return_exceptions=True)
+        pushed = await self._subscribe_all()
+        scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop(), timezone=UTC)
+        now = datetime.now(UTC)
+        phase = self._poll_phases()
+        for device in self.config.devices:
+            if device.name in pushed:
+                continue
+            scheduler.add_job(self.poll_device, "interval", args=[device.name],
+                              seconds=device.poll_interval / self.speed, id=f"poll:{device.name}",
+                              max_instances=1, coalesce=True,
+                              next_run_time=now + timedelta(seconds=phase[device.name] / self.speed),
+                              misfire_grace_time=None)
+        for runner in self.runners.values():
+            devices = {self.tags[tag][0] for tag in runner.tags}
+            # Sample just after the input devices' polls, not at the same instant: a window
+            # row taken before its poll would hold the previous poll's value, a whole poll
+            # interval late. The first run waits a full period, so the first row has data.
+            intervals = [self.config.device(d).poll_interval for d in devices]
+            margin = min(0.05, 0.25 * min(intervals))
+            offset = runner.period + max(phase[d] for d in devices) + margin
+            scheduler.add_job(self.score_model, "interval", args=[runner.name],
+                              seconds=runner.period / self.speed, id=f"score:{runner.name}",
+                              max_instances=1, coalesce=True,
+                              next_run_time=now + timedelta(seconds=offset / self.speed),
+                              misfire_grace_time=None)
+        if self.storage is not None:
+            scheduler.add_job(self.flush_storage, "interval", seconds=self.config.storage.flush_interval,
+                              id="storage:flush", max_instances=1, coalesce=True)
+        scheduler.start()
+        self._scheduler = scheduler
+        for sink in self.sinks:
+            await sink.start(self)
+        # Everything built so far (config, plans, models, the app) lives as long as the bridge:
+        # keep it out of the collector's generations, so full collections stay short at
+        # hundreds of devices (measured: ~130 ms -> ~45 ms per full collection at 100 devices).
+        gc.freeze()
+        log.info("bridge started devices=%d tags=%d models=%d writeback=%s",
+                 len(self.adapters), len(self.store), len(self.runners), self.config.writeback.mode)
+
+    def _poll_phases(self) -> dict[str, float]:
+        """Spread the devices' first polls over their interval, so hundreds of devices do not
+        all fire at the same instant and queue on shared lines and the event loop."""
+        devices = self.config.devices
+        return {d.name: d.poll_interval * index / len(devices) for index, d in enumerate(devices)}
+
+    def replace_runner(self, name: str, runner: ModelRunner) -> None:
+        """Swap a model's runner. Called in the event loop, so it lands between two cycles."""
+        old = self.runners[name]
+        self.runners[name] = runner
+        if self._scheduler is not None and runner.period != old.period:
+            self._scheduler.reschedule_job(f"score:{name}", trigger="interval",
+                                           seconds=runner.period / self.speed)
+
+    async def _subscribe_all(self) -> set[str]:
+        """Devices whose adapter pushes readings (e.g. OPC UA subscriptions) are not polled.
+
+        An adapter opts in with ``async subscribe(on_readings) -> bool``; True means it will
+        call ``on_readings`` with every change (and with bad-quality readings when it loses
+        the connection) from now on.
+        """
+        pushed: set[str] = set()
+        for name, adapter in self.adapters.items():
+            subscribe = getattr(adapter, "subscribe", None)
+            if subscribe is not None and await subscribe(self.store.put_many):
+                pushed.add(name)
+        return pushed
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop polling and scoring, leave fail-safe values in the PLC, flush storage, close.
+
+        Bounded by ``timeout``: a device that does not answer cannot hold up the shutdown.
+        """
+        started = self._scheduler is not None
+        if self._scheduler is not None:
+            self._scheduler.pause()  # no new jobs; the running ones finish (bounded)
+            running = [t for t in self._jobs if t is not asyncio.current_task()]
+            if running:
+                await asyncio.wait(running, timeout=timeout / 3)
+            self._scheduler.shutdown(wait=False)
+            self._scheduler = None
+        pending = [t for t in self._write_tasks.values() if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout / 3)
+        for task in pending:
+            task.cancel()
+        if self.writebacks and started:
+            _, late = await asyncio.wait(
+                [asyncio.create_task(wb.publish_fail_safe(), name=f"plcbridge[{name}].fail-safe")
+                 for name, wb in self.writebacks.items()], timeout=timeout / 3)
+            for task in late:
+                task.cancel()
+            if late:
+                log.error("fail-safe write-back did not finish within %.1f s", timeout / 3)
+        await asyncio.wait_for(
+            asyncio.gather(*(adapter.close() for adapter in self.adapters.values()),
+                           *(sink.stop() for sink in self.sinks if started),
+                           return_exceptions=True), timeout=timeout / 3)
+        if self.storage is not None:
+            self.storage.close()
+        log.info("bridge stopped")

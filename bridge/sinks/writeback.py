@@ -1,0 +1,201 @@
+"""Safety rules for everything the bridge writes to a device.
+
+Writes reach a device only when ``writeback.mode = "on"``, only to the targets a model's
+``writeback`` section declares, only with values inside the target's type and configured
+range, and no more often than ``min_interval`` per target. ``dry-run`` logs what would be
+written. A failing write is logged and counted; it never stops scoring or the API.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from bridge.config import NodeTarget, RegisterTarget, Target, WritebackConfig
+from bridge.core.errors import PlcBridgeError, WriteRefusedError
+from bridge.core.scores import Score
+
+__all__ = ["ModelWriteback", "WriteStats", "Writer", "check_value"]
+
+log = logging.getLogger("plcbridge.writeback")
+# Every write, dry-run write and refusal, one line each; bridge.runtime.storage routes it to a
+# bounded file of its own when a data directory is configured.
+audit = logging.getLogger("plcbridge.audit")
+
+_INT_LIMITS = {
+    "int16": (-(2**15), 2**15 - 1),
+    "uint16": (0, 2**16 - 1),
+    "int32": (-(2**31), 2**31 - 1),
+    "uint32": (0, 2**32 - 1),
+}
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+class Writer(Protocol):
+    async def write_many(self, items: Sequence[tuple[object, float]]) -> None: ...
+
+
+@dataclass
+class WriteStats:
+    written: int = 0
+    dry_run: int = 0
+    refused: int = 0
+    failed: int = 0
+    skipped_rate: int = 0
+    last_error: str | None = None
+    last_write: float | None = None
+    values: dict[str, float] = field(default_factory=dict)
+
+
+def place(target: Target) -> str:
+    """Where a target is, for logs and errors: ``holding 100`` or ``node ns=2;s=X``."""
+    if isinstance(target, NodeTarget):
+        return f"node {target.node_id}"
+    return f"holding {target.address}"
+
+
+def check_value(key: str, target: Target, value: float) -> None:
+    """Raise WriteRefusedError unless ``value`` fits the target's type and configured range."""
+    # A node's type is its DataType, known to the adapter only: it checks the encoding there.
+    kind = target.type if isinstance(target, RegisterTarget) else "node DataType"
+    where = f"{key} ({place(target)}, {kind})"
+    if not math.isfinite(value):
+        raise WriteRefusedError(f"{where}: value {value!r} is not finite")
+    limits = _INT_LIMITS.get(kind)
+    if limits is not None:
+        if value != int(value):
+            raise WriteRefusedError(f"{where}: value {value!r} is not an integer")
+        if not limits[0] <= value <= limits[1]:
+            raise WriteRefusedError(f"{where}: value {value!r} outside {limits[0]}..{limits[1]}")
+    elif kind == "float32" and abs(value) > _FLOAT32_MAX:
+        raise WriteRefusedError(f"{where}: value {value!r} does not fit float32")
+    if target.min is not None and value < target.min:
+        raise WriteRefusedError(f"{where}: value {value!r} below configured min {target.min}")
+    if target.max is not None and value > target.max:
+        raise WriteRefusedError(f"{where}: value {value!r} above configured max {target.max}")
+
+
+class ModelWriteback:
+    """Writes one model's Scores to the registers its config declares."""
+
+    def __init__(self, model: str, config: WritebackConfig, writer: Writer, *,
+                 mode: str, min_interval: float) -> None:
+        self.model = model
+        self.config = config
+        self.mode = mode
+        self.min_interval = min_interval
+        self.stats = WriteStats()
+        self._writer = writer
+        self._targets = config.targets()
+        self._last_sent: dict[str, float] = {}
+        self._heartbeat = 0
+        self._failing = False
+
+    def values_for(self, score: Score) -> dict[str, float]:
+        """The value each declared target receives for this Score.
+
+        When the window was not valid (stale or bad inputs, device down, model error) the
+        result cannot be vouched for: score and anomaly get their configured ``fail_safe``
+        value, or are left alone if none is configured; window_valid says 0.
+        """
+        values: dict[str, float] = {}
+        healthy = score.window_valid and score.score is not None and math.isfinite(score.score)
+        if healthy:
+            if "score" in self._targets:
+                values["score"] = float(score.score)  # type: ignore[arg-type]
+            if "anomaly" in self._targets:
+                values["anomaly"] = 1.0 if score.anomaly else 0.0
+        else:
+            values.update(self._fail_safe_values(("score", "anomaly")))
+        if "window_valid" in self._targets:
+            values["window_valid"] = 1.0 if healthy else 0.0
+        if "heartbeat" in self._targets:
+            values["heartbeat"] = float(self._heartbeat)
+        return values
+
+    def _fail_safe_values(self, keys: tuple[str, ...]) -> dict[str, float]:
+        return {key: target.fail_safe for key in keys
+                if (target := self._targets.get(key)) is not None and target.fail_safe is not None}
+
+    async def publish_fail_safe(self) -> None:
+        """At shutdown: leave the PLC with fail-safe values and window_valid = 0, so it does
+        not keep acting on the last result of a bridge that is gone. Ignores the rate limit."""
+        if self.mode == "off":
+            return
+        values = self._fail_safe_values(("score", "anomaly", "heartbeat"))
+        if "window_valid" in self._targets:
+            values["window_valid"] = 0.0
+        self._last_sent.clear()
+        batch = [(key, value) for key, value in values.items() if self._allowed(key, value, 0.0)]
+        await self._send(batch, time.monotonic())
+
+    async def publish(self, score: Score) -> None:
+        if self.mode == "off":
+            return
+        values = self.values_for(score)
+        heartbeat = self._targets.get("heartbeat")
+        if heartbeat is not None:
+            # A node heartbeat wraps like a uint16 too: every integer DataType holds 0..65535
+            # except the 8-bit ones and Int16, which nobody picks for a counter.
+            kind = heartbeat.type if isinstance(heartbeat, RegisterTarget) else "uint16"
+            high = _INT_LIMITS.get(kind, (0, 2**16 - 1))[1]
+            self._heartbeat = (self._heartbeat + 1) % (high + 1)
+        now = time.monotonic()
+        batch = [(key, value) for key, value in values.items() if self._allowed(key, value, now)]
+        await self._send(batch, now)
+
+    async def _send(self, batch: list[tuple[str, float]], now: float) -> None:
+        if not batch:
+            return
+        for key, _ in batch:
+            self._last_sent[key] = now
+        if self.mode == "dry-run":
+            self.stats.dry_run += len(batch)
+            for key, value in batch:
+                audit.info("dry-run model=%s device=%s target=%s at=%s value=%r",
+                           self.model, self.config.device, key, place(self._targets[key]), value)
+            return
+        try:
+            # One call: adjacent targets (score and flag) reach the device in one request.
+            await self._writer.write_many([(self._targets[key], value) for key, value in batch])
+        except PlcBridgeError as exc:
+            self.stats.failed += len(batch)
+            self.stats.last_error = str(exc)
+            self._audit(batch, f"failed: {exc}")
+            if not self._failing:
+                log.error("write failed model=%s device=%s targets=%s error=%s",
+                          self.model, self.config.device, ",".join(k for k, _ in batch), exc)
+            self._failing = True
+            return
+        self._audit(batch, "ok")
+        if self._failing:
+            log.info("writes recovered model=%s device=%s", self.model, self.config.device)
+        self._failing = False
+        self.stats.written += len(batch)
+        self.stats.last_write = time.time()
+        self.stats.values.update(batch)
+
+    def _allowed(self, key: str, value: float, now: float) -> bool:
+        """Rate limit and value checks for one target; a refusal is logged and counted."""
+        last = self._last_sent.get(key)
+        if last is not None and now - last < self.min_interval:
+            self.stats.skipped_rate += 1
+            return False
+        try:
+            check_value(key, self._targets[key], value)
+        except WriteRefusedError as exc:
+            self.stats.refused += 1
+            audit.warning("refused model=%s device=%s %s", self.model, self.config.device, exc)
+            return False
+        return True
+
+    def _audit(self, batch: list[tuple[str, float]], result: str) -> None:
+        if audit.isEnabledFor(logging.INFO):
+            for key, value in batch:
+                audit.info("write model=%s device=%s target=%s at=%s value=%r result=%s",
+                           self.model, self.config.device, key, place(self._targets[key]), value,
+                           result)
