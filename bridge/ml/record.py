@@ -26,7 +26,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
@@ -34,6 +33,7 @@ from bridge.config import DEFAULT_MODEL, Config, StorageSection, WritebackSectio
 from bridge.core.errors import ModelContractError
 from bridge.core.progress import ProgressLine, clock
 from bridge.core.tags import TagStore
+from bridge.core.timefmt import iso
 
 __all__ = ["RecordError", "RecordPlan", "RecordResult", "output_paths", "parse_duration", "plan",
            "record", "sample_row"]
@@ -156,10 +156,6 @@ class RecordResult:
     reasons: Counter[str] = field(default_factory=Counter)  # first problem -> rows
 
 
-def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")
-
-
 class Progress:
     """Recording progress in plant time, with an ETA in wall time."""
 
@@ -221,13 +217,13 @@ async def record(config: Config, rec: RecordPlan, path: Path, duration: float, *
                 values, problem = sample_row(bridge.store, rec.tags, time.time(), rec.max_age / speed)
                 stamp = t0_plant + tick * rec.period  # plant time on the period grid
                 cells = ["" if v is None else repr(v) for v in values]
-                out.write(";".join([_iso(stamp), *cells, "bad" if problem else "good"]) + "\n")
+                out.write(";".join([iso(stamp), *cells, "bad" if problem else "good"]) + "\n")
                 out.flush()  # a row on disk per period: Ctrl-C or kill keeps everything written
                 result.rows += 1
                 if problem:
                     result.bad_rows += 1
                     result.reasons[problem] += 1
-                    log.write(f"{_iso(stamp)} {problem}\n")
+                    log.write(f"{iso(stamp)} {problem}\n")
                     log.flush()
                 if progress is not None:
                     progress(tick * rec.period, result)

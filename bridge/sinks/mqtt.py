@@ -51,7 +51,8 @@ from bridge.core.aio import cancel_and_wait
 from bridge.core.backoff import Backoff
 from bridge.core.errors import ConfigError
 from bridge.core.scores import Score
-from bridge.sinks.mqtt_messages import MessageBuilder, iso
+from bridge.core.timefmt import iso
+from bridge.sinks.mqtt_messages import MessageBuilder
 from bridge.sinks.spool import Spool
 
 if TYPE_CHECKING:

@@ -7,27 +7,19 @@ complete, and the raw score when configured. The spool adds ``seq`` to each body
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from bridge.config.mqtt import MqttConfig
 from bridge.core.scores import Score
+from bridge.core.timefmt import finite as _finite
+from bridge.core.timefmt import iso
 
-__all__ = ["MessageBuilder", "iso"]
+__all__ = ["MessageBuilder"]
 
 Message = tuple[str, dict[str, Any]]
 
 
-def iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
-
-
-def _finite(value: float | None) -> float | None:
-    # JSON has no NaN/Inf: an unscored or non-finite score is null.
-    return value if value is not None and math.isfinite(value) else None
 
 
 @dataclass(slots=True)
