@@ -1,20 +1,46 @@
-"""The adapter interface: what the core needs from any protocol module."""
+"""The contracts between the layers: what the runtime needs from an adapter, what a sink gets.
+
+Adapters (``adapters/``) implement ``Adapter`` and, for devices that take write-back,
+``Writer``; sinks (``bridge/sinks/``, the server sinks in ``adapters/``) implement ``Sink``.
+A sink never sees the running ``Bridge``: it gets Scores, poll durations and a read-only
+``BridgeView`` (devices' status, models' status, latest score, start time). Everything a sink
+reads back about a scoring cycle travels in the Score itself (counters, inference time).
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
+from bridge.config import NodeTarget, RegisterTarget
+from bridge.core.scores import Score
 from bridge.core.tags import Reading
 
-__all__ = ["Adapter", "DeviceStatus"]
+__all__ = [
+    "Adapter",
+    "BridgeView",
+    "DeviceStatus",
+    "ModelStatus",
+    "OnReadings",
+    "Sink",
+    "SinkBase",
+    "WriteStats",
+    "WriteTarget",
+    "Writer",
+]
+
+WriteTarget = RegisterTarget | NodeTarget
+TargetT_contra = TypeVar("TargetT_contra", RegisterTarget, NodeTarget, contravariant=True)
+OnReadings = Callable[[list[Reading]], None]
 
 
 @dataclass
 class DeviceStatus:
-    """Per-device health, shown by /api/v1/health. Updated by the adapter only."""
+    """Per-device health, shown by /api/v1/health, /metrics and the server sinks. Updated by
+    the adapter only; everyone else reads it."""
 
     name: str
     connected: bool = False
@@ -47,24 +73,131 @@ class DeviceStatus:
         return sum(self.errors.values())
 
 
+@dataclass
+class WriteStats:
+    """One model's write-back counters (updated by the write-back sink only)."""
+
+    written: int = 0
+    dry_run: int = 0
+    refused: int = 0
+    failed: int = 0
+    skipped_rate: int = 0
+    last_error: str | None = None
+    last_write: float | None = None
+    values: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelStatus:
+    """A model as the sinks see it: a snapshot taken when asked (a model update makes a new
+    one), so holding it never pins an old ONNX session."""
+
+    name: str
+    version: str
+    path: Path  # the model file, for fingerprints; never shown to clients as is
+    inputs: tuple[str, ...]
+    period: float
+    threshold: float
+    scored: int
+    anomalies: int
+    writeback_device: str | None = None
+    writeback_mode: str | None = None
+    writeback: WriteStats | None = None
+
+
 @runtime_checkable
 class Adapter(Protocol):
-    """One device (one unit id / endpoint). Adapters raise typed errors from bridge.core.errors;
-    ``read`` never raises for a device fault: it returns bad-quality Readings with a reason."""
+    """One device (one unit id / endpoint), polled or subscribed.
+
+    Adapters raise typed errors from ``bridge.core.errors``; ``read`` never raises for a device
+    fault: it returns bad-quality Readings with a reason. Reconnect timing is the adapter's,
+    through ``bridge.core.backoff``.
+    """
 
     name: str
     status: DeviceStatus
+
+    @property
+    def requests_per_poll(self) -> int:
+        """Requests one ``read`` sends at most: the runtime's watchdog budget scales with it."""
+        ...
 
     async def connect(self) -> None: ...
 
     async def read(self) -> list[Reading]: ...
 
-    async def write(self, target: object, value: float) -> None:
-        """Write ``value`` to a write-back target (a config object the adapter understands)."""
-        ...
-
-    async def write_many(self, items: Sequence[tuple[object, float]]) -> None:
-        """Write several targets; adjacent ones change together (one request where possible)."""
+    async def subscribe(self, on_readings: OnReadings) -> bool:
+        """Push instead of poll: True means the adapter calls ``on_readings`` with every change
+        (and with bad-quality Readings when it loses the device) from now on, and the runtime
+        does not poll it. Adapters that only poll return False."""
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class Writer(Protocol[TargetT_contra]):
+    """An adapter that takes write-back values for the targets of its own protocol
+    (Modbus: ``RegisterTarget``; OPC UA: ``NodeTarget``). The config check guarantees a model's
+    targets match its device's protocol; the safety rules live in ``bridge.sinks.writeback``."""
+
+    async def write(self, target: TargetT_contra, value: float) -> None: ...
+
+    async def write_many(self, items: Sequence[tuple[TargetT_contra, float]]) -> None:
+        """Write several targets; adjacent ones change together (one request where possible)."""
+        ...
+
+
+class BridgeView(Protocol):
+    """What a sink may read of the running bridge. Read-only: nothing here changes state."""
+
+    @property
+    def started_at(self) -> float:
+        """UTC epoch seconds."""
+        ...
+
+    def devices(self) -> Mapping[str, DeviceStatus]:
+        """Every configured device's live status, in config order."""
+        ...
+
+    def models(self) -> Mapping[str, ModelStatus]:
+        """Every configured model, in config order (a fresh snapshot per call)."""
+        ...
+
+    def latest_score(self, model: str) -> Score | None: ...
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """Consumes Scores (Modbus/OPC UA server, MQTT, Prometheus, write-back, ...).
+
+    ``on_score`` and ``on_poll`` run in the event loop right after each cycle and must not
+    block: a sink that does I/O queues and sends from its own task, so a dead broker never
+    delays scoring, write-back or the API. ``status`` is the sink's own counters for
+    /api/v1/health (None: nothing to show).
+    """
+
+    name: str
+
+    async def start(self, view: BridgeView) -> None: ...
+
+    def on_score(self, score: Score) -> None: ...
+
+    def on_poll(self, device: str, seconds: float) -> None: ...
+
+    def status(self) -> Mapping[str, Any] | None: ...
+
+    async def stop(self) -> None: ...
+
+
+class SinkBase:
+    """Defaults for the optional parts of ``Sink``: most sinks ignore polls and show no
+    counters of their own."""
+
+    name: str
+
+    def on_poll(self, device: str, seconds: float) -> None:
+        return None
+
+    def status(self) -> Mapping[str, Any] | None:
+        return None

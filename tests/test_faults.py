@@ -91,7 +91,7 @@ class _HangsOnce:
         self._inner = inner
         self.name = inner.name
         self.status = inner.status
-        self.plan = getattr(inner, "plan", ())
+        self.requests_per_poll = inner.requests_per_poll
         self.hung = False
 
     async def connect(self) -> None:
@@ -103,11 +103,8 @@ class _HangsOnce:
             await asyncio.Event().wait()
         return await self._inner.read()
 
-    async def write(self, target: object, value: float) -> None:
-        await self._inner.write(target, value)
-
-    async def write_many(self, items: Any) -> None:
-        await self._inner.write_many(items)
+    async def subscribe(self, on_readings: Any) -> bool:
+        return await self._inner.subscribe(on_readings)
 
     async def close(self) -> None:
         await self._inner.close()

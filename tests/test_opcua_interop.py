@@ -28,7 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from adapters.opcua.client import OpcuaAdapter, OpcuaConnectError
-from bridge.config import OpcuaDeviceConfig, OpcuaTagConfig
+from bridge.config import NodeTarget, OpcuaDeviceConfig, OpcuaTagConfig
 from bridge.core.errors import DeviceExceptionError
 from bridge.core.tags import Quality, Reading
 from tests.opcua_servers import CLIENT_URI, Collected, free_port, make_cert
@@ -275,17 +275,13 @@ async def test_wrong_password_is_a_named_authentication_error(
 
 
 async def test_write_many_to_node_opcua(peer: NodePeer, adapters: list[OpcuaAdapter]) -> None:
-    @dataclass(frozen=True)
-    class Target:
-        node_id: str
-
     adapter = OpcuaAdapter(device(peer, names=["Bridge.Score"]))
     adapters.append(adapter)
-    await adapter.write_many([(Target(peer.node("Bridge.Score")), 1.5)])
+    await adapter.write_many([(NodeTarget(node_id=peer.node("Bridge.Score")), 1.5)])
     [reading] = await adapter.read()
     assert reading.value == 1.5
     with pytest.raises(DeviceExceptionError, match=r"BadNotWritable|BadUserAccessDenied"):
-        await adapter.write(Target(peer.node("Bridge.ReadOnly")), 1.0)
+        await adapter.write(NodeTarget(node_id=peer.node("Bridge.ReadOnly")), 1.0)
 
 
 async def test_resubscribe_after_node_opcua_restart(tmp_path: Path, certs: Certs,

@@ -222,7 +222,7 @@ async def test_secure_sink_vets_the_channel_not_the_claim(
                     "password_env": "PLCBRIDGE_TEST_SINK_PW"}
     bridge = Bridge(demo_config(free_port(), api_port=0))
     sink = OpcuaServerSink(OpcuaServerConfig.model_validate(options))
-    await sink.start(bridge)
+    await sink.start(bridge.view)
     try:
         client = Client(sink.url, timeout=5)
         client.application_uri = CLIENT_URI
@@ -268,7 +268,7 @@ async def test_a_refused_activation_cannot_borrow_a_trusted_session(
         "enabled": True, "port": 0, "security_policy": "Basic256Sha256", "security_mode": "Sign",
         "certificate": server_cert, "private_key": server_key, "trusted_clients": tmp_path / "trusted",
         "allow_anonymous": False, "username": "scada", "password_env": "PLCBRIDGE_TEST_SINK_PW"}))
-    await sink.start(bridge)
+    await sink.start(bridge.view)
     legit = Client(sink.url, timeout=5)
     evil = Client(sink.url, timeout=5)
     try:
@@ -312,7 +312,7 @@ async def test_clients_cannot_change_the_address_space() -> None:
     node-management service and attribute write to a non-admin user: checked, not assumed)."""
     bridge = Bridge(demo_config(free_port(), api_port=0))
     sink = OpcuaServerSink(sink_config())
-    await sink.start(bridge)
+    await sink.start(bridge.view)
     try:
         async with Client(sink.url, timeout=5) as client:
             ns = await client.get_namespace_index(NS_URI)

@@ -144,7 +144,7 @@ async def serve(bridge: Bridge, **options: Any) -> OpcuaServerSink:
                                                "refresh_interval": 0.1, **options})
     sink = OpcuaServerSink(config)
     bridge.sinks.append(sink)
-    await sink.start(bridge)
+    await sink.start(bridge.view)
     return sink
 
 

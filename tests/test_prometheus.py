@@ -32,7 +32,9 @@ def _app(bridge: Bridge, tokens: TokenSet | None = None) -> FastAPI:
     # What the owner's create_app does: the same read scope as /api/v1.
     tokens = tokens or TokenSet([])
     app = create_app(bridge, tokens)
-    app.include_router(metrics_router(bridge, dependencies=[Depends(require_scope(tokens, "read"))]))
+    metrics = bridge.sink(PrometheusMetrics)
+    assert metrics is not None  # [metrics] is on by default: the runtime built the sink
+    app.include_router(metrics_router(metrics, dependencies=[Depends(require_scope(tokens, "read"))]))
     return app
 
 
@@ -93,8 +95,7 @@ async def test_metrics_equal_bridge_state(sim: SimulatorHandle, bridge: Bridge) 
         assert _one(samples, "plcbridge_model_writeback_total", model="pump", result=result) \
             == getattr(wb, result)
     inference = _one(samples, "plcbridge_model_inference_duration_seconds_count", model="pump")
-    # Needs ModelRunner.last_inference_seconds (the owner's one-line timing hook in scoring.py).
-    assert inference == (runner.scored if hasattr(runner, "last_inference_seconds") else 0)
+    assert inference == runner.scored  # one observation per scored window, from the Score
     assert _one(samples, "plcbridge_build_info", version=__version__) == 1
     assert _one(samples, "plcbridge_start_time_seconds") == bridge.started_at
 
@@ -155,18 +156,15 @@ async def test_metrics_need_the_read_token_when_tokens_are_configured(bridge: Br
     assert _one(samples, "plcbridge_device_connected", device="plant") == 0  # never polled
 
 
-async def test_inference_hook_and_separate_registries(bridge: Bridge) -> None:
-    metrics = PrometheusMetrics.for_bridge(bridge)
-    assert PrometheusMetrics.for_bridge(bridge) is metrics and bridge.sinks.count(metrics) == 1
-    runner = bridge.runners["pump"]
-    runner.last_inference_seconds = 0.0002  # type: ignore[attr-defined]  # what scoring.py sets
-    metrics.on_score(Score("pump", time.time(), 0.1, 1.0, False, True))
-    runner.last_inference_seconds = None  # type: ignore[attr-defined]  # window not scored
-    metrics.on_score(Score("pump", time.time(), None, 1.0, False, False))
+async def test_inference_time_from_the_score_and_separate_registries(bridge: Bridge) -> None:
+    metrics = bridge.sink(PrometheusMetrics)
+    assert metrics is not None and sum(isinstance(s, PrometheusMetrics) for s in bridge.sinks) == 1
+    metrics.on_score(Score("pump", time.time(), 0.1, 1.0, False, True, inference_seconds=0.0002))
+    metrics.on_score(Score("pump", time.time(), None, 1.0, False, False))  # not scored: no time
     text = metrics.exposition().decode()
     assert 'plcbridge_model_inference_duration_seconds_count{model="pump"} 1.0' in text
     assert 'plcbridge_model_inference_duration_seconds_sum{model="pump"} 0.0002' in text
     # A second bridge's metrics live in their own registry: no duplicate-series error.
-    other = PrometheusMetrics(bridge)
+    other = PrometheusMetrics(bridge.view)
     assert other.registry is not metrics.registry
     assert 'plcbridge_model_inference_duration_seconds_count{model="pump"} 0.0' in other.exposition().decode()

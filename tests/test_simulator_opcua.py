@@ -7,14 +7,13 @@ a fault exactly like holding register 200 on the Modbus side; the demo model sco
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import pytest
 import pytest_asyncio
 
 from adapters.opcua.client import OpcuaAdapter
 from adapters.sim.opcua import OpcuaSimulatorHandle, opcua_demo_config, start_opcua_simulator
-from bridge.config import OpcuaDeviceConfig
+from bridge.config import NodeTarget, OpcuaDeviceConfig
 from bridge.core.errors import DeviceExceptionError
 from bridge.core.tags import Quality, Reading
 from bridge.runtime.bridge import Bridge
@@ -31,11 +30,6 @@ async def sim() -> AsyncIterator[OpcuaSimulatorHandle]:
     handle = await start_opcua_simulator("127.0.0.1", 0, seed=3, step=0.01, speed=SPEED)
     yield handle
     await handle.stop()
-
-
-@dataclass(frozen=True)
-class Target:
-    node_id: str
 
 
 def device(sim: OpcuaSimulatorHandle) -> OpcuaDeviceConfig:
@@ -68,17 +62,17 @@ async def test_subscribe_reads_plausible_values_and_fault_code_injects(
             assert low <= reading.value <= high, (name, reading.value)
         assert latest["running"].value is True and latest["fault"].value == 0.0
 
-        await adapter.write(Target(sim.node_id("Pump.FaultCode")), 4)        # cavitation
+        await adapter.write(NodeTarget(node_id=sim.node_id("Pump.FaultCode")), 4)        # cavitation
         assert sim.modbus.plant.active_fault == "cavitation"
         assert sim.modbus.holding(200) == [4]                               # same plant as Modbus
         await until(lambda: latest["fault"].value == 4.0, 5, "fault code read back")
         with pytest.raises(DeviceExceptionError, match="BadOutOfRange"):
-            await adapter.write(Target(sim.node_id("Pump.FaultCode")), 7)
+            await adapter.write(NodeTarget(node_id=sim.node_id("Pump.FaultCode")), 7)
         assert sim.modbus.plant.active_fault == "cavitation"
-        await adapter.write(Target(sim.node_id("Pump.FaultCode")), 0)
+        await adapter.write(NodeTarget(node_id=sim.node_id("Pump.FaultCode")), 0)
         assert sim.modbus.plant.active_fault is None
         with pytest.raises(DeviceExceptionError, match=r"BadNotWritable|BadUserAccessDenied"):
-            await adapter.write(Target(sim.node_id("Pump.Pressure")), 1.0)
+            await adapter.write(NodeTarget(node_id=sim.node_id("Pump.Pressure")), 1.0)
     finally:
         await adapter.close()
 

@@ -43,7 +43,7 @@ from bridge.core.errors import (
     NotConnectedError,
 )
 from bridge.core.tags import Quality, Reading, bad, good
-from bridge.ports import DeviceStatus
+from bridge.ports import DeviceStatus, OnReadings
 
 _MAX_WRITE = 123  # registers per FC16 request (Modbus limit)
 _GOOD = Quality.GOOD
@@ -199,6 +199,13 @@ class ModbusAdapter:
         self.plan = plan_reads(
             config.tags, max_registers=config.max_registers, max_bits=config.max_bits,
             max_gap=config.max_gap)
+
+    @property
+    def requests_per_poll(self) -> int:
+        return len(self._plan)
+
+    async def subscribe(self, on_readings: OnReadings) -> bool:
+        return False  # Modbus has no push: the runtime polls
 
     @property
     def plan(self) -> list[ReadRequest]:
@@ -458,11 +465,11 @@ class ModbusAdapter:
             log.debug("device still failing device=%s kind=%s reason=%r",
                       self.name, first.kind, first.reason)
 
-    async def write(self, target: object, value: float) -> None:
-        """Write ``value`` to one holding-register ``target`` (a RegisterTarget); see write_many."""
+    async def write(self, target: RegisterTarget, value: float) -> None:
+        """Write ``value`` to one holding-register ``target``; see write_many."""
         await self.write_many([(target, value)])
 
-    async def write_many(self, items: Sequence[tuple[object, float]]) -> None:
+    async def write_many(self, items: Sequence[tuple[RegisterTarget, float]]) -> None:
         """Write several holding-register targets, merging adjacent ones into one FC16 request.
 
         A PLC reading score and flag must never see one updated and the other not, so targets
@@ -489,11 +496,9 @@ class ModbusAdapter:
                     raise DeviceExceptionError(self.name, failure.code, failure.reason) from None
                 raise NotConnectedError(self.name, failure.reason) from None
 
-    def _write_blocks(self, items: Sequence[tuple[object, float]]) -> list[tuple[int, list[int]]]:
+    def _write_blocks(self, items: Sequence[tuple[RegisterTarget, float]]) -> list[tuple[int, list[int]]]:
         encoded: list[tuple[int, list[int]]] = []
         for target, value in items:
-            if not isinstance(target, RegisterTarget):
-                raise TypeError(f"target must be a RegisterTarget, not {type(target).__name__}")
             registers = encode(value, target.type, target.byte_order or self.config.byte_order,
                                target.word_order or self.config.word_order)
             assert len(registers) == target.registers  # the codec and config agree on widths

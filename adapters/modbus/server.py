@@ -15,7 +15,6 @@ import asyncio
 import logging
 import math
 import time
-from typing import TYPE_CHECKING
 
 from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
@@ -38,9 +37,7 @@ from adapters.modbus.register_map import (
 from bridge.config.servers import MAP_WORDS, ModbusServerConfig
 from bridge.core.aio import cancel_and_wait
 from bridge.core.scores import Score
-
-if TYPE_CHECKING:  # runtime imports adapters: no import cycle at run time
-    from bridge.runtime.bridge import Bridge
+from bridge.ports import BridgeView, SinkBase
 
 __all__ = ["ModbusServerSink"]
 
@@ -66,7 +63,7 @@ def _device(config: ModbusServerConfig, action: object) -> SimDevice:
                      action=action)  # type: ignore[arg-type]
 
 
-class ModbusServerSink:
+class ModbusServerSink(SinkBase):
     """Serves the register map of ``adapters.modbus.register_map`` for the models and devices that have
     a slot in ``config``. ``port`` is the bound port once started (``port = 0`` works)."""
 
@@ -78,7 +75,7 @@ class ModbusServerSink:
         self._image = [0] * MAP_WORDS
         self._heartbeat: dict[str, int] = dict.fromkeys(config.models, 0)
         self._alive = 0
-        self._bridge: Bridge | None = None
+        self._view: BridgeView | None = None
         self._server: ModbusTcpServer | None = None
         self._task: asyncio.Task[None] | None = None
         self._put(header_start(config), _HEADER["layout_version"], LAYOUT_VERSION)
@@ -114,26 +111,22 @@ class ModbusServerSink:
         self._put(start, _MODEL["window_valid"], int(score.window_valid))
         self._put(start, _MODEL["heartbeat"], self._heartbeat[score.model])
         self._put(start, _MODEL["score_time"], int(score.time))
-        self._model_counters(score.model, start)
+        self._put(start, _MODEL["windows_scored"], score.scored)
+        self._put(start, _MODEL["anomalies"], score.anomalies)
 
-    def _model_counters(self, model: str, start: int) -> None:
-        runner = self._bridge.runners.get(model) if self._bridge is not None else None
-        if runner is not None:
-            self._put(start, _MODEL["windows_scored"], runner.scored)
-            self._put(start, _MODEL["anomalies"], runner.anomalies)
-
-    async def start(self, bridge: Bridge) -> None:
-        self._bridge = bridge
+    async def start(self, view: BridgeView) -> None:
+        self._view = view
+        models = view.models()
         for model, slot in self.config.models.items():
-            runner = bridge.runners.get(model)
-            if runner is None:
+            status = models.get(model)
+            if status is None:
                 continue
             start = model_start(self.config, slot)
-            self._put(start, _MODEL["model_version"], model_fingerprint(runner.detector.path))
-            latest = bridge.scores.latest(model)
-            if latest is None:  # the threshold is known before the first score
-                self._put(start, _MODEL["threshold"], runner.threshold)
-            self._model_counters(model, start)
+            self._put(start, _MODEL["model_version"], model_fingerprint(status.path))
+            if view.latest_score(model) is None:  # the threshold is known before the first score
+                self._put(start, _MODEL["threshold"], status.threshold)
+            self._put(start, _MODEL["windows_scored"], status.scored)
+            self._put(start, _MODEL["anomalies"], status.anomalies)
         self.refresh()
 
         async def action(fc: int, start: int, address: int, count: int, regs: list[int],
@@ -159,19 +152,19 @@ class ModbusServerSink:
 
     def refresh(self, now: float | None = None) -> None:
         """Rewrite the header and device blocks from the bridge's state."""
-        bridge = self._bridge
-        if bridge is None:
+        view = self._view
+        if view is None:
             return
         now = time.time() if now is None else now
         self._alive = (self._alive + 1) & 0xFFFF
         header = header_start(self.config)
         self._put(header, _HEADER["alive"], self._alive)
-        self._put(header, _HEADER["uptime"], now - bridge.started_at)
+        self._put(header, _HEADER["uptime"], now - view.started_at)
+        devices = view.devices()
         for name, slot in self.config.devices.items():
-            adapter = bridge.adapters.get(name)
-            if adapter is None:
+            status = devices.get(name)
+            if status is None:
                 continue
-            status = adapter.status
             start = device_start(self.config, slot)
             self._put(start, _DEVICE["connected"], int(status.connected))
             self._put(start, _DEVICE["errors"], status.error_count)
@@ -180,8 +173,6 @@ class ModbusServerSink:
             self._put(start, _DEVICE["poll_latency_ms"], latency)
             age = 0xFFFF if status.last_success is None else now - status.last_success
             self._put(start, _DEVICE["last_success_age_s"], age)
-        for model, slot in self.config.models.items():
-            self._model_counters(model, model_start(self.config, slot))
 
     async def _refresh_loop(self) -> None:
         while True:

@@ -52,12 +52,12 @@ from adapters.opcua.session import (
     teardown,
 )
 from adapters.opcua.trust import UntrustedCertificate, check_server_certificate, first_certificate
-from adapters.opcua.write import encode_for, target_limits, variant_type_of
-from bridge.config import OpcuaDeviceConfig
+from adapters.opcua.write import encode_for, variant_type_of
+from bridge.config import NodeTarget, OpcuaDeviceConfig
 from bridge.core.backoff import Backoff
 from bridge.core.errors import DeviceExceptionError, DeviceTimeoutError, NotConnectedError
 from bridge.core.tags import Reading, bad
-from bridge.ports import DeviceStatus
+from bridge.ports import DeviceStatus, OnReadings
 
 __all__ = ["OpcuaAdapter", "OpcuaConnectError", "quality_of", "to_value"]
 
@@ -122,7 +122,7 @@ class OpcuaAdapter:
         self._subscription: Subscription | None = None
         self._consumer: asyncio.Task[None] | None = None
         self._supervisor: asyncio.Task[None] | None = None
-        self._on_readings: Callable[[list[Reading]], None] | None = None
+        self._on_readings: OnReadings | None = None
         self._lost: asyncio.Event | None = None
         self._attempts = 0
         self._next_attempt = 0.0  # monotonic time before which poll-mode reads do not reconnect
@@ -404,7 +404,13 @@ class OpcuaAdapter:
 
     # ---- subscribe mode
 
-    async def subscribe(self, on_readings: Callable[[list[Reading]], None]) -> bool:
+    @property
+    def requests_per_poll(self) -> int:
+        # One Read service call per poll; splitting by the server's MaxNodesPerRead happens
+        # inside it and the whole poll shares one timeout.
+        return 1
+
+    async def subscribe(self, on_readings: OnReadings) -> bool:
         """Mode "subscribe": push Readings to ``on_readings`` from now on and return True.
         Mode "poll": return False (the runtime polls ``read``)."""
         if self.config.mode != "subscribe":
@@ -542,24 +548,21 @@ class OpcuaAdapter:
 
     # ---- write-back
 
-    async def write(self, target: object, value: float) -> None:
-        """Write ``value`` to one node ``target`` (any object with ``node_id``); see write_many."""
+    async def write(self, target: NodeTarget, value: float) -> None:
+        """Write ``value`` to one node ``target``; see write_many."""
         await self.write_many([(target, value)])
 
-    async def write_many(self, items: Sequence[tuple[object, float]]) -> None:
+    async def write_many(self, items: Sequence[tuple[NodeTarget, float]]) -> None:
         """Write several nodes in one Write request, each value encoded as its node's DataType
         (read once per node and cached) and checked against the target's ``min``/``max``
-        (or ``valid_min``/``valid_max``). Nothing is sent if any value is refused
+        Nothing is sent if any value is refused
         (WriteRefusedError). Raises NotConnectedError, DeviceTimeoutError, or
         DeviceExceptionError(code = the StatusCode) for device failures."""
         if not items:
             return
         node_ids: list[ua.NodeId] = []
         for target, _ in items:
-            text = getattr(target, "node_id", None)
-            if not isinstance(text, str):
-                raise TypeError(f"target must have a node_id, not {type(target).__name__}")
-            node_ids.append(ua.NodeId.from_string(text))
+            node_ids.append(ua.NodeId.from_string(target.node_id))
         if self._client is None or (self._lost is not None and self._lost.is_set()):
             await self._drop(graceful=False)
             await self._open()  # raises OpcuaConnectError (a NotConnectedError)
@@ -582,7 +585,7 @@ class OpcuaAdapter:
                 values = [
                     ua.DataValue(encode_for(f"{self.name} {n.to_string()}",
                                             self._write_types[n.to_string()], value,
-                                            *target_limits(target)))
+                                            target.min, target.max))
                     for n, (target, value) in zip(node_ids, items, strict=True)]
                 results = await client.uaclient.write_attributes(node_ids, values,
                                                                  ua.AttributeIds.Value)

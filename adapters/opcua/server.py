@@ -29,7 +29,7 @@ import os
 import socket
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from asyncua import Server, ua
 from asyncua.common.utils import ServiceError
@@ -43,9 +43,7 @@ from bridge.config.opcua_server import OpcuaServerConfig
 from bridge.core.aio import cancel_and_wait
 from bridge.core.errors import ConfigError
 from bridge.core.scores import Score
-
-if TYPE_CHECKING:  # runtime imports adapters: no import cycle at run time
-    from bridge.runtime.bridge import Bridge
+from bridge.ports import BridgeView, SinkBase
 
 __all__ = ["OpcuaServerSink", "free_tcp_port"]
 
@@ -168,7 +166,7 @@ def _data_value(value: Any, kind: ua.VariantType, status: int = ua.StatusCodes.G
                         SourceTimestamp=source_time or now, ServerTimestamp=now)  # type: ignore[arg-type]
 
 
-class OpcuaServerSink:
+class OpcuaServerSink(SinkBase):
     """Serves the bridge's Scores and device health over OPC UA. ``port`` is the bound port
     once started (``port = 0`` in the config picks a free one)."""
 
@@ -179,7 +177,8 @@ class OpcuaServerSink:
         self.port: int | None = None
         self._password = _password(config)  # a missing env var fails at construction, as MQTT
         self._trusted = _load_trusted(config.trusted_clients) if config.trusted_clients else None
-        self._bridge: Bridge | None = None
+        self._view: BridgeView | None = None
+        self._models: frozenset[str] = frozenset()  # the nodes built at start
         self._server: Server | None = None
         self._ns = 0
         self._pending: dict[str, Score] = {}
@@ -201,13 +200,14 @@ class OpcuaServerSink:
     # -- Sink -----------------------------------------------------------------------------
 
     def on_score(self, score: Score) -> None:
-        if self._bridge is None or score.model not in self._bridge.runners:
+        if score.model not in self._models:
             return
         self._pending[score.model] = score  # only the latest matters to a subscriber
         self._wake.set()
 
-    async def start(self, bridge: Bridge) -> None:
-        self._bridge = bridge
+    async def start(self, view: BridgeView) -> None:
+        self._view = view
+        self._models = frozenset(view.models())
         port = self.config.port
         for attempt in range(5):
             self.port = port or free_tcp_port(self.config.host)
@@ -221,7 +221,7 @@ class OpcuaServerSink:
         log.info("opcua server listening endpoint=%s security=%s/%s anonymous=%s models=%d "
                  "devices=%d", self.url, self.config.security_policy,
                  self.config.effective_security_mode, self.config.allow_anonymous,
-                 len(bridge.runners), len(bridge.adapters))
+                 len(self._models), len(view.devices()))
 
     async def stop(self) -> None:
         """Stop updating and serving; close client sessions. Idempotent."""
@@ -281,11 +281,12 @@ class OpcuaServerSink:
             raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
 
     async def _build(self, server: Server) -> None:
-        bridge = self._bridge
-        assert bridge is not None
+        view = self._view
+        assert view is not None
+        models = view.models()
         root = await server.nodes.objects.add_folder(self.node_id("plcbridge"), self._qname("plcbridge"))
-        for kind, names, variables in (("Models", list(bridge.runners), _MODEL_VARIABLES),
-                                       ("Devices", list(bridge.adapters), _DEVICE_VARIABLES)):
+        for kind, names, variables in (("Models", list(models), _MODEL_VARIABLES),
+                                       ("Devices", list(view.devices()), _DEVICE_VARIABLES)):
             folder = await root.add_folder(self.node_id(kind), self._qname(kind))
             for name in names:
                 item = await folder.add_folder(self.node_id(f"{kind}.{name}"), self._qname(name))
@@ -293,14 +294,14 @@ class OpcuaServerSink:
                     # add_variable leaves AccessLevel at CurrentRead: read-only for clients.
                     await item.add_variable(self.node_id(f"{kind}.{name}.{variable}"), self._qname(variable),
                                             ua.Variant(initial, vtype), varianttype=vtype)
-        for name, runner in bridge.runners.items():
-            latest = bridge.scores.latest(name)
+        for name, model in models.items():
+            latest = view.latest_score(name)
             if latest is not None:
                 self._pending[name] = latest
             else:  # the threshold and version are known before the first score
-                await self._write(server, f"Models.{name}.Threshold", runner.threshold,
+                await self._write(server, f"Models.{name}.Threshold", model.threshold,
                                   ua.VariantType.Double)
-                await self._write(server, f"Models.{name}.Version", runner.detector.version,
+                await self._write(server, f"Models.{name}.Version", model.version,
                                   ua.VariantType.String)
                 await self._write(server, f"Models.{name}.Score", None, ua.VariantType.Double,
                                   ua.StatusCodes.BadWaitingForInitialData)
@@ -332,10 +333,9 @@ class OpcuaServerSink:
                           source_time=when)
 
     async def _refresh_devices(self, server: Server) -> None:
-        bridge = self._bridge
-        assert bridge is not None
-        for name, adapter in bridge.adapters.items():
-            status = adapter.status
+        view = self._view
+        assert view is not None
+        for name, status in view.devices().items():
             base = f"Devices.{name}"
             await self._write(server, f"{base}.Connected", status.connected, ua.VariantType.Boolean)
             if status.last_success is not None:

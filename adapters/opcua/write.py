@@ -8,7 +8,7 @@ from asyncua import ua
 
 from bridge.core.errors import WriteRefusedError
 
-__all__ = ["encode_for", "target_limits", "variant_type_of"]
+__all__ = ["encode_for", "variant_type_of"]
 
 _INT_RANGES: dict[ua.VariantType, tuple[int, int]] = {
     ua.VariantType.SByte: (-(2**7), 2**7 - 1),
@@ -31,13 +31,6 @@ def variant_type_of(data_type: ua.NodeId) -> ua.VariantType | None:
         return ua.VariantType(data_type.Identifier)
     except ValueError:
         return None
-
-
-def target_limits(target: object) -> tuple[float | None, float | None]:
-    """Configured range of a write target: ``min``/``max`` or ``valid_min``/``valid_max``."""
-    low = getattr(target, "min", getattr(target, "valid_min", None))
-    high = getattr(target, "max", getattr(target, "valid_max", None))
-    return low, high
 
 
 def encode_for(where: str, kind: ua.VariantType | None, value: float,

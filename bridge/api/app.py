@@ -250,9 +250,11 @@ def create_app(bridge: Bridge, tokens: TokenSet | None = None) -> FastAPI:
 
     app.include_router(api)
     if bridge.config.metrics.enabled:
-        from bridge.sinks.prometheus import metrics_router  # prometheus-client only if asked
+        from bridge.sinks.prometheus import PrometheusMetrics, metrics_router  # only if asked
 
-        app.include_router(metrics_router(bridge, dependencies=[Depends(require_scope(tokens, "read"))]))
+        metrics = bridge.sink(PrometheusMetrics)
+        if metrics is not None:  # the runtime builds it when [metrics] is enabled
+            app.include_router(metrics_router(metrics, dependencies=[Depends(require_scope(tokens, "read"))]))
     from bridge.api.dashboard import mount_dashboard
 
     mount_dashboard(app)  # last: the mount at / only gets paths no route above matched

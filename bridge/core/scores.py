@@ -20,6 +20,11 @@ class Score:
     reason: str = ""
     contributions: dict[str, float] | None = None
     version: str = ""  # of the model that produced it: results stay traceable across updates
+    # The model's counters after this cycle and the ONNX Runtime time it took (None when the
+    # window was not scored): sinks read them here instead of reaching back into the runner.
+    scored: int = 0
+    anomalies: int = 0
+    inference_seconds: float | None = None
 
 
 class ScoreStore:

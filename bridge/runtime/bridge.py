@@ -11,63 +11,66 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, TypeVar
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from adapters import create_adapter
-from bridge.config import (
-    DEFAULT_MODEL,
-    Config,
-    ModbusDeviceConfig,
-    ModbusTagConfig,
-    OpcuaDeviceConfig,
-    OpcuaTagConfig,
-)
-from bridge.config.mqtt import MqttConfig
+from bridge.config import DEFAULT_MODEL, Config, ModbusTagConfig, OpcuaTagConfig
 from bridge.core.errors import ConfigError, ModelContractError
 from bridge.core.scores import Score, ScoreStore
 from bridge.core.tags import Reading, TagStore, bad
-from bridge.ports import Adapter
+from bridge.ports import Adapter, DeviceStatus, ModelStatus, Sink, Writer
+from bridge.runtime.sinks import AdapterFactory, build_sinks
 from bridge.runtime.storage import EventStore
 from bridge.scoring.detector import Detector
 from bridge.scoring.runner import ModelRunner
 from bridge.scoring.updates import ModelUpdater
-from bridge.sinks.writeback import ModelWriteback
+from bridge.sinks.writeback import ModelWriteback, WritebackSink
 
-__all__ = ["Bridge", "Sink"]
+__all__ = ["Bridge"]
 
 log = logging.getLogger("plcbridge.runtime")
 
-AdapterFactory = Callable[[ModbusDeviceConfig | OpcuaDeviceConfig], Adapter]
+SinkT = TypeVar("SinkT")
 
 
-class Sink(Protocol):
-    """Something that consumes Scores (Modbus server, MQTT, metrics, ...).
+class _View:
+    """The read-only ``BridgeView`` the sinks get: live device statuses, model snapshots,
+    latest scores. Holds the bridge's own dicts, so a model update shows at the next call."""
 
-    ``on_score`` is called in the event loop right after each scoring cycle and must not
-    block: a sink that does I/O queues the Score and sends it from its own task, so a dead
-    broker never delays scoring, write-back or the API.
-    """
+    def __init__(self, bridge: Bridge) -> None:
+        self._adapters = bridge.adapters
+        self._runners = bridge.runners
+        self._scores = bridge.scores
+        self._writeback = bridge.writeback
+        self._started_at = bridge.started_at
 
-    name: str
+    @property
+    def started_at(self) -> float:
+        return self._started_at
 
-    async def start(self, bridge: Bridge) -> None: ...
+    def devices(self) -> Mapping[str, DeviceStatus]:
+        return {name: adapter.status for name, adapter in self._adapters.items()}
 
-    def on_score(self, score: Score) -> None: ...
+    def models(self) -> Mapping[str, ModelStatus]:
+        return {name: self._model(name, runner) for name, runner in self._runners.items()}
 
-    async def stop(self) -> None: ...
+    def _model(self, name: str, runner: ModelRunner) -> ModelStatus:
+        wb = self._writeback.models.get(name)
+        return ModelStatus(
+            name=name, version=runner.detector.version, path=runner.detector.path,
+            inputs=tuple(runner.tags), period=runner.period, threshold=runner.threshold,
+            scored=runner.scored, anomalies=runner.anomalies,
+            writeback_device=None if wb is None else wb.config.device,
+            writeback_mode=None if wb is None else wb.mode,
+            writeback=None if wb is None else wb.stats)
 
-
-def _mqtt_sink(config: MqttConfig) -> Sink:
-    try:
-        from bridge.sinks.mqtt import MqttSink  # aiomqtt only when [mqtt] is configured
-    except ImportError:
-        raise ConfigError(["mqtt: needs the MQTT client: pip install 'plcbridge[mqtt]'"]) from None
-    return MqttSink(config)  # raises ConfigError: password env/file, TLS files, spool_dir
+    def latest_score(self, model: str) -> Score | None:
+        return self._scores.latest(model) if model in self._scores else None
 
 
 class Bridge:
@@ -91,7 +94,7 @@ class Bridge:
         self._poll_budget = {d.name: self._watchdog_budget(d, self.adapters[d.name])
                              for d in config.devices}
         self.runners: dict[str, ModelRunner] = {}
-        self.writebacks: dict[str, ModelWriteback] = {}
+        writebacks: dict[str, ModelWriteback] = {}
         models_folder = config.storage.data_dir / "models" if config.storage.data_dir else None
         for index, model in enumerate(config.models):
             path = Path(model.file) if model.file is not None else DEFAULT_MODEL
@@ -110,30 +113,36 @@ class Bridge:
                                  speed=speed)
             self.runners[model.name] = runner
             if model.writeback is not None:
-                self.writebacks[model.name] = ModelWriteback(
-                    model.name, model.writeback, self.adapters[model.writeback.device],
+                writer = self.adapters[model.writeback.device]
+                if not isinstance(writer, Writer):
+                    raise ConfigError([f"models[{index}].writeback.device: "
+                                       f"{model.writeback.device!r} does not take write-back"])
+                writebacks[model.name] = ModelWriteback(
+                    model.name, model.writeback, writer,
                     mode=config.writeback.mode, min_interval=config.writeback.min_interval)
         self.scores = ScoreStore(self.runners, config.api.score_history)
+        self.writeback = WritebackSink(writebacks)
         self.storage: EventStore | None = None
         if config.storage.data_dir is not None:
             self.storage = EventStore(config.storage.data_dir, config.storage.retention_days)
         self.events: list[dict[str, Any]] = []
         self._anomalous: dict[str, bool] = dict.fromkeys(self.runners, False)
-        self._write_tasks: dict[str, asyncio.Task[None]] = {}
         self._jobs: set[asyncio.Task[Any]] = set()
         self._scheduler: AsyncIOScheduler | None = None
-        self.sinks: list[Sink] = []
-        if config.modbus_server.enabled:
-            from adapters.modbus.server import ModbusServerSink  # pymodbus server only if asked
+        self.view = _View(self)
+        # Write-back first: it is the sink that can hold a line's safety state, and at stop it
+        # leaves fail-safe values while the adapters are still open.
+        self.sinks: list[Sink] = [self.writeback, *build_sinks(config, self.view)]
+        self.updater = ModelUpdater(self.store, self.runners, self.replace_runner,
+                                    folder=models_folder, speed=speed)
 
-            self.sinks.append(ModbusServerSink(config.modbus_server))
-        if config.opcua_server.enabled:
-            from adapters.opcua.server import OpcuaServerSink  # asyncua server only if asked
+    @property
+    def writebacks(self) -> Mapping[str, ModelWriteback]:
+        return self.writeback.models
 
-            self.sinks.append(OpcuaServerSink(config.opcua_server))  # ConfigError: password env/file
-        if config.mqtt is not None:
-            self.sinks.append(_mqtt_sink(config.mqtt))
-        self.updater = ModelUpdater(self)
+    def sink(self, kind: type[SinkT]) -> SinkT | None:
+        """The configured sink of this class, if any (the API mounts /metrics from it)."""
+        return next((s for s in self.sinks if isinstance(s, kind)), None)
 
     @staticmethod
     def _watchdog_budget(device: Any, adapter: Adapter) -> float:
@@ -141,9 +150,9 @@ class Bridge:
         request of the poll timing out on every retry (or, for a session protocol, a connect
         bounded at two timeouts plus the read), with a margin, and never less than five poll
         intervals."""
-        requests = max(1, len(getattr(adapter, "plan", ()) or ()))
-        attempts = getattr(device, "retries", 0) + 1
-        timeout = getattr(device, "timeout", 1.0)
+        requests = max(1, adapter.requests_per_poll)
+        attempts = getattr(device, "retries", 0) + 1  # OPC UA devices have no retries key
+        timeout = device.timeout
         worst = max(requests * attempts * timeout, 3 * timeout)
         return float(max(5 * device.poll_interval, worst + 2.0))
 
@@ -170,12 +179,10 @@ class Bridge:
         self.store.put_many(readings)
         elapsed = time.perf_counter() - started
         for sink in self.sinks:
-            on_poll = getattr(sink, "on_poll", None)  # optional: poll-duration histograms
-            if on_poll is not None:
-                try:
-                    on_poll(name, elapsed)
-                except Exception:
-                    log.exception("sink failed sink=%s device=%s", sink.name, name)
+            try:
+                sink.on_poll(name, elapsed)
+            except Exception:  # one failing sink never stops polling or the others
+                log.exception("sink failed sink=%s device=%s", sink.name, name)
 
     async def _restart_stuck(self, name: str, budget: float) -> list[Reading]:
         adapter = self.adapters[name]
@@ -202,16 +209,6 @@ class Bridge:
                 sink.on_score(score)
             except Exception:  # one failing sink never stops scoring or the others
                 log.exception("sink failed sink=%s model=%s", sink.name, name)
-        writeback = self.writebacks.get(name)
-        if writeback is not None:
-            # A dead write-back device must not delay scoring: at most one write in flight per
-            # model, and a cycle that finds one still running skips its write.
-            running = self._write_tasks.get(name)
-            if running is None or running.done():
-                self._write_tasks[name] = asyncio.create_task(
-                    writeback.publish(score), name=f"plcbridge[{name}].writeback")
-            else:
-                writeback.stats.skipped_rate += 1
         return score
 
     def _track_events(self, score: Score) -> None:
@@ -279,7 +276,7 @@ class Bridge:
         scheduler.start()
         self._scheduler = scheduler
         for sink in self.sinks:
-            await sink.start(self)
+            await sink.start(self.view)
         # Everything built so far (config, plans, models, the app) lives as long as the bridge:
         # keep it out of the collector's generations, so full collections stay short at
         # hundreds of devices (measured: ~130 ms -> ~45 ms per full collection at 100 devices).
@@ -302,23 +299,20 @@ class Bridge:
                                            seconds=runner.period / self.speed)
 
     async def _subscribe_all(self) -> set[str]:
-        """Devices whose adapter pushes readings (e.g. OPC UA subscriptions) are not polled.
-
-        An adapter opts in with ``async subscribe(on_readings) -> bool``; True means it will
-        call ``on_readings`` with every change (and with bad-quality readings when it loses
-        the connection) from now on.
-        """
+        """Devices whose adapter pushes readings (``Adapter.subscribe`` returned True, e.g. OPC
+        UA subscriptions) are not polled."""
         pushed: set[str] = set()
         for name, adapter in self.adapters.items():
-            subscribe = getattr(adapter, "subscribe", None)
-            if subscribe is not None and await subscribe(self.store.put_many):
+            if await adapter.subscribe(self.store.put_many):
                 pushed.add(name)
         return pushed
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """Stop polling and scoring, leave fail-safe values in the PLC, flush storage, close.
+        """Stop in one order: scheduler (running jobs finish), then sinks (write-back leaves
+        fail-safe values in the PLC), then adapters; then flush and close storage.
 
-        Bounded by ``timeout``: a device that does not answer cannot hold up the shutdown.
+        Each step is bounded (jobs and adapters ``timeout / 3``, sinks ``2 * timeout / 3``): a
+        device that does not answer cannot hold up the shutdown.
         """
         started = self._scheduler is not None
         if self._scheduler is not None:
@@ -328,23 +322,28 @@ class Bridge:
                 await asyncio.wait(running, timeout=timeout / 3)
             self._scheduler.shutdown(wait=False)
             self._scheduler = None
-        pending = [t for t in self._write_tasks.values() if not t.done()]
-        if pending:
-            await asyncio.wait(pending, timeout=timeout / 3)
-        for task in pending:
-            task.cancel()
-        if self.writebacks and started:
-            _, late = await asyncio.wait(
-                [asyncio.create_task(wb.publish_fail_safe(), name=f"plcbridge[{name}].fail-safe")
-                 for name, wb in self.writebacks.items()], timeout=timeout / 3)
-            for task in late:
-                task.cancel()
-            if late:
-                log.error("fail-safe write-back did not finish within %.1f s", timeout / 3)
-        await asyncio.wait_for(
-            asyncio.gather(*(adapter.close() for adapter in self.adapters.values()),
-                           *(sink.stop() for sink in self.sinks if started),
-                           return_exceptions=True), timeout=timeout / 3)
+        if started:
+            # Write-back waits for the writes in flight, then writes the fail-safe values: it
+            # gets two thirds, as both had a third each before write-back became a sink.
+            self.writeback.stop_timeout = 2 * timeout / 3
+            await self._bounded("sinks", [sink.stop() for sink in self.sinks], 2 * timeout / 3)
+        await self._bounded("adapters", [adapter.close() for adapter in self.adapters.values()],
+                            timeout / 3)
         if self.storage is not None:
             self.storage.close()
         log.info("bridge stopped")
+
+    @staticmethod
+    async def _bounded(what: str, steps: list[Any], timeout: float) -> None:
+        tasks = [asyncio.ensure_future(step) for step in steps]
+        if not tasks:
+            return
+        done, late = await asyncio.wait(tasks, timeout=timeout)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late)
+            log.error("%d of %d %s did not stop within %.1f s", len(late), len(tasks), what, timeout)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("stopping %s failed: %s", what, task.exception())

@@ -56,7 +56,6 @@ class ModelRunner:
         self.windows = WindowBuilder(store, self.tags, contract.window_length, max_age / speed)
         self.scored = 0
         self.anomalies = 0
-        self.last_inference_seconds: float | None = None
 
     @property
     def name(self) -> str:
@@ -68,7 +67,6 @@ class ModelRunner:
         return self.score_window(window)
 
     def score_window(self, window: Window) -> Score:
-        self.last_inference_seconds = None
         if not window.valid:
             return self._unscored(window, window.reason)
         started = time.perf_counter()
@@ -77,7 +75,7 @@ class ModelRunner:
         except Exception as exc:  # an inference fault must not stop the bridge; report it
             log.exception("inference failed model=%s", self.name)
             return self._unscored(window, f"inference error: {exc}")
-        self.last_inference_seconds = time.perf_counter() - started
+        seconds = time.perf_counter() - started
         if not np.isfinite(value):
             return self._unscored(window, "model returned a non-finite score")
         anomaly = value >= self.threshold  # the contract: anomalous at or above
@@ -88,8 +86,8 @@ class ModelRunner:
             features = self.detector.contract.inputs
             contributions = {f: float(c) for f, c in zip(features, contrib, strict=False)}
         return Score(self.name, window.time, float(value), self.threshold, anomaly, True, "",
-                     contributions, self.detector.version)
+                     contributions, self.detector.version, self.scored, self.anomalies, seconds)
 
     def _unscored(self, window: Window, reason: str) -> Score:
         return Score(self.name, window.time, None, self.threshold, False, False, reason,
-                     version=self.detector.version)
+                     version=self.detector.version, scored=self.scored, anomalies=self.anomalies)

@@ -16,17 +16,16 @@ import asyncio
 import logging
 import os
 import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from bridge.core.errors import ModelContractError
+from bridge.core.tags import TagStore
 from bridge.scoring.detector import Detector
 from bridge.scoring.runner import ModelRunner
-
-if TYPE_CHECKING:
-    from bridge.runtime.bridge import Bridge
 
 __all__ = ["ModelUpdater"]
 
@@ -34,10 +33,18 @@ log = logging.getLogger("plcbridge.models")
 
 
 class ModelUpdater:
-    def __init__(self, bridge: Bridge) -> None:
-        self._bridge = bridge
-        data_dir = bridge.config.storage.data_dir
-        self.folder: Path | None = data_dir / "models" if data_dir is not None else None
+    """Validates and swaps models. It sees the tag store (reference windows), the live runners
+    (read only) and ``swap``, the runtime's callback that puts a runner in place between two
+    cycles; ``folder`` is ``<data_dir>/models`` or None; ``speed`` as the runtime's."""
+
+    def __init__(self, store: TagStore, runners: Mapping[str, ModelRunner],
+                 swap: Callable[[str, ModelRunner], None], *, folder: Path | None,
+                 speed: float = 1.0) -> None:
+        self._store = store
+        self._runners = runners
+        self._replace = swap
+        self._speed = speed
+        self.folder = folder
         self.previous: dict[str, ModelRunner] = {}
         self._lock = asyncio.Lock()  # one update at a time: validation is not free
 
@@ -52,7 +59,7 @@ class ModelUpdater:
     async def install(self, name: str, data: bytes, source: str) -> ModelRunner:
         """Validate ``data`` as the new model for ``name`` and swap it in. Raises
         ModelContractError (nothing changed) or KeyError (no such model)."""
-        old = self._bridge.runners[name]
+        old = self._runners[name]
         async with self._lock:
             candidate = await asyncio.to_thread(self._write_candidate, name, data)
             try:
@@ -67,7 +74,7 @@ class ModelUpdater:
 
     async def rollback(self, name: str) -> ModelRunner:
         """Restore the model the last update replaced. Raises KeyError if there is none."""
-        current = self._bridge.runners[name]
+        current = self._runners[name]
         async with self._lock:
             previous = self.previous.pop(name)
             if self.folder is not None:
@@ -81,7 +88,7 @@ class ModelUpdater:
         results: dict[str, str] = {}
         if self.folder is None:
             return results
-        for name in list(self._bridge.runners):
+        for name in list(self._runners):
             path = self.folder / "incoming" / f"{name}.onnx"
             if not path.is_file():
                 continue
@@ -111,9 +118,8 @@ class ModelUpdater:
 
     def _validate(self, old: ModelRunner, candidate: Path) -> ModelRunner:
         detector = Detector(candidate)
-        bridge = self._bridge
-        runner = ModelRunner(old.config, detector, bridge.store,
-                             default_max_age=old.windows.max_age * bridge.speed, speed=bridge.speed)
+        runner = ModelRunner(old.config, detector, self._store,
+                             default_max_age=old.windows.max_age * self._speed, speed=self._speed)
         reference = self._reference_window(old, runner)
         value, _ = detector.score(reference)
         if not np.isfinite(value):
@@ -129,7 +135,7 @@ class ModelUpdater:
             return live.values
         row = np.zeros(len(new.tags), dtype=np.float32)
         for column, tag in enumerate(new.tags):
-            reading = self._bridge.store.latest(tag)
+            reading = self._store.latest(tag)
             value = reading.numeric() if reading is not None else None
             row[column] = value if value is not None else 0.0
         return np.tile(row, (new.windows.length, 1))
@@ -158,7 +164,7 @@ class ModelUpdater:
 
     def _swap(self, name: str, old: ModelRunner, new: ModelRunner, source: str) -> None:
         new.scored, new.anomalies = old.scored, old.anomalies
-        self._bridge.replace_runner(name, new)
+        self._replace(name, new)
         self.previous[name] = old
         log.warning("model replaced model=%s from_version=%s to_version=%s source=%s",
                     name, old.detector.version, new.detector.version, source)

@@ -52,13 +52,12 @@ from bridge.core.backoff import Backoff
 from bridge.core.errors import ConfigError
 from bridge.core.scores import Score
 from bridge.core.timefmt import iso
+from bridge.ports import BridgeView, SinkBase
 from bridge.sinks.mqtt_messages import MessageBuilder
 from bridge.sinks.spool import Spool
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-
-    from bridge.runtime.bridge import Bridge
 
 __all__ = ["MqttSink", "MqttStats"]
 
@@ -85,8 +84,8 @@ class MqttStats:
     last_error_time: float | None = None
 
 
-class MqttSink:
-    """Implements ``bridge.runtime.bridge.Sink``. Construction reads the password and TLS files and
+class MqttSink(SinkBase):
+    """Implements ``bridge.ports.Sink``. Construction reads the password and TLS files and
     raises ConfigError if they are unusable, so a bad setup stops ``plcbridge run`` early."""
 
     name = "mqtt"
@@ -113,7 +112,7 @@ class MqttSink:
 
     # -- Sink protocol ----------------------------------------------------------------------
 
-    async def start(self, bridge: Bridge | None = None) -> None:
+    async def start(self, view: BridgeView | None = None) -> None:
         # One thread for all spool I/O: SQLite calls are serialized and never block the loop.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="plcbridge-mqtt-spool")
         if self._spool is None:  # started again after stop()

@@ -1,11 +1,10 @@
 """Prometheus metrics at ``GET /metrics`` (text format 0.0.4, or OpenMetrics when asked for).
 
-Most values already live in the bridge (device status, runner counters, latest scores), so a
-custom collector reads them at scrape time: nothing to keep in sync, no cost between scrapes.
-Only distributions need observations as they happen; ``PrometheusMetrics`` is a Sink for
-that: ``on_score`` observes inference time (when the runner measures it, see
-``last_inference_seconds``) and ``on_poll`` observes poll duration (the runtime calls it after
-each poll).
+Most values already live in the bridge (device status, model counters, latest scores), so a
+custom collector reads them through the sinks' ``BridgeView`` at scrape time: nothing to keep
+in sync, no cost between scrapes. Only distributions need observations as they happen;
+``PrometheusMetrics`` is a Sink for that: ``on_score`` observes the inference time the Score
+carries and ``on_poll`` observes poll duration (the runtime calls it after each poll).
 
 Each ``PrometheusMetrics`` has its own ``CollectorRegistry``, never the process-global one,
 so several bridges in one process (tests) never collide, and no process/platform metrics
@@ -26,7 +25,7 @@ from prometheus_client.registry import Collector
 
 from bridge import __version__
 from bridge.core.scores import Score
-from bridge.runtime.bridge import Bridge
+from bridge.ports import BridgeView, SinkBase
 
 __all__ = ["BridgeCollector", "PrometheusMetrics", "metrics_router"]
 
@@ -41,8 +40,8 @@ class BridgeCollector(Collector):
     """Reads the bridge's state at scrape time; every value is exactly what /api/v1/health
     and /api/v1/models/{name}/score show."""
 
-    def __init__(self, bridge: Bridge) -> None:
-        self.bridge = bridge
+    def __init__(self, view: BridgeView) -> None:
+        self.view = view
 
     def collect(self) -> Iterable[Metric]:
         yield from self._process()
@@ -54,7 +53,7 @@ class BridgeCollector(Collector):
                                  labels=["version"])
         info.add_metric([__version__], 1)
         start = GaugeMetricFamily("plcbridge_start_time_seconds", "when the bridge started, UTC epoch s")
-        start.add_metric([], self.bridge.started_at)
+        start.add_metric([], self.view.started_at)
         return [info, start]
 
     def _devices(self) -> Iterable[Metric]:
@@ -70,8 +69,7 @@ class BridgeCollector(Collector):
                                     "time of the last good poll, UTC epoch s", labels=["device"])
         reconnects = CounterMetricFamily("plcbridge_device_reconnects",
                                          "connections re-established after one was lost", labels=["device"])
-        for name, adapter in self.bridge.adapters.items():
-            status = adapter.status
+        for name, status in self.view.devices().items():
             connected.add_metric([name], int(status.connected))
             polls.add_metric([name], status.polls)
             reconnects.add_metric([name], status.reconnects)
@@ -103,67 +101,52 @@ class BridgeCollector(Collector):
                                         "windows scored at or above the threshold", labels=labels)
         writeback = CounterMetricFamily("plcbridge_model_writeback",
                                         "write-back cycles by result", labels=["model", "result"])
-        for name, runner in self.bridge.runners.items():
-            latest = self.bridge.scores.latest(name)
-            threshold.add_metric([name], runner.threshold)
-            scored.add_metric([name], runner.scored)
-            anomalies.add_metric([name], runner.anomalies)
+        for name, model in self.view.models().items():
+            latest = self.view.latest_score(name)
+            threshold.add_metric([name], model.threshold)
+            scored.add_metric([name], model.scored)
+            anomalies.add_metric([name], model.anomalies)
             if latest is not None:
                 score.add_metric([name], math.nan if latest.score is None else latest.score)
                 anomaly.add_metric([name], int(latest.anomaly))
                 valid.add_metric([name], int(latest.window_valid))
                 last.add_metric([name], latest.time)
-            wb = self.bridge.writebacks.get(name)
-            if wb is not None:
+            if model.writeback is not None:
                 for result in _WRITEBACK_RESULTS:
-                    writeback.add_metric([name, result], getattr(wb.stats, result))
+                    writeback.add_metric([name, result], getattr(model.writeback, result))
         return [score, threshold, anomaly, valid, last, scored, anomalies, writeback]
 
 
-class PrometheusMetrics:
+class PrometheusMetrics(SinkBase):
     """The registry behind /metrics, and the Sink that feeds its histograms."""
 
     name = "prometheus"
 
-    def __init__(self, bridge: Bridge) -> None:
-        self.bridge = bridge
+    def __init__(self, view: BridgeView) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(BridgeCollector(bridge))
+        self.registry.register(BridgeCollector(view))
         self.poll_duration = Histogram(
             "plcbridge_device_poll_duration_seconds", "duration of each poll, failed ones included",
             ["device"], registry=self.registry, buckets=POLL_BUCKETS)
         self.inference_duration = Histogram(
             "plcbridge_model_inference_duration_seconds", "ONNX Runtime time per scored window",
             ["model"], registry=self.registry, buckets=INFERENCE_BUCKETS)
-        for name in bridge.adapters:  # every series exists from the first scrape, at 0
+        for name in view.devices():  # every series exists from the first scrape, at 0
             self.poll_duration.labels(name)
-        for name in bridge.runners:
+        for name in view.models():
             self.inference_duration.labels(name)
-
-    @classmethod
-    def for_bridge(cls, bridge: Bridge) -> PrometheusMetrics:
-        """The bridge's metrics sink, attached to ``bridge.sinks`` on first use (idempotent)."""
-        for sink in bridge.sinks:
-            if isinstance(sink, cls):
-                return sink
-        metrics = cls(bridge)
-        bridge.sinks.append(metrics)
-        return metrics
 
     # -- Sink -----------------------------------------------------------------------------
 
-    async def start(self, bridge: Bridge) -> None:
+    async def start(self, view: BridgeView) -> None:
         return None  # nothing to connect: the API server serves the registry
 
     async def stop(self) -> None:
         return None
 
     def on_score(self, score: Score) -> None:
-        runner = self.bridge.runners.get(score.model)
-        # Set by ModelRunner around detector.score(); None for a window that was not scored.
-        seconds = getattr(runner, "last_inference_seconds", None)
-        if seconds is not None:
-            self.inference_duration.labels(score.model).observe(seconds)
+        if score.inference_seconds is not None:  # None: the window was not scored
+            self.inference_duration.labels(score.model).observe(score.inference_seconds)
 
     def on_poll(self, device: str, seconds: float) -> None:
         """Called by the runtime after each poll of ``device`` with its wall-clock duration."""
@@ -176,12 +159,9 @@ class PrometheusMetrics:
         return generate_latest(self.registry)
 
 
-def metrics_router(bridge: Bridge, *, dependencies: Sequence[Any] = ()) -> APIRouter:
-    """``GET /metrics``; pass the API's read-scope dependency so a token guards it the same way.
-
-    Attaches ``PrometheusMetrics`` to ``bridge.sinks`` if it is not there yet.
-    """
-    metrics = PrometheusMetrics.for_bridge(bridge)
+def metrics_router(metrics: PrometheusMetrics, *, dependencies: Sequence[Any] = ()) -> APIRouter:
+    """``GET /metrics`` for the runtime's metrics sink; pass the API's read-scope dependency so
+    a token guards it the same way."""
     router = APIRouter(dependencies=list(dependencies))
 
     # async on purpose: the scrape then runs in the event loop, between the jobs that change

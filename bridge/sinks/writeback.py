@@ -8,18 +8,19 @@ written. A failing write is logged and counted; it never stops scoring or the AP
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Any
 
 from bridge.config import NodeTarget, RegisterTarget, Target, WritebackConfig
 from bridge.core.errors import PlcBridgeError, WriteRefusedError
 from bridge.core.scores import Score
+from bridge.ports import BridgeView, SinkBase, Writer, WriteStats
 
-__all__ = ["ModelWriteback", "WriteStats", "Writer", "check_value"]
+__all__ = ["ModelWriteback", "WritebackSink", "check_value", "place"]
 
 log = logging.getLogger("plcbridge.writeback")
 # Every write, dry-run write and refusal, one line each; bridge.runtime.storage routes it to a
@@ -33,22 +34,6 @@ _INT_LIMITS = {
     "uint32": (0, 2**32 - 1),
 }
 _FLOAT32_MAX = 3.4028234663852886e38
-
-
-class Writer(Protocol):
-    async def write_many(self, items: Sequence[tuple[object, float]]) -> None: ...
-
-
-@dataclass
-class WriteStats:
-    written: int = 0
-    dry_run: int = 0
-    refused: int = 0
-    failed: int = 0
-    skipped_rate: int = 0
-    last_error: str | None = None
-    last_write: float | None = None
-    values: dict[str, float] = field(default_factory=dict)
 
 
 def place(target: Target) -> str:
@@ -82,7 +67,7 @@ def check_value(key: str, target: Target, value: float) -> None:
 class ModelWriteback:
     """Writes one model's Scores to the registers its config declares."""
 
-    def __init__(self, model: str, config: WritebackConfig, writer: Writer, *,
+    def __init__(self, model: str, config: WritebackConfig, writer: Writer[Any], *,
                  mode: str, min_interval: float) -> None:
         self.model = model
         self.config = config
@@ -199,3 +184,57 @@ class ModelWriteback:
                 audit.info("write model=%s device=%s target=%s at=%s value=%r result=%s",
                            self.model, self.config.device, key, place(self._targets[key]), value,
                            result)
+
+
+class WritebackSink(SinkBase):
+    """Write-back as a sink: each Score goes to its model's ``ModelWriteback`` in a task of its
+    own, so a dead write-back device never delays scoring or the other sinks. At most one
+    write is in flight per model; a cycle that finds one still running skips its write (and
+    counts it as rate-skipped). ``stop`` lets the writes in flight finish, then leaves the
+    fail-safe values, bounded by ``stop_timeout`` (the runtime sets it from its stop budget).
+    """
+
+    name = "writeback"
+
+    def __init__(self, models: Mapping[str, ModelWriteback], *, stop_timeout: float = 20 / 3) -> None:
+        self.models = dict(models)
+        self.stop_timeout = stop_timeout
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._started = False
+
+    async def start(self, view: BridgeView) -> None:
+        self._started = True
+
+    def on_score(self, score: Score) -> None:
+        writeback = self.models.get(score.model)
+        if writeback is None:
+            return
+        running = self._tasks.get(score.model)
+        if running is None or running.done():
+            self._tasks[score.model] = asyncio.create_task(
+                writeback.publish(score), name=f"plcbridge[{score.model}].writeback")
+        else:
+            writeback.stats.skipped_rate += 1
+
+    def status(self) -> Mapping[str, Any] | None:
+        return None  # per-model counters are in each model's status (health, /metrics)
+
+    async def stop(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        half = self.stop_timeout / 2
+        pending = [t for t in self._tasks.values() if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=half)
+        for task in pending:
+            task.cancel()
+        if not self.models:
+            return
+        _, late = await asyncio.wait(
+            [asyncio.create_task(wb.publish_fail_safe(), name=f"plcbridge[{name}].fail-safe")
+             for name, wb in self.models.items()], timeout=half)
+        for task in late:
+            task.cancel()
+        if late:
+            log.error("fail-safe write-back did not finish within %.1f s", half)

@@ -1,0 +1,43 @@
+"""Which sinks and adapters a config asks for, built without importing what it does not use.
+
+The server sinks live beside their protocol's client in ``adapters/`` and the MQTT sink needs
+aiomqtt: each is imported only when its section is enabled, so a Modbus-only bridge never
+loads asyncua (~25 MB) and a bridge without ``[mqtt]`` runs without aiomqtt installed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from bridge.config import Config, ModbusDeviceConfig, OpcuaDeviceConfig
+from bridge.core.errors import ConfigError
+from bridge.ports import Adapter, BridgeView, Sink
+
+__all__ = ["AdapterFactory", "build_sinks"]
+
+AdapterFactory = Callable[[ModbusDeviceConfig | OpcuaDeviceConfig], Adapter]
+
+
+def build_sinks(config: Config, view: BridgeView) -> list[Sink]:
+    """The configured sinks other than write-back, in a fixed order. Raises ConfigError when
+    a sink's files, secrets or library are unusable, before anything connects."""
+    sinks: list[Sink] = []
+    if config.modbus_server.enabled:
+        from adapters.modbus.server import ModbusServerSink
+
+        sinks.append(ModbusServerSink(config.modbus_server))
+    if config.opcua_server.enabled:
+        from adapters.opcua.server import OpcuaServerSink
+
+        sinks.append(OpcuaServerSink(config.opcua_server))  # ConfigError: password env/file
+    if config.mqtt is not None:
+        try:
+            from bridge.sinks.mqtt import MqttSink
+        except ImportError:
+            raise ConfigError(["mqtt: needs the MQTT client: pip install 'plcbridge[mqtt]'"]) from None
+        sinks.append(MqttSink(config.mqtt))  # ConfigError: password env/file, TLS files, spool_dir
+    if config.metrics.enabled:
+        from bridge.sinks.prometheus import PrometheusMetrics  # prometheus-client only if asked
+
+        sinks.append(PrometheusMetrics(view))
+    return sinks
