@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from bridge.config import NodeTarget, RegisterTarget, Target, WritebackConfig
+from bridge.config import ModelWritebackConfig, NodeTarget, RegisterTarget, Target
 from bridge.core.datatypes import TYPES
 from bridge.core.errors import PlcBridgeError, WriteRefusedError
 from bridge.core.scores import Score
@@ -75,7 +75,7 @@ def check_value(key: str, target: Target, value: float) -> None:
 class ModelWriteback:
     """Writes one model's Scores to the registers its config declares."""
 
-    def __init__(self, model: str, config: WritebackConfig, writer: Writer, *,
+    def __init__(self, model: str, config: ModelWritebackConfig, writer: Writer, *,
                  mode: str, min_interval: float) -> None:
         self.model = model
         self.config = config
