@@ -9,8 +9,16 @@ from typing import Any
 import pytest
 
 from adapters.modbus.client import ModbusAdapter
-from adapters.modbus.codec import TYPES, VENDOR_ORDERS, EncodeError, decode, decode_raw, encode
+from adapters.modbus.codec import (
+    VENDOR_ORDERS,
+    EncodeError,
+    decode,
+    decode_raw,
+    encode_saturating,
+    encode_strict,
+)
 from bridge.config import ModbusDeviceConfig, ModbusTagConfig
+from bridge.core.datatypes import TYPES
 from bridge.core.errors import DecodeError
 from bridge.core.tags import Quality, Reading
 from tests.modbus_servers import Unit, tcp_server
@@ -69,7 +77,7 @@ def test_vendor_vocabulary_golden_float32() -> None:
     expected = {"ABCD": [0x47F1, 0x2000], "CDAB": [0x2000, 0x47F1],
                 "BADC": [0xF147, 0x0020], "DCBA": [0x0020, 0xF147]}
     for name, (byte_order, word_order) in VENDOR_ORDERS.items():
-        assert encode(123456.0, "float32", byte_order, word_order) == expected[name], name
+        assert encode_strict("float32", 123456.0, byte_order, word_order) == expected[name], name
         assert decode_raw(expected[name], "float32", byte_order, word_order) == 123456.0
         assert wire_registers("f", 123456.0, byte_order, word_order) == expected[name]
 
@@ -199,7 +207,7 @@ def test_encode_decode_round_trip_at_limits(data_type: str, byte_order: str, wor
     values: list[float] = [0, 1, -1.5, 3.25e9, -2.0e-3] if info.is_float else \
         [info.min or 0, info.max or 0, 0, 1]
     for value in values:
-        registers = encode(value, data_type, byte_order, word_order)
+        registers = encode_strict(data_type, value, byte_order, word_order)
         assert len(registers) == info.registers
         assert all(0 <= r <= 0xFFFF for r in registers)
         back = decode(registers, _tag(data_type), byte_order, word_order)
@@ -215,7 +223,7 @@ def test_64_bit_round_trip(data_type: str, byte_order: str, word_order: str) -> 
     info = TYPES[data_type]
     assert info.min is not None and info.max is not None
     for value in (info.min, info.max, 0, 0x0102030405060708):
-        registers = encode(value, data_type, byte_order, word_order)
+        registers = encode_strict(data_type, value, byte_order, word_order)
         assert decode(registers, _tag(data_type), byte_order, word_order) == value
 
 
@@ -232,16 +240,81 @@ def test_64_bit_round_trip(data_type: str, byte_order: str, word_order: str) -> 
 ])
 def test_encode_refuses_bad_values(value: float, data_type: str, message: str) -> None:
     with pytest.raises(EncodeError, match=message) as info:
-        encode(value, data_type)
+        encode_strict(data_type, value)
     assert repr(value) in str(info.value) or data_type == "string"
     assert isinstance(info.value, ValueError) and isinstance(info.value, DecodeError)
 
 
 def test_encode_accepts_nan_for_floats_and_bools_for_ints() -> None:
-    back = decode_raw(encode(math.nan, "float32"), "float32")
+    back = decode_raw(encode_strict("float32", math.nan), "float32")
     assert isinstance(back, float) and math.isnan(back)
-    assert encode(True, "uint16") == [1]
-    assert encode(3.0, "int16") == [3]
+    assert encode_strict("uint16", True) == [1]
+    assert encode_strict("int16", 3.0) == [3]
+
+
+# --------------------------------------------------------------------------- the two encoders
+#
+# encode_strict (write-back to a PLC) refuses what does not fit; encode_saturating (the served
+# register map) pulls it to the nearest limit. Same arguments, same results inside the range.
+
+INTEGER_TYPES = ["int16", "uint16", "int32", "uint32", "int64", "uint64"]
+FLOAT32_MAX = struct.unpack(">f", b"\x7f\x7f\xff\xff")[0]
+
+
+@pytest.mark.parametrize("data_type", INTEGER_TYPES)
+def test_encoders_at_and_just_beyond_integer_limits(data_type: str) -> None:
+    info = TYPES[data_type]
+    assert info.min is not None and info.max is not None
+    for limit, beyond in ((info.max, info.max + 1), (info.min, info.min - 1)):
+        at = encode_strict(data_type, limit)
+        assert encode_saturating(data_type, limit) == at
+        assert decode_raw(at, data_type) == limit
+        with pytest.raises(EncodeError, match=f"outside {data_type} range"):
+            encode_strict(data_type, beyond)
+        assert encode_saturating(data_type, beyond) == at
+    assert encode_saturating(data_type, math.inf) == encode_strict(data_type, info.max)
+    assert encode_saturating(data_type, -math.inf) == encode_strict(data_type, info.min)
+
+
+def test_encoders_at_and_just_beyond_float32_limits() -> None:
+    # 2**128 is where the float32 after FLT_MAX would be: the first value that cannot round down.
+    for sign in (1.0, -1.0):
+        at = encode_strict("float32", sign * FLOAT32_MAX)
+        assert decode_raw(at, "float32") == sign * FLOAT32_MAX
+        assert encode_saturating("float32", sign * FLOAT32_MAX) == at
+        with pytest.raises(EncodeError, match="does not fit in float32"):
+            encode_strict("float32", sign * 2.0 ** 128)
+        assert encode_saturating("float32", sign * 2.0 ** 128) == at
+        assert encode_saturating("float32", sign * 1e300) == at
+    # Not finite stays not finite: SCADA shows it as invalid rather than as a huge score.
+    assert decode_raw(encode_saturating("float32", math.inf), "float32") == math.inf
+    assert math.isnan(float(decode_raw(encode_saturating("float32", math.nan), "float32")))
+
+
+def test_saturating_truncates_and_refuses_only_nan_as_an_integer() -> None:
+    assert encode_saturating("uint16", 12.9) == [12]
+    assert encode_saturating("int16", -12.9) == [(-12) & 0xFFFF]
+    with pytest.raises(EncodeError, match="not a number"):
+        encode_saturating("uint32", math.nan)
+    with pytest.raises(EncodeError, match="cannot encode"):
+        encode_saturating("string", 1.0)
+    with pytest.raises(EncodeError, match="not an integer"):
+        encode_strict("uint16", 12.9)
+
+
+@pytest.mark.parametrize(("byte_order", "word_order"), ORDERS, ids=ORDER_IDS)
+@pytest.mark.parametrize("data_type", [*INTEGER_TYPES, "float32", "float64"])
+def test_encoders_agree_inside_the_range(data_type: str, byte_order: str, word_order: str) -> None:
+    for value in (0, 1, 100, 12345):
+        assert encode_saturating(data_type, value, byte_order, word_order) == \
+            encode_strict(data_type, value, byte_order, word_order)
+
+
+def test_saturating_word_order_of_the_served_map() -> None:
+    # The served map's 32-bit values: big = high word first (ABCD), little = CDAB.
+    assert encode_saturating("uint32", 0x12345678, word_order="big") == [0x1234, 0x5678]
+    assert encode_saturating("uint32", 0x12345678, word_order="little") == [0x5678, 0x1234]
+    assert encode_saturating("float32", 123456.0, word_order="little") == [0x2000, 0x47F1]
 
 
 def test_decode_rejects_wrong_register_counts_and_values() -> None:

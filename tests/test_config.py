@@ -78,3 +78,42 @@ def test_readme_config_snippets_are_valid() -> None:
     assert blocks, "the README shows no config"
     for block in blocks:
         parse_config(tomllib.loads(block))
+
+
+def test_every_config_model_is_strict() -> None:
+    import inspect
+
+    from pydantic import BaseModel, ValidationError
+
+    import bridge.config as facade
+    from bridge.config import OpcuaServerConfig, StrictModel
+
+    models = [v for v in vars(facade).values() if inspect.isclass(v) and issubclass(v, BaseModel)]
+    assert len(models) >= 20
+    for model in models:
+        assert issubclass(model, StrictModel), model
+        assert model.model_config.get("extra") == "forbid" and model.model_config.get("frozen"), model
+    # The one that used to declare its own config: unknown keys and assignment still refused.
+    with pytest.raises(ValidationError, match="Extra inputs"):
+        OpcuaServerConfig.model_validate({"securty_policy": "None"})
+    with pytest.raises(ValidationError, match="frozen"):
+        OpcuaServerConfig().port = 1  # type: ignore[misc]
+
+
+def test_facade_exports_every_public_name() -> None:
+    import importlib
+
+    import bridge.config as facade
+
+    for module in ("base", "modbus", "opcua", "models", "sections", "loader", "servers",
+                   "opcua_server", "mqtt"):
+        names = importlib.import_module(f"bridge.config.{module}").__all__
+        assert set(names) <= set(facade.__all__), (module, set(names) - set(facade.__all__))
+
+
+def test_one_security_policy_for_client_and_server() -> None:
+    from bridge.config import OpcuaDeviceConfig, OpcuaSecurityPolicy, OpcuaServerConfig
+
+    policies: list[object] = [m.model_fields["security_policy"].annotation
+                              for m in (OpcuaDeviceConfig, OpcuaServerConfig)]
+    assert all(p is OpcuaSecurityPolicy for p in policies)  # one definition, not two equal ones

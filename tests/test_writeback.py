@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from bridge.config import RegisterTarget, WritebackConfig
+from bridge.config import ModelWritebackConfig, RegisterTarget
 from bridge.core.errors import NotConnectedError, WriteRefusedError
 from bridge.core.scores import Score
 from bridge.sinks.writeback import ModelWriteback, check_value
@@ -25,7 +25,7 @@ class RecordingWriter:
             self.writes.append((target.address, value))
 
 
-CONFIG = WritebackConfig(
+CONFIG = ModelWritebackConfig(
     device="plc", score=RegisterTarget(address=100, type="float32"),
     anomaly=RegisterTarget(address=102), heartbeat=RegisterTarget(address=103),
     window_valid=RegisterTarget(address=104))
@@ -87,7 +87,7 @@ async def test_min_interval_rate_limits_each_target() -> None:
 
 async def test_heartbeat_wraps_at_type_maximum() -> None:
     writer = RecordingWriter()
-    config = WritebackConfig(device="plc", heartbeat=RegisterTarget(address=5, type="int16"))
+    config = ModelWritebackConfig(device="plc", heartbeat=RegisterTarget(address=5, type="int16"))
     wb = ModelWriteback("m", config, writer, mode="on", min_interval=0)
     wb._heartbeat = 32767
     await wb.publish(_score(0.1))
@@ -101,7 +101,7 @@ async def test_failed_write_is_counted_not_raised() -> None:
     assert wb.stats.failed == 4 and "refused" in (wb.stats.last_error or "")
 
 
-FAIL_SAFE = WritebackConfig(
+FAIL_SAFE = ModelWritebackConfig(
     device="plc", score=RegisterTarget(address=100, type="float32", fail_safe=-1.0),
     anomaly=RegisterTarget(address=102, fail_safe=1), heartbeat=RegisterTarget(address=103),
     window_valid=RegisterTarget(address=104))

@@ -31,7 +31,7 @@ from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
 
-from adapters.modbus.codec import BIT, RAW, FieldDecoder, RequestDecoder, decode, encode
+from adapters.modbus.codec import BIT, RAW, FieldDecoder, RequestDecoder, decode, encode_strict
 from adapters.modbus.plan import ReadRequest, plan_reads
 from bridge.config import ModbusDeviceConfig, ModbusTagConfig, RegisterTarget
 from bridge.core.backoff import Backoff
@@ -499,8 +499,8 @@ class ModbusAdapter:
     def _write_blocks(self, items: Sequence[tuple[RegisterTarget, float]]) -> list[tuple[int, list[int]]]:
         encoded: list[tuple[int, list[int]]] = []
         for target, value in items:
-            registers = encode(value, target.type, target.byte_order or self.config.byte_order,
-                               target.word_order or self.config.word_order)
+            registers = encode_strict(target.type, value, target.byte_order or self.config.byte_order,
+                                      target.word_order or self.config.word_order)
             assert len(registers) == target.registers  # the codec and config agree on widths
             encoded.append((target.address, registers))
         encoded.sort(key=lambda item: item[0])

@@ -1,4 +1,4 @@
-"""Registers <-> values: the one table of Modbus data types and the byte/word order rules.
+"""Registers <-> values: the byte/word order rules over the data types of ``bridge.core.datatypes``.
 
 Orders, in the vocabulary of vendor manuals (value bytes A B C D, A most significant)::
 
@@ -25,9 +25,9 @@ import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 from bridge.config import ModbusTagConfig
+from bridge.core.datatypes import TYPES, DataTypeInfo, Order
 from bridge.core.errors import DecodeError
 
 __all__ = [
@@ -35,19 +35,16 @@ __all__ = [
     "BOOL",
     "GENERIC",
     "RAW",
-    "TYPES",
     "VENDOR_ORDERS",
-    "DataTypeInfo",
     "EncodeError",
     "FieldDecoder",
     "RequestDecoder",
     "compile_field",
     "decode",
     "decode_raw",
-    "encode",
+    "encode_saturating",
+    "encode_strict",
 ]
-
-Order = Literal["big", "little"]
 
 
 class EncodeError(DecodeError, ValueError):
@@ -57,48 +54,6 @@ class EncodeError(DecodeError, ValueError):
     so callers can catch whichever they already handle.
     """
 
-
-@dataclass(frozen=True, slots=True)
-class DataTypeInfo:
-    """What the codec needs to know about one data type; built once at import."""
-
-    name: str
-    registers: int  # 0 = variable (string: the tag's ``length``)
-    struct_code: str  # "" for string / bool
-    signed: bool
-    is_float: bool
-    numeric: bool  # scale/offset apply
-    min: int | None  # integer limits, None for floats and non-numeric types
-    max: int | None
-    pack: struct.Struct | None  # big-endian ("ABCD") packer, precompiled
-
-
-def _info(name: str, registers: int, code: str, *, signed: bool = False,
-          is_float: bool = False, numeric: bool = True) -> DataTypeInfo:
-    packer = struct.Struct(">" + code) if code else None
-    lo = hi = None
-    if numeric and not is_float:
-        bits = registers * 16
-        lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
-    return DataTypeInfo(name, registers, code, signed, is_float, numeric, lo, hi, packer)
-
-
-TYPES: dict[str, DataTypeInfo] = {
-    info.name: info
-    for info in (
-        _info("int16", 1, "h", signed=True),
-        _info("uint16", 1, "H"),
-        _info("int32", 2, "i", signed=True),
-        _info("uint32", 2, "I"),
-        _info("int64", 4, "q", signed=True),
-        _info("uint64", 4, "Q"),
-        _info("float32", 2, "f", signed=True, is_float=True),
-        _info("float64", 4, "d", signed=True, is_float=True),
-        _info("string", 0, "", numeric=False),
-        _info("bit", 1, "H", numeric=False),  # one bit of a holding/input register
-        _info("bool", 1, "", numeric=False),  # a coil or discrete input
-    )
-}
 
 VENDOR_ORDERS: dict[str, tuple[Order, Order]] = {
     "ABCD": ("big", "big"),
@@ -188,37 +143,68 @@ def decode(registers: Sequence[int], tag: ModbusTagConfig, byte_order: str,
     return raw * tag.scale + tag.offset
 
 
-def encode(value: float, target_type: str, byte_order: str = "big", word_order: str = "big") -> list[int]:
-    """Encode ``value`` as registers in wire order, for write-back.
-
-    Integer types refuse NaN/Inf, values outside the type's limits and non-integral values
-    (no silent rounding or clamping); float32 refuses finite values it cannot represent.
-    Raises EncodeError (a ValueError) naming the value.
-    """
+def _encodable(data_type: str, byte_order: str, word_order: str) -> tuple[DataTypeInfo, struct.Struct]:
     _check_order(byte_order, word_order)
-    info = TYPES.get(target_type)
+    info = TYPES.get(data_type)
     if info is None or not info.numeric or info.pack is None:
-        raise EncodeError(f"cannot encode to type {target_type!r}")
+        raise EncodeError(f"cannot encode to type {data_type!r}")
+    return info, info.pack
+
+
+def encode_strict(data_type: str, value: float, byte_order: str = "big",
+                  word_order: str = "big") -> list[int]:
+    """Encode ``value`` as registers in wire order, or refuse it: for write-back to a PLC,
+    where a clamped or rounded value would be a silent lie to the control program.
+
+    Integer types refuse NaN/Inf, values outside the type's limits and non-integral values;
+    float32 refuses finite values it cannot represent. Raises EncodeError (a ValueError)
+    naming the value.
+    """
+    info, pack = _encodable(data_type, byte_order, word_order)
     if isinstance(value, bool):
         value = int(value)
     if not isinstance(value, int | float):
         raise EncodeError(f"value {value!r} is not a number")
     if info.is_float:
         try:
-            data = info.pack.pack(float(value))
+            data = pack.pack(float(value))
         except (OverflowError, struct.error):
-            raise EncodeError(f"value {value!r} does not fit in {target_type}") from None
+            raise EncodeError(f"value {value!r} does not fit in {data_type}") from None
         return _to_registers(data, byte_order, word_order)
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise EncodeError(f"value {value!r} cannot be written as {target_type} (not finite)")
+            raise EncodeError(f"value {value!r} cannot be written as {data_type} (not finite)")
         if not value.is_integer():
-            raise EncodeError(f"value {value!r} is not an integer; {target_type} needs one")
+            raise EncodeError(f"value {value!r} is not an integer; {data_type} needs one")
     number = int(value)
     assert info.min is not None and info.max is not None
     if not info.min <= number <= info.max:
-        raise EncodeError(f"value {value!r} is outside {target_type} range {info.min}..{info.max}")
-    return _to_registers(info.pack.pack(number), byte_order, word_order)
+        raise EncodeError(f"value {value!r} is outside {data_type} range {info.min}..{info.max}")
+    return _to_registers(pack.pack(number), byte_order, word_order)
+
+
+def encode_saturating(data_type: str, value: float, byte_order: str = "big",
+                      word_order: str = "big") -> list[int]:
+    """Encode ``value`` as registers in wire order, pulled into the type's range: for values
+    served to SCADA (counters, ages, scores), where a wrapped error count would look like a
+    recovery and refusing would leave a stale value in place.
+
+    Integers are truncated towards zero and clamped to the type's limits (infinities to the
+    nearest limit). Floats keep NaN and infinities (SCADA shows them as invalid); a finite
+    value beyond float32 becomes the largest float32 of its sign. Raises EncodeError only for
+    NaN as an integer (no limit is nearer than another) and for a non-numeric type.
+    """
+    info, pack = _encodable(data_type, byte_order, word_order)
+    number = float(value)
+    if info.is_float:
+        assert info.float_max is not None
+        if math.isfinite(number):
+            number = max(-info.float_max, min(info.float_max, number))
+        return _to_registers(pack.pack(number), byte_order, word_order)
+    if math.isnan(number):
+        raise EncodeError(f"value {value!r} cannot be written as {data_type} (not a number)")
+    # Clamped before int(), which raises for an infinity.
+    return _to_registers(pack.pack(int(info.clamp(value))), byte_order, word_order)
 
 
 # --------------------------------------------------------------------------- request decoders

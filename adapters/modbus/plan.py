@@ -14,13 +14,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bridge.config import ModbusTagConfig
+from bridge.config import BIT_TABLES, TABLES, ModbusTagConfig
 
-__all__ = ["BIT_TABLES", "TABLES", "ReadRequest", "describe", "plan_reads"]
+__all__ = ["ReadRequest", "describe", "plan_reads"]
 
-# Fixed order so that a plan (and the `check` printout) is deterministic.
-TABLES = ("holding", "input", "coil", "discrete")
-BIT_TABLES = frozenset({"coil", "discrete"})
 _ADDRESS_SPACE = 65536
 
 
@@ -60,7 +57,7 @@ def plan_reads(tags: Sequence[ModbusTagConfig], *, max_registers: int = 125, max
     if max_gap < 0:
         raise ValueError(f"max_gap: {max_gap} is negative")
     requests: list[ReadRequest] = []
-    for table in TABLES:
+    for table in TABLES:  # a fixed order, so a plan (and the `check` printout) is deterministic
         limit = max_bits if table in BIT_TABLES else max_registers
         unit = "bits" if table in BIT_TABLES else "registers"
         members = sorted((t for t in tags if t.table == table), key=lambda t: (t.address, t.registers))

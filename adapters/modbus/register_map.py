@@ -1,5 +1,6 @@
 """The register map plcbridge's own Modbus server serves, as data: one table for the server
-(``adapters.modbus.server`` encodes values through it) and for people (``plcbridge registers``).
+(``adapters.modbus.server`` encodes each field as its kind says, saturating) and for people
+(``plcbridge registers``).
 
 Pure Python: no pymodbus, so printing the map never needs the server's dependencies.
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +36,11 @@ from bridge.config.servers import (
     MODEL_START,
     ModbusServerConfig,
 )
+from bridge.core.datatypes import TYPES
 
 __all__ = [
     "LAYOUT_VERSION",
     "RegisterRow",
-    "encode",
     "format_register_table",
     "model_fingerprint",
     "register_map",
@@ -50,7 +50,6 @@ __all__ = [
 LAYOUT_VERSION = 1
 
 Kind = Literal["uint16", "uint32", "float32"]
-_WORDS: dict[str, int] = {"uint16": 1, "uint32": 2, "float32": 2}
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,9 +107,10 @@ def _rows(start: int, prefix: str, fields: Iterable[FieldDef], order: str,
     rows = []
     for f in fields:
         note = (notes or {}).get(f.key)
-        rows.append(RegisterRow(start + f.offset, _WORDS[f.kind], f.kind, f"{prefix}.{f.key}",
+        words = TYPES[f.kind].registers
+        rows.append(RegisterRow(start + f.offset, words, f.kind, f"{prefix}.{f.key}",
                                 f"{f.description} ({note})" if note else f.description,
-                                order if _WORDS[f.kind] == 2 else ""))
+                                order if words == 2 else ""))
     return rows
 
 
@@ -147,19 +147,6 @@ def served_blocks(config: ModbusServerConfig) -> list[tuple[int, int]]:
     blocks += [(device_start(config, s), DEVICE_BLOCK) for s in sorted(config.devices.values())]
     blocks += [(model_start(config, s), MODEL_BLOCK) for s in sorted(config.models.values())]
     return blocks
-
-
-def encode(kind: Kind, value: float, word_order: str) -> list[int]:
-    """Registers for one value. Integers saturate instead of wrapping (a wrapped error count
-    looks like a recovery); float32 keeps NaN, which SCADA shows as invalid."""
-    if kind == "uint16":
-        return [max(0, min(0xFFFF, int(value)))]
-    if kind == "uint32":
-        raw = struct.pack(">I", max(0, min(0xFFFFFFFF, int(value))))
-    else:
-        raw = struct.pack(">f", value)
-    hi, lo = struct.unpack(">HH", raw)
-    return [hi, lo] if word_order == "big" else [lo, hi]
 
 
 def model_fingerprint(path: Path) -> int:

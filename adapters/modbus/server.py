@@ -20,6 +20,7 @@ from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
+from adapters.modbus.codec import encode_saturating
 from adapters.modbus.datastore import start_tcp_server, stop_server
 from adapters.modbus.register_map import (
     DEVICE_FIELDS,
@@ -28,7 +29,6 @@ from adapters.modbus.register_map import (
     MODEL_FIELDS,
     FieldDef,
     device_start,
-    encode,
     header_start,
     model_fingerprint,
     model_start,
@@ -89,7 +89,7 @@ class ModbusServerSink(SinkBase):
 
     def _put(self, block_start: int, field: FieldDef, value: float) -> None:
         at = block_start - self.config.base_address + field.offset
-        words = encode(field.kind, value, self.config.word_order)
+        words = encode_saturating(field.kind, value, word_order=self.config.word_order)
         self._image[at : at + len(words)] = words
 
     def registers(self, address: int, count: int = 1) -> list[int]:

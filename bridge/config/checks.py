@@ -5,7 +5,7 @@ Each raises ValueError("key: message"); the config layer turns that into the key
 
 from __future__ import annotations
 
-__all__ = ["check_backoff", "check_credentials", "effective_security_mode"]
+__all__ = ["check_backoff", "check_credentials", "check_valid_range", "effective_security_mode"]
 
 
 def check_credentials(username: str | None, password_env: str | None, password_file: object) -> None:
@@ -22,6 +22,11 @@ def check_credentials(username: str | None, password_env: str | None, password_f
 def check_backoff(reconnect_min: float, reconnect_max: float) -> None:
     if reconnect_max < reconnect_min:
         raise ValueError(f"reconnect_max: {reconnect_max} is less than reconnect_min {reconnect_min}")
+
+
+def check_valid_range(valid_min: float | None, valid_max: float | None) -> None:
+    if valid_min is not None and valid_max is not None and valid_min > valid_max:
+        raise ValueError(f"valid_min: {valid_min} is greater than valid_max {valid_max}")
 
 
 def effective_security_mode(policy: str, mode: str | None) -> str:

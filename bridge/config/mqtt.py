@@ -8,8 +8,9 @@ import socket
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from bridge.config.base import StrictModel
 from bridge.config.checks import check_backoff, check_credentials
 
 __all__ = ["MqttConfig", "MqttTlsConfig"]
@@ -18,11 +19,7 @@ __all__ = ["MqttConfig", "MqttTlsConfig"]
 _PREFIX = re.compile(r"^[^/+#$\x00][^+#\x00]*$")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class MqttTlsConfig(_Strict):
+class MqttTlsConfig(StrictModel):
     ca_file: Path | None = None  # None: the system's trust store
     cert_file: Path | None = None  # client certificate (mutual TLS)
     key_file: Path | None = None
@@ -36,7 +33,7 @@ class MqttTlsConfig(_Strict):
         return self
 
 
-class MqttConfig(_Strict):
+class MqttConfig(StrictModel):
     host: Annotated[str, Field(min_length=1, max_length=253)]
     port: Annotated[int, Field(ge=1, le=65535)] | None = None  # None: 1883, or 8883 with [mqtt.tls]
     client_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None

@@ -14,20 +14,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from bridge.config.base import StrictModel
 from bridge.config.checks import check_credentials, effective_security_mode
+from bridge.config.opcua import OpcuaSecurityPolicy
 
-__all__ = ["OpcuaServerConfig", "OpcuaServerSecurityPolicy"]
-
-OpcuaServerSecurityPolicy = Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep",
-                                    "Aes256_Sha256_RsaPss"]
+__all__ = ["OpcuaServerConfig"]
 
 
-class OpcuaServerConfig(BaseModel):
+class OpcuaServerConfig(StrictModel):
     """``[opcua_server]``: results served to SCADA over OPC UA (read-only nodes)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = False
     host: str = "127.0.0.1"
@@ -36,7 +33,7 @@ class OpcuaServerConfig(BaseModel):
     application_uri: Annotated[str, Field(min_length=1)] = "urn:plcbridge:server"
     # How often Devices/<name>/* are refreshed (Models/<name>/* change on every score).
     refresh_interval: Annotated[float, Field(ge=0.05, le=60)] = 1.0
-    security_policy: OpcuaServerSecurityPolicy = "None"
+    security_policy: OpcuaSecurityPolicy = "None"
     security_mode: Literal["Sign", "SignAndEncrypt"] | None = None  # default SignAndEncrypt
     certificate: Path | None = None  # the server's application certificate (DER or PEM)
     private_key: Path | None = None

@@ -18,7 +18,7 @@ from annotated_types import Ge, Gt, Le, Lt, MaxLen, MinLen
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from bridge.config import schema as cfg
+from bridge.config import Config
 
 __all__ = ["example_comments", "render"]
 
@@ -113,7 +113,7 @@ def _default(field: Any) -> str:
 # Where each model appears in a TOML file, and the table its example comments live under.
 def _sections() -> list[tuple[str, type[BaseModel], str]]:
     sections: list[tuple[str, type[BaseModel], str]] = []
-    for key, field in cfg.Config.model_fields.items():
+    for key, field in Config.model_fields.items():
         for model in _models(field.annotation):
             array = get_origin(field.annotation) is list
             title = f"[[{key}]]" if array else f"[{key}]"

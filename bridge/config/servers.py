@@ -13,9 +13,12 @@ another model's registers.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Annotated, Literal
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from bridge.config.base import NAME_PATTERN, StrictModel
+from bridge.core.datatypes import Order
 
 __all__ = [
     "DEVICE_BLOCK",
@@ -39,11 +42,7 @@ DEVICE_START, DEVICE_BLOCK, DEVICE_SLOTS = 100, 10, 90  # devices: 100 .. 999
 MODEL_START, MODEL_BLOCK, MODEL_SLOTS = 1000, 20, 100  # models: 1000 .. 2999
 MAP_WORDS = MODEL_START + MODEL_BLOCK * MODEL_SLOTS  # 3000
 
-_NAME = r"^[A-Za-z0-9_.\-]+$"
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+_SlotKey = Annotated[str, Field(pattern=NAME_PATTERN)]
 
 
 def _unique_slots(kind: str, slots: dict[str, int]) -> dict[str, int]:
@@ -55,7 +54,7 @@ def _unique_slots(kind: str, slots: dict[str, int]) -> dict[str, int]:
     return slots
 
 
-class ModbusServerConfig(_Strict):
+class ModbusServerConfig(StrictModel):
     """``[modbus_server]``: results served to SCADA over Modbus TCP (read-only)."""
 
     enabled: bool = False
@@ -65,15 +64,13 @@ class ModbusServerConfig(_Strict):
     unit_id: Annotated[int, Field(ge=1, le=247)] = 1
     base_address: Annotated[int, Field(ge=0, le=65536 - MAP_WORDS)] = 0
     # Word order of float32/uint32 values; bytes within a word are always big-endian (Modbus).
-    word_order: Literal["big", "little"] = "big"
+    word_order: Order = "big"
     # How often the header and device blocks are refreshed (model blocks change on each score).
     refresh_interval: Annotated[float, Field(ge=0.05, le=60)] = 1.0
     # model name -> slot. Slots, not list positions, so the map survives edits of [[models]].
-    models: dict[Annotated[str, Field(pattern=_NAME)], Annotated[int, Field(ge=0, lt=MODEL_SLOTS)]] = \
-        Field(default_factory=dict)
+    models: dict[_SlotKey, Annotated[int, Field(ge=0, lt=MODEL_SLOTS)]] = Field(default_factory=dict)
     # device name -> slot.
-    devices: dict[Annotated[str, Field(pattern=_NAME)], Annotated[int, Field(ge=0, lt=DEVICE_SLOTS)]] = \
-        Field(default_factory=dict)
+    devices: dict[_SlotKey, Annotated[int, Field(ge=0, lt=DEVICE_SLOTS)]] = Field(default_factory=dict)
 
     @field_validator("models")
     @classmethod
@@ -93,7 +90,7 @@ class ModbusServerConfig(_Strict):
         return self
 
 
-class MetricsConfig(_Strict):
+class MetricsConfig(StrictModel):
     """``[metrics]``: Prometheus text exposition at GET /metrics on the API server."""
 
     enabled: bool = True

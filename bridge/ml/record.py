@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from bridge.config import DEFAULT_MODEL, Config, StorageSection, WritebackSection
+from bridge.config import DEFAULT_MODEL, Config, StorageSection, WritebackPolicyConfig
 from bridge.core.errors import ModelContractError
 from bridge.core.progress import ProgressLine, clock
 from bridge.core.tags import TagStore
@@ -173,7 +173,7 @@ class Progress:
 def _recording_config(config: Config) -> Config:
     # Recording only polls: no models (the model may not exist yet), never a write to the PLC,
     # no event database. The API is not started at all.
-    return config.model_copy(update={"models": [], "writeback": WritebackSection(mode="off"),
+    return config.model_copy(update={"models": [], "writeback": WritebackPolicyConfig(mode="off"),
                                      "storage": StorageSection()})
 
 

@@ -15,7 +15,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from bridge.config import NodeTarget, RegisterTarget, Target, WritebackConfig
+from bridge.config import ModelWritebackConfig, NodeTarget, RegisterTarget, Target
+from bridge.core.datatypes import TYPES
 from bridge.core.errors import PlcBridgeError, WriteRefusedError
 from bridge.core.scores import Score
 from bridge.ports import BridgeView, SinkBase, Writer, WriteStats
@@ -26,14 +27,6 @@ log = logging.getLogger("plcbridge.writeback")
 # Every write, dry-run write and refusal, one line each; bridge.runtime.storage routes it to a
 # bounded file of its own when a data directory is configured.
 audit = logging.getLogger("plcbridge.audit")
-
-_INT_LIMITS = {
-    "int16": (-(2**15), 2**15 - 1),
-    "uint16": (0, 2**16 - 1),
-    "int32": (-(2**31), 2**31 - 1),
-    "uint32": (0, 2**32 - 1),
-}
-_FLOAT32_MAX = 3.4028234663852886e38
 
 
 def place(target: Target) -> str:
@@ -50,14 +43,14 @@ def check_value(key: str, target: Target, value: float) -> None:
     where = f"{key} ({place(target)}, {kind})"
     if not math.isfinite(value):
         raise WriteRefusedError(f"{where}: value {value!r} is not finite")
-    limits = _INT_LIMITS.get(kind)
-    if limits is not None:
+    info = TYPES.get(kind)
+    if info is not None and info.min is not None and info.max is not None:
         if value != int(value):
             raise WriteRefusedError(f"{where}: value {value!r} is not an integer")
-        if not limits[0] <= value <= limits[1]:
-            raise WriteRefusedError(f"{where}: value {value!r} outside {limits[0]}..{limits[1]}")
-    elif kind == "float32" and abs(value) > _FLOAT32_MAX:
-        raise WriteRefusedError(f"{where}: value {value!r} does not fit float32")
+        if not info.min <= value <= info.max:
+            raise WriteRefusedError(f"{where}: value {value!r} outside {info.min}..{info.max}")
+    elif info is not None and info.float_max is not None and abs(value) > info.float_max:
+        raise WriteRefusedError(f"{where}: value {value!r} does not fit {kind}")
     if target.min is not None and value < target.min:
         raise WriteRefusedError(f"{where}: value {value!r} below configured min {target.min}")
     if target.max is not None and value > target.max:
@@ -67,7 +60,7 @@ def check_value(key: str, target: Target, value: float) -> None:
 class ModelWriteback:
     """Writes one model's Scores to the registers its config declares."""
 
-    def __init__(self, model: str, config: WritebackConfig, writer: Writer[Any], *,
+    def __init__(self, model: str, config: ModelWritebackConfig, writer: Writer[Any], *,
                  mode: str, min_interval: float) -> None:
         self.model = model
         self.config = config
@@ -127,7 +120,7 @@ class ModelWriteback:
             # A node heartbeat wraps like a uint16 too: every integer DataType holds 0..65535
             # except the 8-bit ones and Int16, which nobody picks for a counter.
             kind = heartbeat.type if isinstance(heartbeat, RegisterTarget) else "uint16"
-            high = _INT_LIMITS.get(kind, (0, 2**16 - 1))[1]
+            high = TYPES[kind].max or 2**16 - 1
             self._heartbeat = (self._heartbeat + 1) % (high + 1)
         now = time.monotonic()
         batch = [(key, value) for key, value in values.items() if self._allowed(key, value, now)]

@@ -1,0 +1,124 @@
+"""``[[models]]``: an anomaly model, the tags that feed it, and where its results may be
+written back (``[models.writeback]``: holding registers or OPC UA nodes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from bridge.config.base import Name, StrictModel
+from bridge.config.opcua import check_node_id
+from bridge.core.datatypes import Order, register_count
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "ModelConfig",
+    "ModelWritebackConfig",
+    "NodeTarget",
+    "RegisterTarget",
+    "Target",
+]
+
+DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "pump_pca.onnx"
+
+
+def _fail_safe_in_range(fail_safe: float | None, low: float | None, high: float | None) -> None:
+    if fail_safe is not None:
+        if low is not None and fail_safe < low:
+            raise ValueError(f"fail_safe: {fail_safe} is below min {low}")
+        if high is not None and fail_safe > high:
+            raise ValueError(f"fail_safe: {fail_safe} is above max {high}")
+
+
+class RegisterTarget(StrictModel):
+    """A holding register (or pair/quad) the bridge may write."""
+
+    address: Annotated[int, Field(ge=0, le=65535)]
+    type: Literal["int16", "uint16", "int32", "uint32", "float32", "float64"] = "uint16"
+    byte_order: Order | None = None
+    word_order: Order | None = None
+    min: float | None = None
+    max: float | None = None
+    # Written instead of the live value when the bridge cannot vouch for the result (window
+    # not valid, model error) and once at shutdown. None: the target is left alone then.
+    fail_safe: float | None = None
+
+    @model_validator(mode="after")
+    def _check_fail_safe(self) -> RegisterTarget:
+        _fail_safe_in_range(self.fail_safe, self.min, self.max)
+        return self
+
+    @property
+    def registers(self) -> int:
+        return register_count(self.type)
+
+
+class NodeTarget(StrictModel):
+    """An OPC UA variable the bridge may write; the value takes the node's own DataType."""
+
+    node_id: str
+    min: float | None = None
+    max: float | None = None
+    fail_safe: float | None = None
+
+    @field_validator("node_id")
+    @classmethod
+    def _check_node_id(cls, value: str) -> str:
+        return check_node_id(value)
+
+    @model_validator(mode="after")
+    def _check_fail_safe(self) -> NodeTarget:
+        _fail_safe_in_range(self.fail_safe, self.min, self.max)
+        return self
+
+
+Target = RegisterTarget | NodeTarget
+
+
+class ModelWritebackConfig(StrictModel):
+    """Where a model's results go on a device. Each target is optional: holding registers
+    (``address``) on a Modbus device, nodes (``node_id``) on an OPC UA device."""
+
+    device: str
+    score: Target | None = None
+    anomaly: Target | None = None
+    heartbeat: Target | None = None
+    window_valid: Target | None = None
+    allow_overlap_with_tags: bool = False
+
+    @field_validator("score")
+    @classmethod
+    def _score_is_float(cls, value: Target | None) -> Target | None:
+        if isinstance(value, RegisterTarget) and value.type not in ("float32", "float64"):
+            raise ValueError(f"type: score needs float32 or float64, not {value.type!r}")
+        return value
+
+    def targets(self) -> dict[str, Target]:
+        found = {
+            "score": self.score, "anomaly": self.anomaly,
+            "heartbeat": self.heartbeat, "window_valid": self.window_valid,
+        }
+        return {key: target for key, target in found.items() if target is not None}
+
+
+class ModelConfig(StrictModel):
+    """One anomaly model and the tags that feed it."""
+
+    name: Name
+    file: Path | None = None
+    inputs: list[str] | dict[str, str]
+    max_age: Annotated[float, Field(gt=0)] | None = None
+    threshold: float | None = None
+    writeback: ModelWritebackConfig | None = None
+
+    @property
+    def input_tags(self) -> list[str]:
+        """The bridge tags feeding the model, in the order the config gives them."""
+        return list(self.inputs.values()) if isinstance(self.inputs, dict) else list(self.inputs)
+
+    @property
+    def feature_names(self) -> list[str]:
+        """The model's feature names as the config states them (keys of a mapping)."""
+        return list(self.inputs.keys()) if isinstance(self.inputs, dict) else list(self.inputs)
