@@ -29,6 +29,7 @@ from bridge.api.schemas import (
     MqttStatus,
     TagReading,
     WritebackHealth,
+    hide_paths,
     public_name,
     scrub_paths,
 )
@@ -199,7 +200,8 @@ def create_app(bridge: Bridge, tokens: TokenSet | None = None) -> FastAPI:
         try:
             await bridge.updater.install(name, data, "upload")
         except ModelContractError as exc:
-            raise HTTPException(422, f"model refused, the current one stays: {exc}") from None
+            reason = hide_paths(str(exc))  # it names the upload's temporary file
+            raise HTTPException(422, f"model refused, the current one stays: {reason}") from None
         return ModelChange(**model_info(name).model_dump(), status="installed")
 
     @api.post("/api/v1/models/{name}/rollback", dependencies=admin, response_model=ModelChange,

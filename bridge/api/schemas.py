@@ -13,6 +13,7 @@ so another front end (Prometheus, the server sinks) can show the same fields the
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import PurePath, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, Any, Literal
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DeviceHealth", "ErrorDetail", "Event", "EventDetail", "Health", "Live", "ModelChange",
     "ModelHealth", "ModelInfo", "ModelScore", "MqttStatus", "TagReading", "WritebackHealth",
-    "public_name", "scrub_paths",
+    "hide_paths", "public_name", "scrub_paths",
 ]
 
 Time = str
@@ -283,6 +284,18 @@ def _finite_map(values: Mapping[str, float] | None) -> dict[str, float | None] |
 def public_name(path: PurePath) -> str:
     """What a reply may show of a file: its name, never where it lives."""
     return path.name
+
+
+# An absolute path inside a message: after a start, space, quote or bracket, up to the next of
+# those (file names in plcbridge have no spaces). ``m3/h`` is not one: a word comes before it.
+_PATH_IN_TEXT = re.compile(r"""(?<![\w.~])(?:[A-Za-z]:)?[/\\][^\s'"()\[\],;]*""")
+
+
+def hide_paths(message: str) -> str:
+    """``message`` with each absolute path shortened to its file name, for error replies made
+    from exceptions that name files (a refused model upload names its temporary file, twice)."""
+    return _PATH_IN_TEXT.sub(lambda m: PureWindowsPath(m.group()).name if "\\" in m.group()
+                             else PurePosixPath(m.group()).name, message)
 
 
 def scrub_paths(value: Any) -> Any:
