@@ -16,10 +16,27 @@ from fastapi.responses import JSONResponse, Response
 
 from bridge import __version__
 from bridge.api.auth import TokenSet
+from bridge.api.schemas import (
+    DeviceHealth,
+    ErrorDetail,
+    Event,
+    Health,
+    Live,
+    ModelChange,
+    ModelHealth,
+    ModelInfo,
+    ModelScore,
+    MqttStatus,
+    TagReading,
+    WritebackHealth,
+    hide_paths,
+    public_name,
+    scrub_paths,
+)
 from bridge.api.security import BodySizeLimit, require_scope
 from bridge.core.errors import ModelContractError
-from bridge.core.scores import Score
 from bridge.core.tags import Reading
+from bridge.core.timefmt import iso
 from bridge.runtime.bridge import Bridge
 
 __all__ = ["create_app"]
@@ -29,10 +46,9 @@ log = logging.getLogger("plcbridge.api")
 MAX_LIMIT = 10_000
 
 
-def iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for error replies: ``{"detail": ...}`` like every error here."""
+    return {code: {"model": ErrorDetail} for code in codes}
 
 
 def _epoch(since: datetime | None) -> float | None:
@@ -48,32 +64,9 @@ def _epoch(since: datetime | None) -> float | None:
     return (math.floor(stamp * 1000 + 1e-6) + 1) / 1000 - 1e-6
 
 
-def _finite(value: Any) -> Any:
-    # JSON has no NaN/Inf; a bad float reads as null, its quality says why.
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _reading(bridge: Bridge, name: str, reading: Reading | None) -> dict[str, Any]:
+def _reading(bridge: Bridge, name: str, reading: Reading | None) -> TagReading:
     device, tag = bridge.tags[name]
-    body: dict[str, Any] = {"name": name, "device": device, "unit": tag.unit}
-    if reading is None:
-        body.update(value=None, quality="bad", reason="no reading yet",
-                    source_time=None, received_time=None)
-    else:
-        body.update(value=_finite(reading.value), quality=reading.quality.value, reason=reading.reason,
-                    source_time=iso(reading.source_time), received_time=iso(reading.received_time))
-    return body
-
-
-def _score(score: Score) -> dict[str, Any]:
-    return {
-        "model": score.model, "time": iso(score.time), "score": _finite(score.score),
-        "threshold": score.threshold, "anomaly": score.anomaly, "window_valid": score.window_valid,
-        "reason": score.reason, "contributions": score.contributions,
-        "model_version": score.version,
-    }
+    return TagReading.of(name, device, tag.unit, reading)
 
 
 def create_app(bridge: Bridge, tokens: TokenSet | None = None) -> FastAPI:
@@ -87,12 +80,12 @@ def create_app(bridge: Bridge, tokens: TokenSet | None = None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["GET"], allow_headers=["Authorization"])
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
-    api = APIRouter(dependencies=[Depends(require_scope(tokens, "read"))])
+    api = APIRouter(dependencies=[Depends(require_scope(tokens, "read"))], responses=_errors(401, 403))
 
-    @app.get("/api/v1/live")
-    async def live() -> dict[str, str]:
+    @app.get("/api/v1/live", response_model=Live)
+    async def live() -> Live:
         """Liveness for container health checks; no authentication, no details."""
-        return {"status": "alive"}
+        return Live(status="alive")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -110,46 +103,34 @@ def create_app(bridge: Bridge, tokens: TokenSet | None = None) -> FastAPI:
         if name not in bridge.tags:
             raise HTTPException(404, f"unknown tag {name!r}")
 
-    @api.get("/api/v1/health")
-    async def health() -> dict[str, Any]:
-        devices = []
-        for name, adapter in bridge.adapters.items():
-            status = adapter.status
-            devices.append({
-                "name": name, "connected": status.connected,
-                "last_success": iso(status.last_success), "last_error": status.last_error,
-                "last_error_time": iso(status.last_error_time), "polls": status.polls,
-                "reconnects": status.reconnects,
-                "errors": dict(status.errors), "error_count": status.error_count,
-                "poll_latency_ms": (None if status.last_latency is None
-                                    else round(status.last_latency * 1000, 3)),
-            })
+    @api.get("/api/v1/health", response_model=Health)
+    async def health() -> Health:
+        """Devices, models and sinks at a glance; ``degraded`` when any device is disconnected."""
+        devices = [DeviceHealth.of(name, adapter.status) for name, adapter in bridge.adapters.items()]
         models = []
         for name, runner in bridge.runners.items():
             latest = bridge.scores.latest(name)
             wb = bridge.writebacks.get(name)
-            models.append({
-                "name": name, "scored": runner.scored, "anomalies": runner.anomalies,
-                "last_score_time": iso(latest.time) if latest else None,
-                "window_valid": latest.window_valid if latest else False,
-                "writeback": None if wb is None else {
-                    "mode": wb.mode, "device": wb.config.device, "written": wb.stats.written,
-                    "dry_run": wb.stats.dry_run, "refused": wb.stats.refused,
-                    "failed": wb.stats.failed, "last_error": wb.stats.last_error},
-            })
-        ok = all(d["connected"] for d in devices)
-        body: dict[str, Any] = {"status": "ok" if ok else "degraded", "version": __version__,
-                                "uptime_s": round(time.time() - bridge.started_at, 1),
-                                "devices": devices, "models": models}
+            models.append(ModelHealth(
+                name=name, scored=runner.scored, anomalies=runner.anomalies,
+                last_score_time=iso(latest.time) if latest else None,
+                window_valid=latest.window_valid if latest else False,
+                writeback=None if wb is None else WritebackHealth.of(wb)))
+        mqtt = None
         for sink in bridge.sinks:
             counters = getattr(sink, "status", None)
-            if callable(counters):  # sinks with counters of their own (MQTT: published, spooled...)
-                body[sink.name] = counters()
-        return body
+            if sink.name == "mqtt" and callable(counters):
+                mqtt = MqttStatus.model_validate(counters())
+        return Health(status="ok" if all(d.connected for d in devices) else "degraded",
+                      version=__version__, uptime_s=round(time.time() - bridge.started_at, 1),
+                      devices=devices, models=models, mqtt=mqtt)
 
     rendered: dict[str, Any] = {"updates": -1, "body": b""}
 
-    @api.get("/api/v1/tags", response_model=list[dict[str, Any]])
+    # response_model documents the items; the handler returns the bytes itself, so FastAPI
+    # neither validates nor re-serializes them (a cache hit stays a dict lookup), and the
+    # render uses TagReading.row, the dicts TagReading.of validates.
+    @api.get("/api/v1/tags", response_model=list[TagReading])
     async def tags() -> Response:
         """Latest reading of every tag. SCADA polls this often and it is the biggest reply,
         so the JSON is rendered once per store change, not once per request."""
@@ -157,49 +138,59 @@ def create_app(bridge: Bridge, tokens: TokenSet | None = None) -> FastAPI:
         # the event loop avoids a thread hop per request and reads the store between jobs.
         updates = bridge.store.updates  # read first: a change while rendering re-renders next time
         if rendered["updates"] != updates:
-            body = [_reading(bridge, name, bridge.store.latest(name)) for name in bridge.tags]
+            body = [TagReading.row(name, device, tag.unit, bridge.store.latest(name))
+                    for name, (device, tag) in bridge.tags.items()]
             rendered["body"] = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
             rendered["updates"] = updates
         return Response(rendered["body"], media_type="application/json")
 
-    @api.get("/api/v1/tags/{name}")
-    async def tag(name: str) -> dict[str, Any]:
+    @api.get("/api/v1/tags/{name}", response_model=TagReading, responses=_errors(404))
+    async def tag(name: str) -> TagReading:
+        """Latest reading of one tag."""
         tag_or_404(name)
         return _reading(bridge, name, bridge.store.latest(name))
 
-    @api.get("/api/v1/tags/{name}/history")
+    @api.get("/api/v1/tags/{name}/history", response_model=list[TagReading], responses=_errors(404))
     async def tag_history(name: str, since: Annotated[datetime | None, Query()] = None,
-                    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100) -> list[dict[str, Any]]:
+                    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100) -> list[TagReading]:
+        """Readings of one tag after ``since``, oldest first, at most ``limit`` (the newest)."""
         tag_or_404(name)
         return [_reading(bridge, name, r) for r in bridge.store.history(name, _epoch(since), limit)]
 
-    @api.get("/api/v1/models")
-    async def models() -> list[dict[str, Any]]:
+    @api.get("/api/v1/models", response_model=list[ModelInfo])
+    async def models() -> list[ModelInfo]:
+        """Every configured model and its contract."""
         return [model_info(name) for name in bridge.runners]
 
-    @api.get("/api/v1/models/{name}")
-    async def model(name: str) -> dict[str, Any]:
+    @api.get("/api/v1/models/{name}", response_model=ModelInfo, responses=_errors(404))
+    async def model(name: str) -> ModelInfo:
+        """One model and its contract."""
         return model_info(name)
 
-    def model_info(name: str) -> dict[str, Any]:
+    def model_info(name: str) -> ModelInfo:
         runner = runner_or_404(name)
         contract = runner.detector.contract
-        return {
-            "name": name, "file": str(runner.detector.path), "version": contract.version,
-            "kind": contract.kind, "recipe": contract.recipe,
-            "features": list(contract.inputs), "tags": runner.tags,
-            "window_length": contract.window_length, "period": contract.period,
-            "threshold": runner.threshold, "model_threshold": contract.threshold,
-            "score_meaning": contract.score, "normalization": contract.normalization,
-            "training": contract.training, **bridge.updater.describe(name),
-        }
+        folder, data_dir = bridge.updater.folder, bridge.config.storage.data_dir
+        return ModelInfo(
+            name=name, file=public_name(runner.detector.path), version=contract.version,
+            kind=contract.kind, recipe=contract.recipe,
+            features=list(contract.inputs), tags=list(runner.tags),
+            window_length=contract.window_length, period=contract.period,
+            threshold=runner.threshold, model_threshold=contract.threshold,
+            score_meaning=contract.score, normalization=contract.normalization,
+            training=scrub_paths(contract.training),
+            previous_version=bridge.updater.describe(name)["previous_version"],
+            # Relative to data_dir: the operator knows where that is, a client need not.
+            folder=None if folder is None or data_dir is None else folder.relative_to(data_dir).as_posix(),
+        )
 
     admin = [Depends(require_scope(tokens, "admin"))]
 
-    @api.put("/api/v1/models/{name}", dependencies=admin, status_code=200,
+    @api.put("/api/v1/models/{name}", dependencies=admin, status_code=200, response_model=ModelChange,
+             responses=_errors(400, 404, 413, 422),
              openapi_extra={"requestBody": {"required": True, "content": {
                  "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
-    async def upload_model(name: str, request: Request) -> dict[str, Any]:
+    async def upload_model(name: str, request: Request) -> ModelChange:
         """Replace a model with the uploaded ONNX file (raw body, at most ``max_body_bytes``).
         It is validated first; a refused upload changes nothing and the reply says why."""
         runner_or_404(name)
@@ -209,36 +200,40 @@ def create_app(bridge: Bridge, tokens: TokenSet | None = None) -> FastAPI:
         try:
             await bridge.updater.install(name, data, "upload")
         except ModelContractError as exc:
-            raise HTTPException(422, f"model refused, the current one stays: {exc}") from None
-        return {**model_info(name), "status": "installed"}
+            reason = hide_paths(str(exc))  # it names the upload's temporary file
+            raise HTTPException(422, f"model refused, the current one stays: {reason}") from None
+        return ModelChange(**model_info(name).model_dump(), status="installed")
 
-    @api.post("/api/v1/models/{name}/rollback", dependencies=admin)
-    async def rollback_model(name: str) -> dict[str, Any]:
+    @api.post("/api/v1/models/{name}/rollback", dependencies=admin, response_model=ModelChange,
+              responses=_errors(404, 409))
+    async def rollback_model(name: str) -> ModelChange:
         """Put back the model the last update replaced (one step)."""
         runner_or_404(name)
         try:
             await bridge.updater.rollback(name)
         except KeyError:
             raise HTTPException(409, f"model {name!r} has no previous version to restore") from None
-        return {**model_info(name), "status": "rolled back"}
+        return ModelChange(**model_info(name).model_dump(), status="rolled back")
 
-    @api.get("/api/v1/models/{name}/score")
-    async def latest_score(name: str) -> dict[str, Any]:
+    @api.get("/api/v1/models/{name}/score", response_model=ModelScore, responses=_errors(404))
+    async def latest_score(name: str) -> ModelScore:
+        """The latest score of one model; 404 before its first scoring cycle."""
         runner_or_404(name)
         score = bridge.scores.latest(name)
         if score is None:
             raise HTTPException(404, f"model {name!r} has no score yet")
-        return _score(score)
+        return ModelScore.of(score)
 
-    @api.get("/api/v1/models/{name}/scores")
+    @api.get("/api/v1/models/{name}/scores", response_model=list[ModelScore], responses=_errors(404))
     async def score_history(name: str, since: Annotated[datetime | None, Query()] = None,
-                      limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100) -> list[dict[str, Any]]:
+                      limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100) -> list[ModelScore]:
+        """Scores of one model after ``since``, oldest first, at most ``limit`` (the newest)."""
         runner_or_404(name)
-        return [_score(s) for s in bridge.scores.history(name, _epoch(since), limit)]
+        return [ModelScore.of(s) for s in bridge.scores.history(name, _epoch(since), limit)]
 
-    @api.get("/api/v1/events")
+    @api.get("/api/v1/events", response_model=list[Event])
     async def events(limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
-               since: Annotated[datetime | None, Query()] = None) -> list[dict[str, Any]]:
+               since: Annotated[datetime | None, Query()] = None) -> list[Event]:
         """Anomaly start/end events, oldest first; from the database when storage is configured
         (so they survive restarts; newest up to one flush interval late), else from memory."""
         after = _epoch(since)
@@ -246,7 +241,7 @@ def create_app(bridge: Bridge, tokens: TokenSet | None = None) -> FastAPI:
             rows = await asyncio.to_thread(bridge.storage.events, limit, after)  # disk: off the loop
         else:
             rows = [e for e in bridge.events if after is None or e["time"] > after][-limit:]
-        return [{**e, "time": iso(e["time"])} for e in rows]
+        return [Event.of(e) for e in rows]
 
     app.include_router(api)
     if bridge.config.metrics.enabled:
