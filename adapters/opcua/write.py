@@ -6,21 +6,30 @@ import math
 
 from asyncua import ua
 
+from bridge.core.datatypes import TYPES
 from bridge.core.errors import WriteRefusedError
 
 __all__ = ["encode_for", "variant_type_of"]
 
+
+def _limits(name: str) -> tuple[int, int]:
+    info = TYPES[name]
+    assert info.min is not None and info.max is not None
+    return info.min, info.max
+
+
+# OPC UA's integer DataTypes by the limits of plcbridge's type table (8-bit ones are OPC UA's own).
 _INT_RANGES: dict[ua.VariantType, tuple[int, int]] = {
     ua.VariantType.SByte: (-(2**7), 2**7 - 1),
     ua.VariantType.Byte: (0, 2**8 - 1),
-    ua.VariantType.Int16: (-(2**15), 2**15 - 1),
-    ua.VariantType.UInt16: (0, 2**16 - 1),
-    ua.VariantType.Int32: (-(2**31), 2**31 - 1),
-    ua.VariantType.UInt32: (0, 2**32 - 1),
-    ua.VariantType.Int64: (-(2**63), 2**63 - 1),
-    ua.VariantType.UInt64: (0, 2**64 - 1),
+    ua.VariantType.Int16: _limits("int16"),
+    ua.VariantType.UInt16: _limits("uint16"),
+    ua.VariantType.Int32: _limits("int32"),
+    ua.VariantType.UInt32: _limits("uint32"),
+    ua.VariantType.Int64: _limits("int64"),
+    ua.VariantType.UInt64: _limits("uint64"),
 }
-_FLOAT32_MAX = 3.4028234663852886e38
+_FLOAT32_MAX = TYPES["float32"].float_max or 0.0
 
 
 def variant_type_of(data_type: ua.NodeId) -> ua.VariantType | None:

@@ -116,11 +116,8 @@ def create_app(bridge: Bridge, tokens: TokenSet | None = None) -> FastAPI:
                 last_score_time=iso(latest.time) if latest else None,
                 window_valid=latest.window_valid if latest else False,
                 writeback=None if wb is None else WritebackHealth.of(wb)))
-        mqtt = None
-        for sink in bridge.sinks:
-            counters = getattr(sink, "status", None)
-            if sink.name == "mqtt" and callable(counters):
-                mqtt = MqttStatus.model_validate(counters())
+        counters = next((s.status() for s in bridge.sinks if s.name == "mqtt"), None)
+        mqtt = None if counters is None else MqttStatus.model_validate(counters)
         return Health(status="ok" if all(d.connected for d in devices) else "degraded",
                       version=__version__, uptime_s=round(time.time() - bridge.started_at, 1),
                       devices=devices, models=models, mqtt=mqtt)
@@ -179,7 +176,7 @@ def create_app(bridge: Bridge, tokens: TokenSet | None = None) -> FastAPI:
             threshold=runner.threshold, model_threshold=contract.threshold,
             score_meaning=contract.score, normalization=contract.normalization,
             training=scrub_paths(contract.training),
-            previous_version=bridge.updater.describe(name)["previous_version"],
+            previous_version=bridge.updater.previous_version(name),
             # Relative to data_dir: the operator knows where that is, a client need not.
             folder=None if folder is None or data_dir is None else folder.relative_to(data_dir).as_posix(),
         )

@@ -18,7 +18,6 @@ import os
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -169,7 +168,7 @@ class ModelUpdater:
         log.warning("model replaced model=%s from_version=%s to_version=%s source=%s",
                     name, old.detector.version, new.detector.version, source)
 
-    def describe(self, name: str) -> dict[str, Any]:
+    def previous_version(self, name: str) -> str | None:
+        """The version a rollback of ``name`` would restore, if any."""
         previous = self.previous.get(name)
-        return {"previous_version": previous.detector.version if previous else None,
-                "folder": str(self.folder) if self.folder else None}
+        return previous.detector.version if previous else None
