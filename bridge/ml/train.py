@@ -18,76 +18,23 @@ Training imports ``onnx`` (and scikit-learn for ``iforest``/``ae``); the runtime
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bridge.core.contract import ModelContract
+from bridge.ml.card import write_card
 from bridge.ml.dataset import DataError, Table
+from bridge.ml.options import KINDS, TrainOptions, TrainResult
 from bridge.ml.replay import replay
 
 __all__ = ["KINDS", "STATS_FORMAT", "TrainOptions", "TrainResult", "export_stats", "train",
            "train_from_stats"]
 
-KINDS = ("pca", "iforest", "ae")
-# An Isolation Forest score is bounded (-decision_function <= 0.5) and saturates for points
-# beyond the training range, so widening its quantile pushes the threshold past where faults
-# land; the unbounded squared statistics of pca and ae get room for drift instead.
-DEFAULT_MARGIN = {"pca": 2.0, "iforest": 1.0, "ae": 2.0}
 RECIPE_VERSION = "1.0.0"
 MIN_FIT_WINDOWS = 20
 MIN_CALIB_WINDOWS = 20
-
-
-@dataclass(frozen=True)
-class TrainOptions:
-    kind: str
-    inputs: tuple[str, ...] | None = None  # None: every signal column of the file
-    window: int = 5  # samples
-    period: float = 1.0  # seconds between samples
-    seed: int = 0
-    target_far: float = 0.01  # fraction of held-out normal windows allowed above the quantile
-    # Widening of that quantile's distance from the median score; None: the kind's default.
-    margin: float | None = None
-    calib_fraction: float = 0.25
-    train_rows: int | None = None  # use only the first N rows (SKAB: 400)
-    max_age: float | None = None  # None: the runtime default (2.5 x period)
-    name: str | None = None
-
-    @property
-    def effective_margin(self) -> float:
-        return DEFAULT_MARGIN[self.kind] if self.margin is None else self.margin
-
-    def check(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"kind {self.kind!r} is not one of {', '.join(KINDS)}")
-        if self.window < 2:
-            raise ValueError(f"window must be >= 2 samples, got {self.window}")
-        if not self.period > 0:
-            raise ValueError(f"period must be > 0 s, got {self.period}")
-        if not 0 < self.target_far < 0.5:
-            raise ValueError(f"target FAR must be in (0, 0.5), got {self.target_far}")
-        if self.margin is not None and not self.margin >= 1:
-            raise ValueError(f"margin must be >= 1, got {self.margin}")
-        if not 0.05 <= self.calib_fraction <= 0.5:
-            raise ValueError(f"calibration fraction must be in [0.05, 0.5], got {self.calib_fraction}")
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    path: Path
-    card: Path
-    contract: ModelContract
-    rows: int
-    bad_rows: int
-    fit_windows: int
-    calib_windows: int
-    dropped_windows: int  # invalid windows (bad or stale samples, warm-up) not used
-    calib_quantile: float
-    calib_median: float
-    card_lines: list[str] = field(default_factory=list)
 
 
 def _head(kind: str) -> Callable[[np.ndarray, int], Any]:
@@ -133,7 +80,6 @@ def _contract(name: str, opts: TrainOptions, inputs: Sequence[str], part: Any, t
 
 def train(table: Table, out: Path, opts: TrainOptions) -> TrainResult:
     """Train on ``table`` (normal operation), write ``out`` and its card. Raises DataError/ValueError."""
-    from bridge.ml.card import write_card
     from bridge.ml.heads.graph import assemble, fit_front
 
     opts.check()
