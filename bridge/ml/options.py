@@ -37,18 +37,19 @@ class TrainOptions:
         return DEFAULT_MARGIN[self.kind] if self.margin is None else self.margin
 
     def check(self) -> None:
+        # Messages name the command-line option: the CLI prints them as they are.
         if self.kind not in KINDS:
-            raise ValueError(f"kind {self.kind!r} is not one of {', '.join(KINDS)}")
+            raise ValueError(f"--kind {self.kind!r}: not one of {', '.join(KINDS)}")
         if self.window < 2:
-            raise ValueError(f"window must be >= 2 samples, got {self.window}")
+            raise ValueError(f"--window {self.window}: must be >= 2 samples")
         if not self.period > 0:
-            raise ValueError(f"period must be > 0 s, got {self.period}")
+            raise ValueError(f"--period {self.period}: must be > 0 s")
         if not 0 < self.target_far < 0.5:
-            raise ValueError(f"target FAR must be in (0, 0.5), got {self.target_far}")
+            raise ValueError(f"--target-far {self.target_far}: the target FAR must be in (0, 0.5)")
         if self.margin is not None and not self.margin >= 1:
-            raise ValueError(f"margin must be >= 1, got {self.margin}")
+            raise ValueError(f"--margin {self.margin}: must be >= 1")
         if not 0.05 <= self.calib_fraction <= 0.5:
-            raise ValueError(f"calibration fraction must be in [0.05, 0.5], got {self.calib_fraction}")
+            raise ValueError(f"--calib-fraction {self.calib_fraction}: must be in [0.05, 0.5]")
 
 
 @dataclass(frozen=True)

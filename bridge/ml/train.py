@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from bridge.core.contract import ModelContract
+from bridge.core.extras import require_extra
 from bridge.ml.card import write_card
 from bridge.ml.dataset import DataError, Table
 from bridge.ml.options import KINDS, TrainOptions, TrainResult
@@ -35,6 +36,15 @@ __all__ = ["KINDS", "STATS_FORMAT", "TrainOptions", "TrainResult", "export_stats
 RECIPE_VERSION = "1.0.0"
 MIN_FIT_WINDOWS = 20
 MIN_CALIB_WINDOWS = 20
+
+
+# What each kind imports beyond onnx (bridge.ml.heads), checked before any work is done.
+_NEEDS: dict[str, tuple[str, ...]] = {"pca": (), "iforest": ("sklearn", "skl2onnx"), "ae": ("sklearn",)}
+
+
+def _require(kind: str, *more: str) -> None:
+    for module in ("onnx", *_NEEDS.get(kind, ()), *more):
+        require_extra(module, f"train --kind {kind}")
 
 
 def _head(kind: str) -> Callable[[np.ndarray, int], Any]:
@@ -79,10 +89,12 @@ def _contract(name: str, opts: TrainOptions, inputs: Sequence[str], part: Any, t
 
 
 def train(table: Table, out: Path, opts: TrainOptions) -> TrainResult:
-    """Train on ``table`` (normal operation), write ``out`` and its card. Raises DataError/ValueError."""
+    """Train on ``table`` (normal operation), write ``out`` and its card. Raises DataError/ValueError
+    (MissingExtraError without the recipes extra)."""
+    opts.check()
+    _require(opts.kind)
     from bridge.ml.heads.graph import assemble, fit_front
 
-    opts.check()
     if opts.train_rows is not None:
         table = table.head(opts.train_rows)
     inputs = tuple(opts.inputs) if opts.inputs else table.columns
@@ -152,11 +164,12 @@ STATS_VERSION = 1
 
 def export_stats(table: Table, opts: TrainOptions) -> dict[str, Any]:
     """Sufficient statistics of ``table`` for a federated PCA baseline (JSON-serialisable)."""
-    from bridge.ml.heads.pca import Moments
-
     opts.check()
     if opts.kind != "pca":
         raise ValueError(f"--export-stats: only --kind pca merges exactly, not {opts.kind!r}")
+    _require(opts.kind)
+    from bridge.ml.heads.pca import Moments
+
     if opts.train_rows is not None:
         table = table.head(opts.train_rows)
     inputs = tuple(opts.inputs) if opts.inputs else table.columns
@@ -190,12 +203,13 @@ def _load_stats(path: Path) -> dict[str, Any]:
 
 def train_from_stats(paths: Sequence[Path], out: Path, opts: TrainOptions) -> TrainResult:
     """Merge exported statistics and write the PCA model (and its card) they determine."""
-    from bridge.ml.heads import pca
-    from bridge.ml.heads.graph import assemble
-
     opts.check()
     if opts.kind != "pca":
         raise ValueError(f"--from-stats: only --kind pca, not {opts.kind!r}")
+    _require(opts.kind, "scipy")  # the analytic threshold
+    from bridge.ml.heads import pca
+    from bridge.ml.heads.graph import assemble
+
     sites = [_load_stats(p) for p in paths]
     first = sites[0]
     n_f = len(first["inputs"])
