@@ -239,6 +239,17 @@ def _demo(args: argparse.Namespace) -> int:
         return EXIT_OK
 
 
+def _positive_int(text: str) -> int:
+    # ArgumentTypeError, not ValueError: argparse then prints this message, not the type's name.
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be >= 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="plcbridge", description=__doc__, epilog=EXIT_STATUS_HELP,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -281,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     certs.add_argument("--hostname", default=None, help="DNS name in the certificate (default: this host)")
     certs.add_argument("--name", default="plcbridge", help="file name prefix (default plcbridge)")
     certs.add_argument("--server", action="store_true", help="a server certificate for [opcua_server]")
-    certs.add_argument("--days", type=int, default=730, help="validity in days (default 730)")
+    certs.add_argument("--days", type=_positive_int, default=730, help="validity in days (default 730)")
     certs.add_argument("--force", action="store_true", help="replace existing files")
     certs.set_defaults(func=_certs)
 
