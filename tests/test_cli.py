@@ -30,8 +30,9 @@ def _err(capsys: pytest.CaptureFixture[str]) -> str:
     return capsys.readouterr().err
 
 
-def test_help_lists_the_exit_statuses(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--help"]) == EXIT_OK
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["train", "--help"]])
+def test_help_lists_the_exit_statuses(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == EXIT_OK
     out = capsys.readouterr().out
     assert "exit status:" in out
     for status in (EXIT_OK, EXIT_FAILED, EXIT_INPUT):

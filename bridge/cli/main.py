@@ -306,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     add_commands(sub)
+    for command in sub.choices.values():  # `plcbridge COMMAND --help` states them too
+        command.epilog = EXIT_STATUS_HELP
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
 
 
