@@ -19,8 +19,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check bridge adapters bench
-	$(BIN)/mypy bridge adapters bench
+	$(BIN)/ruff check bridge adapters bench models
+	$(BIN)/mypy bridge adapters bench models
 
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[test,bench]'

@@ -1,4 +1,5 @@
-"""`plcbridge` command line: run, check, simulate, demo."""
+"""plcbridge: poll PLCs (Modbus, OPC UA), score windows with local ONNX anomaly models, write
+results back; and the on-site model workflow (record, train, evaluate, quantize)."""
 
 from __future__ import annotations
 
@@ -12,41 +13,23 @@ from pathlib import Path
 from typing import Any
 
 from bridge import __version__
-from bridge.config import DEFAULT_MODEL, Config, OpcuaDeviceConfig, load_config
+from bridge.cli.common import (
+    EXIT_FAILED,
+    EXIT_INPUT,
+    EXIT_OK,
+    EXIT_STATUS_HELP,
+    KeyValueFormatter,
+    fail,
+    fail_config,
+    load_config_or_exit,
+    setup_logging,
+)
+from bridge.cli.models import add_commands
+from bridge.config import DEFAULT_MODEL, Config, OpcuaDeviceConfig
 from bridge.core.errors import ConfigError, ModelContractError
+from bridge.core.extras import MissingExtraError, require_extra
 
-__all__ = ["main"]
-
-EXIT_CONFIG = 2
-
-
-class _KeyValueFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        line = (f"{self.formatTime(record, '%Y-%m-%dT%H:%M:%S')} level={record.levelname.lower()} "
-                f"logger={record.name} {record.getMessage()}")
-        if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
-        return line
-
-
-def _setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_KeyValueFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    for noisy in ("pymodbus", "apscheduler", "uvicorn.error", "asyncua"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
-
-
-def _load(path: str) -> Config | None:
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        print(f"{path}: invalid configuration", file=sys.stderr)
-        for line in exc.errors:
-            print(f"  {line}", file=sys.stderr)
-        return None
+__all__ = ["build_parser", "main"]
 
 
 def _print_opcua_device(device: OpcuaDeviceConfig) -> None:
@@ -66,9 +49,7 @@ def _print_opcua_device(device: OpcuaDeviceConfig) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    config = _load(args.config)
-    if config is None:
-        return EXIT_CONFIG
+    config = load_config_or_exit(args.config)
     from adapters.modbus.plan import describe, plan_reads  # pure: no protocol library
     from bridge.scoring.detector import Detector
     from bridge.scoring.runner import resolve_inputs
@@ -90,21 +71,19 @@ def _check(args: argparse.Namespace) -> int:
             requests = plan_reads(device.tags, max_registers=device.max_registers,
                                   max_bits=device.max_bits, max_gap=device.max_gap)
         except ValueError as exc:
-            print(f"devices.{device.name}: {exc}", file=sys.stderr)
-            return EXIT_CONFIG
+            return fail(f"devices.{device.name}: {exc}", args.config)
         total += len(requests)
         print(f"  {len(requests)} request(s) per cycle:")
         for line in describe(requests):
             print(f"    {line}")
-    status = 0
+    status = EXIT_OK
     for index, model in enumerate(config.models):
         path = Path(model.file) if model.file is not None else DEFAULT_MODEL
         try:
             detector = Detector(path)
             tags = resolve_inputs(model, detector.contract.inputs, detector)
         except ModelContractError as exc:
-            print(f"models[{index}] ({model.name}): {exc}", file=sys.stderr)
-            status = EXIT_CONFIG
+            status = fail(f"models[{index}] ({model.name}): {exc}", args.config)
             continue
         c = detector.contract
         print(f"\nmodel {model.name}: {path.name} ({c.kind}, version {c.version}), window "
@@ -121,10 +100,8 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    config = _load(args.config)
-    if config is None:
-        return EXIT_CONFIG
-    _setup_logging(args.log_level or config.bridge.log_level)
+    config = load_config_or_exit(args.config)
+    setup_logging(args.log_level or config.bridge.log_level)
     _setup_audit(config)
     from bridge.api.serve import run_until_stopped
     from bridge.runtime.bridge import Bridge
@@ -132,23 +109,18 @@ def _run(args: argparse.Namespace) -> int:
     try:
         bridge = Bridge(config)
     except ConfigError as exc:
-        print(f"{args.config}: invalid configuration", file=sys.stderr)
-        for line in exc.errors:
-            print(f"  {line}", file=sys.stderr)
-        return EXIT_CONFIG
+        return fail_config(args.config, exc)
     except (ModelContractError, ValueError, OSError) as exc:
-        print(f"{args.config}: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    if args.check_only:
-        return asyncio.run(_connect_once(bridge))
+        return fail(str(exc), args.config)
+    # Files the configuration names (tokens, TLS, MQTT password, ...) are read on start: a
+    # problem with them is still bad input, not a failure to retry.
     try:
+        if args.check_only:
+            return asyncio.run(_connect_once(bridge))
         asyncio.run(run_until_stopped(bridge))
     except ConfigError as exc:
-        print(f"{args.config}: invalid configuration", file=sys.stderr)
-        for line in exc.errors:
-            print(f"  {line}", file=sys.stderr)
-        return EXIT_CONFIG
-    return 0
+        return fail_config(args.config, exc)
+    return EXIT_OK
 
 
 def _setup_audit(config: Config) -> None:
@@ -163,7 +135,7 @@ def _setup_audit(config: Config) -> None:
     config.storage.data_dir.mkdir(parents=True, exist_ok=True)
     handler = RotatingFileHandler(config.storage.data_dir / "audit.log", maxBytes=1_000_000,
                                   backupCount=5, encoding="utf-8")
-    handler.setFormatter(_KeyValueFormatter())
+    handler.setFormatter(KeyValueFormatter())
     audit.addHandler(handler)
     audit.setLevel(logging.INFO)
     audit.propagate = False
@@ -190,21 +162,18 @@ async def _connect_once(bridge: Any) -> int:
                   f"first problem: {bad[0].tag}: {bad[0].reason}")
         else:
             print(f"device {name}: ok, {len(readings)} tags read")
-    return 1 if failed else 0
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def _registers(args: argparse.Namespace) -> int:
-    config = _load(args.config)
-    if config is None:
-        return EXIT_CONFIG
+    config = load_config_or_exit(args.config)
     from adapters.modbus.register_map import registers_command
 
     return registers_command(config)
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    _setup_logging(args.log_level or "info")
-    from adapters.sim.modbus import run_simulator_forever
+    from adapters.sim.plant import FAULTS  # pure: the plant model, no protocol library
 
     schedule = []
     for item in args.fault_at or []:
@@ -212,35 +181,43 @@ def _simulate(args: argparse.Namespace) -> int:
         try:
             schedule.append((float(seconds), fault))
         except ValueError:
-            print(f"--fault-at: {item!r} is not SECONDS:FAULT", file=sys.stderr)
-            return EXIT_CONFIG
+            return fail(f"{item!r} is not SECONDS:FAULT", "--fault-at")
+        if fault not in FAULTS:
+            return fail(f"{item!r}: fault {fault!r} is not one of {', '.join(FAULTS)}", "--fault-at")
+    if args.replay and not Path(args.replay).is_file():
+        return fail("file not found", f"--replay {args.replay}")
+    if args.opcua and args.replay:
+        return fail("serves the simulated plant; it cannot be combined with --replay", "--opcua")
     if args.opcua:
-        if args.replay:
-            print("--opcua serves the simulated plant; it cannot be combined with --replay",
-                  file=sys.stderr)
-            return EXIT_CONFIG
+        require_extra("asyncua", "simulate --opcua")
+    setup_logging(args.log_level or "info")
+    if args.opcua:
         from adapters.sim.opcua import run_opcua_simulator_forever
 
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(run_opcua_simulator_forever(args.host, args.port, args.opcua_port,
                                                     args.seed, schedule or None))
-        return 0
+        return EXIT_OK
+    from adapters.sim.modbus import run_simulator_forever
+
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_simulator_forever(args.host, args.port, args.seed, schedule or None,
                                           Path(args.replay) if args.replay else None, args.speed))
-    return 0
+    return EXIT_OK
 
 
 def _certs(args: argparse.Namespace) -> int:
+    require_extra("asyncua", "certs")
     from adapters.opcua.certs import generate_certificate
 
     try:
         cert, key = generate_certificate(Path(args.out), args.application_uri, hostname=args.hostname,
                                          name=args.name, server=args.server, days=args.days,
                                          force=args.force)
-    except (FileExistsError, ValueError) as exc:
-        print(f"certs: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+    except FileExistsError as exc:  # "PATH exists (use --force ...)": the file comes first
+        return fail(str(exc))
+    except ValueError as exc:
+        return fail(str(exc), "certs")
     print(f"certificate {cert}\nprivate key {key}\napplication URI {args.application_uri}")
     key_name = "certificate / private_key" + ("" if args.server else " / application_uri")
     print(f"set {key_name} accordingly; the peer must trust {cert}")
@@ -249,21 +226,33 @@ def _certs(args: argparse.Namespace) -> int:
               "folder, or set trust_on_first_use = true (saved there on first connect); for a "
               "certificate user identity (user_certificate / user_private_key) run this again "
               "with --name <user> --application-uri urn:<site>:user:<user>")
-    return 0
+    return EXIT_OK
 
 
 def _demo(args: argparse.Namespace) -> int:
-    _setup_logging(args.log_level or "warning")
+    setup_logging(args.log_level or "warning")
     from bridge.cli.demo import run_demo
 
     try:
         return asyncio.run(run_demo(args.port, args.fault, args.fault_after, args.duration))
     except KeyboardInterrupt:
-        return 0
+        return EXIT_OK
+
+
+def _positive_int(text: str) -> int:
+    # ArgumentTypeError, not ValueError: argparse then prints this message, not the type's name.
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be >= 1")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="plcbridge", description=__doc__)
+    parser = argparse.ArgumentParser(prog="plcbridge", description=__doc__, epilog=EXIT_STATUS_HELP,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"plcbridge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -303,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     certs.add_argument("--hostname", default=None, help="DNS name in the certificate (default: this host)")
     certs.add_argument("--name", default="plcbridge", help="file name prefix (default plcbridge)")
     certs.add_argument("--server", action="store_true", help="a server certificate for [opcua_server]")
-    certs.add_argument("--days", type=int, default=730, help="validity in days (default 730)")
+    certs.add_argument("--days", type=_positive_int, default=730, help="validity in days (default 730)")
     certs.add_argument("--force", action="store_true", help="replace existing files")
     certs.set_defaults(func=_certs)
 
@@ -316,16 +305,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     demo.set_defaults(func=_demo)
 
-    from bridge.cli.models import add_commands  # train, evaluate: models on site
-
     add_commands(sub)
+    for command in sub.choices.values():  # `plcbridge COMMAND --help` states them too
+        command.epilog = EXIT_STATUS_HELP
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    result: int = args.func(args)
-    return result
+    """Run one command; returns its exit status (see EXIT_STATUS_HELP) instead of exiting."""
+    try:
+        args = build_parser().parse_args(argv)
+        status: int = args.func(args)
+    except SystemExit as exc:  # argparse (--help, bad arguments) and load_config_or_exit
+        return exc.code if isinstance(exc.code, int) else EXIT_INPUT if exc.code else EXIT_OK
+    except MissingExtraError as exc:
+        return fail(str(exc))
+    return status
 
 
 if __name__ == "__main__":

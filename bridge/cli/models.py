@@ -1,9 +1,8 @@
 """`plcbridge record | train | evaluate | quantize`: the on-site model workflow.
 
-Wired into bridge.cli by ``add_commands``.
-
-Exit codes: 0 success, 2 bad input (missing or malformed file, unknown column, bad option),
-each with one message naming the file, column or option.
+Wired into bridge.cli by ``add_commands``. Exit statuses and the error format are those of every
+command (``bridge.cli.common``): 0 success, 1 quantize refused the model, 2 bad input (missing or
+malformed file, unknown column, bad option), with one message naming the file, column or option.
 """
 
 from __future__ import annotations
@@ -13,19 +12,12 @@ import json
 import sys
 from pathlib import Path
 
-from bridge.core.errors import ModelContractError
+from bridge.cli.common import EXIT_FAILED, EXIT_OK, fail, fail_config, load_config_or_exit, setup_logging
+from bridge.core.errors import ConfigError, ModelContractError
+from bridge.core.extras import require_extra
 from bridge.ml.dataset import DataError, load_csv
 
 __all__ = ["add_commands"]
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_INPUT = 2
-
-
-def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return EXIT_INPUT
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -34,9 +26,9 @@ def _train(args: argparse.Namespace) -> int:
     if args.export_stats is not None or args.from_stats:
         return _train_federated(args)
     if args.data is None:
-        return _fail("train: DATA is required (or --from-stats STATS.json ...)")
+        return fail("train: DATA is required (or --from-stats STATS.json ...)")
     if args.out is None:
-        return _fail("train: --out is required (or --export-stats STATS.json)")
+        return fail("train: --out is required (or --export-stats STATS.json)")
 
     inputs = tuple(s.strip() for s in args.inputs.split(",")) if args.inputs else None
     opts = TrainOptions(kind=args.kind, inputs=inputs, window=args.window, period=args.period,
@@ -46,10 +38,10 @@ def _train(args: argparse.Namespace) -> int:
     try:
         opts.check()
         if args.out.exists() and not args.force:
-            return _fail(f"{args.out}: exists (use --force to overwrite)")
+            return fail(f"{args.out}: exists (use --force to overwrite)")
         result = train(load_csv(args.data), args.out, opts)
     except (DataError, ValueError) as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     c = result.contract
     print(f"wrote {result.path} ({result.path.stat().st_size} bytes) and {result.card}")
     print(f"  {c.kind}: {len(c.inputs)} inputs, window {c.window_length} x {c.period:g} s, "
@@ -64,9 +56,9 @@ def _train_federated(args: argparse.Namespace) -> int:
     from bridge.ml.train import TrainOptions, export_stats, train_from_stats
 
     if args.kind != "pca":
-        return _fail(f"--kind {args.kind}: --export-stats/--from-stats work for --kind pca only")
+        return fail(f"--kind {args.kind}: --export-stats/--from-stats work for --kind pca only")
     if args.export_stats is not None and args.from_stats:
-        return _fail("--export-stats and --from-stats: use one or the other")
+        return fail("--export-stats and --from-stats: use one or the other")
     inputs = tuple(s.strip() for s in args.inputs.split(",")) if args.inputs else None
     opts = TrainOptions(kind="pca", inputs=inputs, window=args.window, period=args.period, seed=args.seed,
                         target_far=args.target_far, margin=args.margin, train_rows=args.train_rows,
@@ -75,9 +67,9 @@ def _train_federated(args: argparse.Namespace) -> int:
         opts.check()
         if args.export_stats is not None:
             if args.data is None:
-                return _fail("--export-stats: DATA.csv is required")
+                return fail("--export-stats: DATA.csv is required")
             if args.export_stats.exists() and not args.force:
-                return _fail(f"{args.export_stats}: exists (use --force to overwrite)")
+                return fail(f"{args.export_stats}: exists (use --force to overwrite)")
             stats = export_stats(load_csv(args.data), opts)
             args.export_stats.parent.mkdir(parents=True, exist_ok=True)
             args.export_stats.write_text(json.dumps(stats), encoding="utf-8")
@@ -85,14 +77,14 @@ def _train_federated(args: argparse.Namespace) -> int:
                   f"{stats['window_means']['count']} windows, no raw data")
             return EXIT_OK
         if args.data is not None:
-            return _fail(f"--from-stats: takes no DATA ({args.data}); the statistics are the data")
+            return fail(f"--from-stats: takes no DATA ({args.data}); the statistics are the data")
         if args.out is None:
-            return _fail("--from-stats: --out MODEL.onnx is required")
+            return fail("--from-stats: --out MODEL.onnx is required")
         if args.out.exists() and not args.force:
-            return _fail(f"{args.out}: exists (use --force to overwrite)")
+            return fail(f"{args.out}: exists (use --force to overwrite)")
         result = train_from_stats(args.from_stats, args.out, opts)
     except (DataError, ValueError) as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     c = result.contract
     print(f"wrote {result.path} ({result.path.stat().st_size} bytes) and {result.card}")
     print(f"  federated pca from {len(args.from_stats)} sites: {result.rows} rows, {result.fit_windows} "
@@ -123,17 +115,17 @@ def _print_report(report: object) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     from bridge.ml.evaluate import evaluate, plot
 
+    if args.plot is not None:
+        require_extra("matplotlib.pyplot", "--plot")  # before the evaluation, not after it
     try:
         report = evaluate(args.model, args.data, test_from=args.test_from, max_age=args.max_age)
     except (DataError, ModelContractError) as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     _print_report(report)
     if args.plot is not None:
-        written = [plot(f, report.threshold, args.plot) for f in report.files]
-        if any(p is None for p in written):
-            print("note: matplotlib is not installed; no plots written", file=sys.stderr)
-        else:
-            print(f"plots: {args.plot}/")
+        for f in report.files:
+            plot(f, report.threshold, args.plot)
+        print(f"plots: {args.plot}/")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report.as_dict(), indent=1), encoding="utf-8")
@@ -144,7 +136,6 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _record(args: argparse.Namespace) -> int:
     import asyncio
 
-    from bridge.cli.main import _load, _setup_logging
     from bridge.ml.record import (
         Progress,
         RecordError,
@@ -156,22 +147,20 @@ def _record(args: argparse.Namespace) -> int:
         record,
     )
 
-    config = _load(args.config)  # prints every config error with its key path
-    if config is None:
-        return EXIT_INPUT
-    _setup_logging("warning")  # device errors still show; the progress line stays readable
+    config = load_config_or_exit(args.config)
+    setup_logging("warning")  # device errors still show; the progress line stays readable
     try:
         duration = parse_duration(args.duration)
         if not args.speed > 0:
-            raise RecordError(f"--speed must be > 0, got {args.speed}")
+            raise RecordError(f"--speed {args.speed}: must be > 0")
         rec = plan(config, args.model, args.period)
     except RecordError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     csv_path, log_path = output_paths(args.out, rec.name)
     if csv_path.is_dir():
-        return _fail(f"{csv_path}: is a directory")
+        return fail(f"{csv_path}: is a directory")
     if csv_path.exists() and csv_path.stat().st_size > 0 and not args.force:
-        return _fail(f"{csv_path}: exists and is not empty (use --force to overwrite)")
+        return fail(f"{csv_path}: exists and is not empty (use --force to overwrite)")
     print(f"recording {len(rec.tags)} tag(s) of {rec.name} every {rec.period:g} s "
           f"({rec.period_source}) for {duration:g} s into {csv_path}", file=sys.stderr)
 
@@ -183,8 +172,10 @@ def _record(args: argparse.Namespace) -> int:
 
     try:
         result = asyncio.run(main())
+    except ConfigError as exc:  # files the configuration names, read when the bridge is built
+        return fail_config(args.config, exc)
     except (ModelContractError, OSError, ValueError) as exc:
-        return _fail(f"{args.config}: {exc}")
+        return fail(str(exc), args.config)
     how = "stopped by signal" if result.interrupted else "done"
     print(f"{how}: {result.rows} rows ({result.bad_rows} bad) in {result.path}", file=sys.stderr)
     if result.bad_rows:
@@ -201,14 +192,14 @@ def _quantize(args: argparse.Namespace) -> int:
     from bridge.ml.quantize import quantize
 
     if args.out.exists() and not args.force:
-        return _fail(f"{args.out}: exists (use --force to overwrite)")
+        return fail(f"{args.out}: exists (use --force to overwrite)")
     if args.out.resolve() == args.model.resolve():
-        return _fail(f"--out {args.out}: is the input model")
+        return fail(f"--out {args.out}: is the input model")
     try:
         report = quantize(args.model, args.out, args.data, method=args.method,
                           tolerance=args.tolerance, test_from=args.test_from)
     except (DataError, ModelContractError, ValueError) as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     for line in report.lines():
         print(line)
     if args.json is not None:

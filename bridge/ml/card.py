@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from bridge.ml.train import TrainOptions, TrainResult
+from bridge.ml.options import TrainOptions, TrainResult
 
 __all__ = ["write_card"]
 

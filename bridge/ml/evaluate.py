@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from bridge.core.extras import require_extra
 from bridge.core.progress import track
 from bridge.ml.dataset import DataError, Table, load_csv
 from bridge.ml.detection import Counts, Segment, count, segments
@@ -112,15 +113,10 @@ def latency_us(detector: Detector, window: np.ndarray, repeat: int = 2000) -> tu
     return float(np.median(samples) / 1e3), float(np.quantile(samples, 0.99) / 1e3)
 
 
-def plot(result: FileResult, threshold: float, out_dir: Path) -> Path | None:
-    """PNG of score, threshold and labels; None when matplotlib is not installed."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # no display on an edge box
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
+def plot(result: FileResult, threshold: float, out_dir: Path) -> Path:
+    """PNG of score, threshold and labels. Raises MissingExtraError without matplotlib."""
+    require_extra("matplotlib", "--plot").use("Agg")  # no display on an edge box
+    plt = require_extra("matplotlib.pyplot", "--plot")
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / f"{result.path.parent.name}_{result.path.stem}.png"
     t = result.times - result.times[0]

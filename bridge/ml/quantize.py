@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from bridge.core.errors import ModelContractError
+from bridge.core.extras import require_extra
 from bridge.ml.dataset import DataError, Table, load_csv
 from bridge.ml.detection import Counts
 from bridge.ml.evaluate import FileResult, evaluate_table, latency_us
@@ -142,6 +143,7 @@ def quantize(model: Path, out: Path, data: Sequence[Path], *, method: str = "dyn
     """Quantize ``model``; write ``out`` only when accepted. Raises DataError/ModelContractError."""
     if method not in METHODS:
         raise ValueError(f"--method {method!r} is not one of {', '.join(METHODS)}")
+    require_extra("onnx", "quantize")  # before the evaluation, not after it
     ref = Detector(model)
     tables: list[Table] = [load_csv(p) for p in data]
     c = ref.contract
@@ -161,7 +163,8 @@ def quantize(model: Path, out: Path, data: Sequence[Path], *, method: str = "dyn
         try:
             q = Detector(tmp)  # contract metadata survived, graph still matches it
         except ModelContractError as exc:
-            raise ModelContractError(f"quantized model does not load as a plcbridge model: {exc}") from exc
+            raise ModelContractError(f"{out}: the quantized model does not load as a plcbridge model "
+                                     f"({exc})") from exc
         ref_res = [evaluate_table(ref, t, test_from=test_from) for t in tables]
         q_res = [evaluate_table(q, t, test_from=test_from) for t in tables]
         a = np.concatenate([r.scores for r in ref_res])

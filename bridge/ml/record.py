@@ -85,7 +85,7 @@ def plan(config: Config, model: str | None, period: float | None) -> RecordPlan:
         tags = tuple(t.name for d in config.devices for t in d.tags
                      if getattr(t, "data_type", None) != "string")
         if not tags:
-            raise RecordError("the configuration has no numeric tags to record")
+            raise RecordError("devices: no numeric tags to record")
         slowest = max(tags_of[t].poll_interval for t in tags)
         p = period if period is not None else DEFAULT_PERIOD
         src = "--period" if period is not None else f"default {DEFAULT_PERIOD:g} s (no model)"

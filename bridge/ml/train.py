@@ -18,76 +18,33 @@ Training imports ``onnx`` (and scikit-learn for ``iforest``/``ae``); the runtime
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bridge.core.contract import ModelContract
+from bridge.core.extras import require_extra
+from bridge.ml.card import write_card
 from bridge.ml.dataset import DataError, Table
+from bridge.ml.options import KINDS, TrainOptions, TrainResult
 from bridge.ml.replay import replay
 
 __all__ = ["KINDS", "STATS_FORMAT", "TrainOptions", "TrainResult", "export_stats", "train",
            "train_from_stats"]
 
-KINDS = ("pca", "iforest", "ae")
-# An Isolation Forest score is bounded (-decision_function <= 0.5) and saturates for points
-# beyond the training range, so widening its quantile pushes the threshold past where faults
-# land; the unbounded squared statistics of pca and ae get room for drift instead.
-DEFAULT_MARGIN = {"pca": 2.0, "iforest": 1.0, "ae": 2.0}
 RECIPE_VERSION = "1.0.0"
 MIN_FIT_WINDOWS = 20
 MIN_CALIB_WINDOWS = 20
 
 
-@dataclass(frozen=True)
-class TrainOptions:
-    kind: str
-    inputs: tuple[str, ...] | None = None  # None: every signal column of the file
-    window: int = 5  # samples
-    period: float = 1.0  # seconds between samples
-    seed: int = 0
-    target_far: float = 0.01  # fraction of held-out normal windows allowed above the quantile
-    # Widening of that quantile's distance from the median score; None: the kind's default.
-    margin: float | None = None
-    calib_fraction: float = 0.25
-    train_rows: int | None = None  # use only the first N rows (SKAB: 400)
-    max_age: float | None = None  # None: the runtime default (2.5 x period)
-    name: str | None = None
-
-    @property
-    def effective_margin(self) -> float:
-        return DEFAULT_MARGIN[self.kind] if self.margin is None else self.margin
-
-    def check(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"kind {self.kind!r} is not one of {', '.join(KINDS)}")
-        if self.window < 2:
-            raise ValueError(f"window must be >= 2 samples, got {self.window}")
-        if not self.period > 0:
-            raise ValueError(f"period must be > 0 s, got {self.period}")
-        if not 0 < self.target_far < 0.5:
-            raise ValueError(f"target FAR must be in (0, 0.5), got {self.target_far}")
-        if self.margin is not None and not self.margin >= 1:
-            raise ValueError(f"margin must be >= 1, got {self.margin}")
-        if not 0.05 <= self.calib_fraction <= 0.5:
-            raise ValueError(f"calibration fraction must be in [0.05, 0.5], got {self.calib_fraction}")
+# What each kind imports beyond onnx (bridge.ml.heads), checked before any work is done.
+_NEEDS: dict[str, tuple[str, ...]] = {"pca": (), "iforest": ("sklearn", "skl2onnx"), "ae": ("sklearn",)}
 
 
-@dataclass(frozen=True)
-class TrainResult:
-    path: Path
-    card: Path
-    contract: ModelContract
-    rows: int
-    bad_rows: int
-    fit_windows: int
-    calib_windows: int
-    dropped_windows: int  # invalid windows (bad or stale samples, warm-up) not used
-    calib_quantile: float
-    calib_median: float
-    card_lines: list[str] = field(default_factory=list)
+def _require(kind: str, *more: str) -> None:
+    for module in ("onnx", *_NEEDS.get(kind, ()), *more):
+        require_extra(module, f"train --kind {kind}")
 
 
 def _head(kind: str) -> Callable[[np.ndarray, int], Any]:
@@ -132,11 +89,12 @@ def _contract(name: str, opts: TrainOptions, inputs: Sequence[str], part: Any, t
 
 
 def train(table: Table, out: Path, opts: TrainOptions) -> TrainResult:
-    """Train on ``table`` (normal operation), write ``out`` and its card. Raises DataError/ValueError."""
-    from bridge.ml.card import write_card
+    """Train on ``table`` (normal operation), write ``out`` and its card. Raises DataError/ValueError
+    (MissingExtraError without the recipes extra)."""
+    opts.check()
+    _require(opts.kind)
     from bridge.ml.heads.graph import assemble, fit_front
 
-    opts.check()
     if opts.train_rows is not None:
         table = table.head(opts.train_rows)
     inputs = tuple(opts.inputs) if opts.inputs else table.columns
@@ -206,11 +164,12 @@ STATS_VERSION = 1
 
 def export_stats(table: Table, opts: TrainOptions) -> dict[str, Any]:
     """Sufficient statistics of ``table`` for a federated PCA baseline (JSON-serialisable)."""
-    from bridge.ml.heads.pca import Moments
-
     opts.check()
     if opts.kind != "pca":
         raise ValueError(f"--export-stats: only --kind pca merges exactly, not {opts.kind!r}")
+    _require(opts.kind)
+    from bridge.ml.heads.pca import Moments
+
     if opts.train_rows is not None:
         table = table.head(opts.train_rows)
     inputs = tuple(opts.inputs) if opts.inputs else table.columns
@@ -244,12 +203,13 @@ def _load_stats(path: Path) -> dict[str, Any]:
 
 def train_from_stats(paths: Sequence[Path], out: Path, opts: TrainOptions) -> TrainResult:
     """Merge exported statistics and write the PCA model (and its card) they determine."""
-    from bridge.ml.heads import pca
-    from bridge.ml.heads.graph import assemble
-
     opts.check()
     if opts.kind != "pca":
         raise ValueError(f"--from-stats: only --kind pca, not {opts.kind!r}")
+    _require(opts.kind, "scipy")  # the analytic threshold
+    from bridge.ml.heads import pca
+    from bridge.ml.heads.graph import assemble
+
     sites = [_load_stats(p) for p in paths]
     first = sites[0]
     n_f = len(first["inputs"])

@@ -11,7 +11,7 @@ import numpy as np
 
 from adapters.sim.plant import PumpPlant
 from bridge.scoring.detector import Detector
-from models.recipes.pump_pca import (
+from models.recipes._pump_pca_fit import (
     CALIB_RUNS,
     CALIB_SEED,
     EPS,
