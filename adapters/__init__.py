@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, cast
 
+from bridge.core.extras import require_extra
 from bridge.ports import Adapter, DeviceStatus
 
 __all__ = ["ADAPTERS", "Adapter", "DeviceStatus", "create_adapter"]
@@ -18,6 +19,8 @@ ADAPTERS: dict[str, str] = {
     "modbus": "adapters.modbus.client:ModbusAdapter",
     "opcua": "adapters.opcua.client:OpcuaAdapter",
 }
+# Protocols whose library is an optional extra (pymodbus is a core dependency).
+LIBRARIES: dict[str, str] = {"opcua": "asyncua"}
 
 
 def create_adapter(device_config: Any) -> Adapter:
@@ -27,6 +30,9 @@ def create_adapter(device_config: Any) -> Adapter:
     if target is None:
         known = ", ".join(sorted(ADAPTERS))
         raise ValueError(f"protocol: {protocol!r} is not one of {known}")
+    library = LIBRARIES.get(str(protocol))
+    if library is not None:  # MissingExtraError names the pip extra, not a bare ImportError
+        require_extra(library, f"protocol {protocol}")
     module_name, _, class_name = target.partition(":")
     adapter_class = getattr(importlib.import_module(module_name), class_name)
     return cast(Adapter, adapter_class(device_config))

@@ -16,6 +16,7 @@ from bridge.config.checks import (
     check_valid_range,
     effective_security_mode,
 )
+from bridge.core.extras import MissingExtraError, require_extra
 
 __all__ = ["OpcuaDeviceConfig", "OpcuaSecurityPolicy", "OpcuaTagConfig", "check_node_id"]
 
@@ -35,9 +36,12 @@ def check_node_id(value: str) -> str:
 
 
 def _browse_path(value: str) -> str:
-    # asyncua is imported only for a config that has a browse path (Modbus-only stays lean).
-    from asyncua.ua.relative_path import RelativePathFormatter
-
+    # asyncua is imported only for a config that has a browse path (Modbus-only stays lean);
+    # without it the path cannot be checked, which is this key's error, not a traceback.
+    try:
+        RelativePathFormatter = require_extra("asyncua.ua.relative_path", "browse_path").RelativePathFormatter
+    except MissingExtraError as exc:
+        raise ValueError(str(exc)) from None
     try:
         elements = RelativePathFormatter.parse(value).build().Elements
     except Exception:

@@ -21,6 +21,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from adapters import create_adapter
 from bridge.config import DEFAULT_MODEL, Config, ModbusTagConfig, OpcuaTagConfig
 from bridge.core.errors import ConfigError, ModelContractError
+from bridge.core.extras import MissingExtraError
 from bridge.core.scores import Score, ScoreStore
 from bridge.core.tags import Reading, TagStore, bad
 from bridge.ports import Adapter, DeviceStatus, ModelStatus, Sink, Writer
@@ -90,7 +91,12 @@ class Bridge:
         self.tags: dict[str, tuple[str, ModbusTagConfig | OpcuaTagConfig]] = {
             tag.name: (device.name, tag) for device in config.devices for tag in device.tags
         }
-        self.adapters: dict[str, Adapter] = {d.name: adapter_factory(d) for d in config.devices}
+        self.adapters: dict[str, Adapter] = {}
+        for index, device in enumerate(config.devices):
+            try:
+                self.adapters[device.name] = adapter_factory(device)
+            except MissingExtraError as exc:  # e.g. an OPC UA device without asyncua installed
+                raise ConfigError([f"devices[{index}] ({device.name}): {exc}"]) from None
         self._poll_budget = {d.name: self._watchdog_budget(d, self.adapters[d.name])
                              for d in config.devices}
         self.runners: dict[str, ModelRunner] = {}

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from bridge.config import Config, ModbusDeviceConfig, OpcuaDeviceConfig
 from bridge.core.errors import ConfigError
+from bridge.core.extras import MissingExtraError, require_extra
 from bridge.ports import Adapter, BridgeView, Sink
 
 __all__ = ["AdapterFactory", "build_sinks"]
@@ -27,17 +28,25 @@ def build_sinks(config: Config, view: BridgeView) -> list[Sink]:
 
         sinks.append(ModbusServerSink(config.modbus_server))
     if config.opcua_server.enabled:
+        _require("asyncua", "opcua_server")
         from adapters.opcua.server import OpcuaServerSink
 
         sinks.append(OpcuaServerSink(config.opcua_server))  # ConfigError: password env/file
     if config.mqtt is not None:
-        try:
-            from bridge.sinks.mqtt import MqttSink
-        except ImportError:
-            raise ConfigError(["mqtt: needs the MQTT client: pip install 'plcbridge[mqtt]'"]) from None
+        _require("aiomqtt", "mqtt")
+        from bridge.sinks.mqtt import MqttSink
+
         sinks.append(MqttSink(config.mqtt))  # ConfigError: password env/file, TLS files, spool_dir
     if config.metrics.enabled:
         from bridge.sinks.prometheus import PrometheusMetrics  # prometheus-client only if asked
 
         sinks.append(PrometheusMetrics(view))
     return sinks
+
+
+def _require(module: str, section: str) -> None:
+    """A missing optional package is a config error naming the section and the extra."""
+    try:
+        require_extra(module, f"[{section}]")
+    except MissingExtraError as exc:
+        raise ConfigError([f"{section}: {exc}"]) from None
