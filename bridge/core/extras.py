@@ -47,6 +47,9 @@ def require_extra(module: str, purpose: str) -> ModuleType:
     if top not in EXTRAS:
         raise ValueError(f"{top!r} is not an optional dependency (known: {', '.join(sorted(EXTRAS))})")
     try:
+        # The package first: a submodule already in sys.modules would be returned from there
+        # even when the package itself can no longer be imported.
+        importlib.import_module(top)
         return importlib.import_module(module)
     except ModuleNotFoundError as exc:
         # Also when the package is there but one of its own dependencies is not: the same

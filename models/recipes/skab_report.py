@@ -105,7 +105,7 @@ def render(rows: list[Row], window: int, seconds: float) -> str:
         "independent test set and were not used.",
         f"- Per file: the first {TRAIN_ROWS} rows train (the recipe fits on rows 0-299 and calibrates its "
         "threshold on the windows inside rows 300-399, target false-alarm rate 1 %, margin 2 for pca/ae "
-        "and 1 for iforest, see `bridge/train.py`); the remaining rows are the test part.",
+        "and 1 for iforest, see `bridge/ml/train.py`); the remaining rows are the test part.",
         "- Outlier detection exactly as SKAB's `metric=\"binary\"`: point-wise TP/FP/FN/TN on the test rows "
         "that have a prediction, summed over the 16 files, `F1 = TP/(TP+(FP+FN)/2)`, `FAR = 100 FP/(FP+TN)`, "
         "`MAR = 100 FN/(FN+TP)`.",
