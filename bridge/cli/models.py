@@ -48,6 +48,8 @@ def _train(args: argparse.Namespace) -> int:
           f"threshold {c.threshold:.6g} (target FAR {100 * opts.target_far:g} %)")
     print(f"  rows {result.rows}, bad rows dropped {result.bad_rows}, fit windows {result.fit_windows}, "
           f"calibration windows {result.calib_windows}, invalid windows dropped {result.dropped_windows}")
+    for line in result.guard_lines():
+        print(f"  {line}")
     return EXIT_OK
 
 
@@ -145,6 +147,7 @@ def _record(args: argparse.Namespace) -> int:
         parse_duration,
         plan,
         record,
+        train_advice,
     )
 
     config = load_config_or_exit(args.config)
@@ -183,8 +186,8 @@ def _record(args: argparse.Namespace) -> int:
         print(f"  bad rows: {top}; every one in {log_path}", file=sys.stderr)
     if result.skipped_ticks:
         print(f"  {result.skipped_ticks} period(s) skipped: the recorder fell behind", file=sys.stderr)
-    print(f"train: plcbridge train {result.path} --kind pca --period {rec.period:g} --out MODEL.onnx",
-          file=sys.stderr)
+    for line in train_advice(result, rec):
+        print(line, file=sys.stderr)
     return EXIT_OK
 
 

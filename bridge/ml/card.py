@@ -47,6 +47,8 @@ def write_card(result: TrainResult, opts: TrainOptions) -> None:
         f"- Rows with bad quality or an empty value: **{result.bad_rows}**; their windows are invalid, "
         f"as in the live bridge. Invalid windows dropped (including the {c.window_length - 1}-sample "
         f"warm-up): **{result.dropped_windows}**.",
+        # Inputs the train-time guards dropped and why rows were bad (bridge.ml.guards).
+        *[f"- Guard: {line}." for line in result.guard_lines()],
         f"- Fit: the first {t['fit_rows']} rows ({result.fit_windows} windows). sha256 of times and "
         f"inputs: `{t['sha256']}`.",
         "",

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bridge.core.contract import ModelContract
+from bridge.ml.guards import InputProblem
 
 __all__ = ["DEFAULT_MARGIN", "KINDS", "TrainOptions", "TrainResult"]
 
@@ -65,3 +66,13 @@ class TrainResult:
     calib_quantile: float
     calib_median: float
     card_lines: list[str] = field(default_factory=list)
+    dropped_inputs: list[InputProblem] = field(default_factory=list)  # not used, with the reason
+    bad_row_reasons: dict[str, int] = field(default_factory=dict)  # why rows were unusable -> count
+
+    def guard_lines(self) -> list[str]:
+        """What the train-time guards did, for the CLI and the model card."""
+        out = [f"dropped input {p}" for p in self.dropped_inputs]
+        if self.bad_rows:
+            why = ", ".join(f"{k} {n}" for k, n in self.bad_row_reasons.items())
+            out.append(f"dropped {self.bad_rows} bad rows ({why}); their windows are not used")
+        return out

@@ -36,7 +36,7 @@ from bridge.core.tags import TagStore
 from bridge.core.timefmt import iso
 
 __all__ = ["RecordError", "RecordPlan", "RecordResult", "output_paths", "parse_duration", "plan",
-           "record", "sample_row"]
+           "record", "sample_row", "train_advice"]
 
 DEFAULT_PERIOD = 1.0  # seconds: `plcbridge train --period` defaults to the same
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -242,6 +242,40 @@ async def record(config: Config, rec: RecordPlan, path: Path, duration: float, *
             finally:
                 executor_log.setLevel(level)
     return result
+
+
+def train_advice(result: RecordResult, rec: RecordPlan, window: int = 5,
+                 calib_fraction: float = 0.25) -> list[str]:
+    """The ``plcbridge train`` command for what was recorded, checked against the train-time
+    guards (``bridge.ml.guards``) so it is not a command that fails or trains a useless model."""
+    import shlex
+
+    from bridge.ml.dataset import DataError, load_csv
+    from bridge.ml.guards import input_problems, min_rows
+    from bridge.ml.train import MIN_CALIB_WINDOWS, MIN_FIT_WINDOWS
+
+    need = min_rows(window, calib_fraction, MIN_FIT_WINDOWS, MIN_CALIB_WINDOWS)
+    good = result.rows - result.bad_rows
+    if good < need:
+        return [f"too short to train: {good} good rows, `plcbridge train` needs at least {need} at "
+                f"--window {window} ({need * rec.period:g} s at {rec.period:g} s); record longer"]
+    try:
+        table = load_csv(result.path)
+    except DataError as exc:
+        return [f"cannot train on the recording: {exc}"]
+    problems = input_problems(table.select(rec.columns)[table.good], rec.columns)
+    cmd = ["plcbridge", "train", str(result.path), "--kind", "pca", "--period", f"{rec.period:g}"]
+    if rec.name != "tags":
+        # A configured model: its contract must hold exactly the configured features, in order.
+        if problems:
+            return [f"train would refuse {p}" for p in problems] + [
+                "record while these inputs move, or remove them from the model's inputs"]
+        cmd += ["--inputs", ",".join(rec.columns), "--name", rec.name]
+    lines = [f"train will drop input {p}" for p in problems]
+    if len(problems) == len(rec.columns):
+        return [*lines, "no input left to train on; record while the plant runs"]
+    out = f"{rec.name if rec.name != 'tags' else 'model'}.onnx"
+    return [*lines, "train: " + " ".join(shlex.quote(c) for c in [*cmd, "--out", out])]
 
 
 def install_stop_signals(stop: asyncio.Event) -> None:

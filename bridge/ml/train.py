@@ -27,6 +27,7 @@ from bridge.core.contract import ModelContract
 from bridge.core.extras import require_extra
 from bridge.ml.card import write_card
 from bridge.ml.dataset import DataError, Table
+from bridge.ml.guards import InputProblem, bad_row_reasons, input_problems, min_rows
 from bridge.ml.options import KINDS, TrainOptions, TrainResult
 from bridge.ml.replay import replay
 
@@ -100,27 +101,40 @@ def train(table: Table, out: Path, opts: TrainOptions) -> TrainResult:
     inputs = tuple(opts.inputs) if opts.inputs else table.columns
     if not inputs:
         raise DataError(f"{table.path}: no signal columns to train on")
-    values = table.select(inputs)
-    rep = replay(table, inputs, length=opts.window, period=opts.period, max_age=opts.max_age)
     n_rows = len(table)
+    need = min_rows(opts.window, opts.calib_fraction, MIN_FIT_WINDOWS, MIN_CALIB_WINDOWS)
+    if n_rows < need:
+        raise DataError(
+            f"{table.path}: {n_rows} rows are too few for --window {opts.window} (--calib-fraction "
+            f"{opts.calib_fraction:g}): {MIN_FIT_WINDOWS} fit and {MIN_CALIB_WINDOWS} calibration windows "
+            f"need at least {need} good rows; record longer")
     n_fit = round(n_rows * (1.0 - opts.calib_fraction))
     row = np.arange(n_rows)
+    inputs, dropped = _usable_inputs(table, inputs, (row < n_fit) & table.good, explicit=bool(opts.inputs))
+    # The graph runs in float32: fit on the same float32 numbers it will see, so the fitted
+    # means and spreads describe what is scored (float64 only for the arithmetic of the fit).
+    values = table.select(inputs).astype(np.float32).astype(np.float64)
+    rep = replay(table, inputs, length=opts.window, period=opts.period, max_age=opts.max_age)
     # A row's window holds it and the rows before it: a calibration window must start after
     # the fit part to be held out, so skip the first window-1 rows of the calibration part.
     fit_rows = rep.valid & (row < n_fit)
     calib_rows = rep.valid & (row >= n_fit + opts.window - 1)
+    bad_reasons = bad_row_reasons(table.good, values, inputs)
     if fit_rows.sum() < MIN_FIT_WINDOWS or calib_rows.sum() < MIN_CALIB_WINDOWS:
+        why = ", ".join(f"{k} {n}" for k, n in bad_reasons.items()) or "none"
         raise DataError(
             f"{table.path}: {int(fit_rows.sum())} valid fit windows and {int(calib_rows.sum())} "
-            f"calibration windows from {n_rows} rows ({rep.bad_rows} bad); need at least "
+            f"calibration windows from {n_rows} rows ({rep.bad_rows} bad: {why}); need at least "
             f"{MIN_FIT_WINDOWS} and {MIN_CALIB_WINDOWS}: record longer or fix the bad inputs")
     good_rows = (row < n_fit) & table.good & ~np.isnan(values).any(axis=1)
-    front, a = fit_front(values[good_rows], rep.windows[fit_rows].astype(np.float64))
+    front, a = fit_front(values[good_rows], rep.windows[fit_rows].astype(np.float64))  # float32 windows
     part = _head(opts.kind)(a, opts.seed)
     training: dict[str, Any] = {
         "source": str(table.path),
         "rows": n_rows,
         "bad_rows_dropped": rep.bad_rows,
+        "bad_row_reasons": bad_reasons,
+        "dropped_inputs": {p.name: p.reason for p in dropped},
         "time_range": [float(table.times[0]), float(table.times[-1])],
         "sha256": table.sha256(inputs),
         "fit_rows": n_fit,
@@ -134,19 +148,49 @@ def train(table: Table, out: Path, opts: TrainOptions) -> TrainResult:
     name = opts.name or f"{opts.kind}_{table.path.stem}"
     # Build once to score the held-out part with the real graph, then again with the threshold.
     draft = assemble(front, part, _contract(name, opts, inputs, part, 0.0, training), doc)
-    calib = _score(draft.SerializeToString(deterministic=True), rep.windows[calib_rows])
+    draft_bytes = draft.SerializeToString(deterministic=True)
+    calib = _score(draft_bytes, rep.windows[calib_rows])
     median = float(np.median(calib))
     quantile = float(np.quantile(calib, 1.0 - opts.target_far))
     threshold = median + opts.effective_margin * (quantile - median)
+    _check_own_windows(table, _score(draft_bytes, rep.windows[fit_rows]), threshold, opts)
     contract = _contract(name, opts, inputs, part, threshold, training)
     model = assemble(front, part, contract, doc)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(model.SerializeToString(deterministic=True))
     result = TrainResult(out, out.with_suffix(".md"), contract, n_rows, rep.bad_rows,
                          int(fit_rows.sum()), int(calib_rows.sum()), int((~rep.valid).sum()),
-                         quantile, median, list(part.card))
+                         quantile, median, list(part.card), dropped, bad_reasons)
     write_card(result, opts)
     return result
+
+
+def _usable_inputs(table: Table, inputs: tuple[str, ...], fit: np.ndarray,
+                   explicit: bool) -> tuple[tuple[str, ...], list[InputProblem]]:
+    """Drop (train chose the inputs) or refuse (the user named them) inputs with no signal."""
+    problems = input_problems(table.select(inputs)[fit], inputs)
+    if problems and explicit:
+        raise DataError(f"{table.path}: cannot train on {'; '.join(map(str, problems))}. Remove it from "
+                        "--inputs (and from the model's inputs in the configuration) or record while "
+                        "it moves")
+    kept = tuple(n for n in inputs if n not in {p.name for p in problems})
+    if not kept:
+        raise DataError(f"{table.path}: no usable input: {'; '.join(map(str, problems))}")
+    return kept, problems
+
+
+# A model flagging more of its own fit windows than this (or 5 x the target FAR) is broken
+# (an input the guards missed), not a model to deploy.
+MAX_FIT_ALARMS = 0.1
+
+
+def _check_own_windows(table: Table, fit_scores: np.ndarray, threshold: float, opts: TrainOptions) -> None:
+    limit = max(MAX_FIT_ALARMS, 5 * opts.target_far)
+    share = float((fit_scores >= threshold).mean()) if len(fit_scores) else 0.0
+    if not np.isfinite(threshold) or share > limit:
+        raise DataError(f"{table.path}: the trained model flags {100 * share:.1f} % of its own fit windows "
+                        f"(threshold {threshold:.6g}; more than {100 * limit:g} % is a broken fit): check "
+                        "the inputs for values that barely move or jump between two levels")
 
 
 # ---------------------------------------------------- federated PCA baseline (issue 3, item 7)
