@@ -32,6 +32,7 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
 
 from adapters.modbus.codec import BIT, RAW, FieldDecoder, RequestDecoder, decode, encode_strict
+from adapters.modbus.frames import Sent, check_reply, sent_frame
 from adapters.modbus.plan import ReadRequest, plan_reads
 from bridge.config import ModbusDeviceConfig, ModbusTagConfig, RegisterTarget
 from bridge.core.backoff import Backoff
@@ -106,6 +107,36 @@ class _Line:
     retry_at: float = 0.0
     last_failure: str = ""
     was_connected: bool = False
+    rtu: bool = False  # RTU framing (serial or RTU-over-TCP): no transaction id
+    # The request frame on the wire and what is wrong with the reply so far (see frames.py).
+    sent: Sent | None = None
+    reply_problem: str = ""
+    rejected: str = ""  # a reply so broken that the request was cancelled and the line closed
+
+    def on_packet(self, sending: bool, data: bytes) -> bytes:
+        """pymodbus' trace_packet callback: every frame out, every receive buffer in."""
+        if sending:
+            self.sent, self.reply_problem, self.rejected = sent_frame(data, self.rtu), "", ""
+            return data
+        if self.sent is None:
+            return data
+        problem = check_reply(data, self.sent, self.rtu)
+        if problem is None:
+            return data
+        self.reply_problem = problem.reason
+        if not problem.fatal:
+            return data  # pymodbus skips or decodes it; the request names it if it fails
+        # pymodbus would raise inside data_received (asyncio logs a traceback) or wait forever:
+        # hand it nothing, fail the request with the reason and drop the connection, which
+        # also drops the unparseable buffer.
+        self.rejected = problem.reason
+        inflight = self.inflight
+        if inflight is not None and not inflight.done():
+            self.lost = True
+            inflight.cancel()
+        self.inflight = None  # cancelled once: the close below must not cancel it again
+        self.client.close()
+        return b""
 
     def on_connection(self, connected: bool) -> None:
         """pymodbus' trace_connect callback."""
@@ -140,7 +171,7 @@ def _new_client(config: ModbusDeviceConfig, line: _Line) -> _Client:
     # job, done inline by the next request, so it can never outlive a read or hog a line.
     common: dict[str, Any] = {
         "name": config.line, "reconnect_delay": 0, "timeout": _CLIENT_TIMEOUT, "retries": 0,
-        "trace_connect": line.on_connection,
+        "trace_connect": line.on_connection, "trace_packet": line.on_packet,
     }
     if config.transport == "rtu":
         assert config.serial_port is not None
@@ -158,7 +189,8 @@ def _acquire_line(config: ModbusDeviceConfig) -> _Line:
     settings = _line_settings(config)
     if line is None:
         line = lines[config.line] = _Line(
-            config.line, settings, backoff=Backoff(config.reconnect_min, config.reconnect_max))
+            config.line, settings, backoff=Backoff(config.reconnect_min, config.reconnect_max),
+            rtu=config.transport != "tcp")
         line.client = _new_client(config, line)
     elif line.settings != settings:
         raise ConfigError([f"devices: {config.name!r} shares line {config.line!r} but its serial "
@@ -285,6 +317,7 @@ class ModbusAdapter:
         """Run one request with this device's timeout and retries; raise _Failure."""
         line = self._join()
         config = self.config
+        bad_reply = ""
         for attempt in range(config.retries + 1):
             async with line.lock:
                 failure = await self._ensure_connected(line)
@@ -307,6 +340,8 @@ class ModbusAdapter:
                     # uncancel() takes back our own cancel; anything left is our caller's.
                     if not line.lost or task is None or task.uncancel() > 0:
                         raise  # our caller is being cancelled: not a device fault
+                    if line.rejected:
+                        raise _Failure("bad_reply", f"bad reply: {line.rejected}") from None
                     raise _Failure("not_connected", "not connected: connection lost") from None
                 except ConnectionException as exc:
                     raise _Failure("not_connected", f"not connected: {exc}") from None
@@ -319,12 +354,23 @@ class ModbusAdapter:
                 if not line.client.connected:
                     raise _Failure("not_connected", "not connected: connection lost")
                 log.debug("timeout device=%s attempt=%d", self.name, attempt + 1)
+                bad_reply = line.reply_problem
                 continue
+            sent = line.sent
+            if sent is not None and response.function_code & 0x7F != sent.function:
+                # pymodbus decodes whatever function code arrives: an FC3 reply to an FC4
+                # read would otherwise pass as good data.
+                raise _Failure("bad_reply", f"bad reply: function code {response.function_code} "
+                                            f"in reply to function code {sent.function}")
             if response.isError():
                 code = int(getattr(response, "exception_code", 0))
                 name = EXCEPTION_NAMES.get(code, "unknown")
                 raise _Failure("exception", f"exception code {code} ({name})", code)
             return response
+        if bad_reply:
+            # Something came back, just nothing that answers the request: say what it was.
+            raise _Failure("bad_reply", f"bad reply: {bad_reply} (no valid reply within "
+                                        f"{config.timeout:g} s)")
         raise _Failure("timeout", "timeout")
 
     async def _read_request(self, request: ReadRequest) -> list[int] | list[bool]:
