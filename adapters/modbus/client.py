@@ -33,7 +33,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException
 
 from adapters.modbus.codec import BIT, RAW, FieldDecoder, RequestDecoder, decode, encode_strict
 from adapters.modbus.frames import Sent, check_reply, sent_frame
-from adapters.modbus.plan import ReadRequest, plan_reads
+from adapters.modbus.plan import ReadRequest, describe, describe_holes, plan_reads, request_for
 from bridge.config import ModbusDeviceConfig, ModbusTagConfig, RegisterTarget
 from bridge.core.backoff import Backoff
 from bridge.core.errors import (
@@ -80,6 +80,12 @@ class _Failure(Exception):
         self.kind = kind
         self.reason = reason
         self.code = code
+
+
+def _refused(failure: _Failure) -> bool:
+    """Exception 2 (illegal data address) or 3 (illegal data value): the device refuses what
+    was asked, not the request as such; a smaller read may succeed."""
+    return failure.kind == "exception" and failure.code in (2, 3)
 
 
 # --------------------------------------------------------------------------- line pool
@@ -227,10 +233,23 @@ class ModbusAdapter:
         self._line: _Line | None = None
         self._failing = False
         self._decoders: list[RequestDecoder] = []
-        # Planned once: the poll loop only walks this list (and its compiled decoders).
+        # Learned from exception 2/3 replies to merged reads (see _learn): unreadable address
+        # ranges and request sizes per table, tags that sit in a hole, and when all of it is
+        # forgotten and tried again (0: nothing learned).
+        self._holes: dict[str, list[tuple[int, int]]] = {}
+        self._limits: dict[str, int] = {}
+        self._isolated: dict[str, str] = {}
+        self._relearn_at = 0.0
+        # Planned once (and again only when something was learned): the poll loop only walks
+        # this list and its compiled decoders.
+        self._replan()
+
+    def _replan(self) -> None:
+        config = self.config
         self.plan = plan_reads(
             config.tags, max_registers=config.max_registers, max_bits=config.max_bits,
-            max_gap=config.max_gap)
+            max_gap=config.max_gap, holes=self._holes, limits=self._limits)
+        self.status.holes = describe_holes(self._holes)
 
     @property
     def requests_per_poll(self) -> int:
@@ -246,12 +265,14 @@ class ModbusAdapter:
 
     @plan.setter
     def plan(self, requests: list[ReadRequest]) -> None:
-        config = self.config
         self._plan = requests
-        self._decoders = [
-            RequestDecoder(request.tags, request.count, is_bits=request.is_bits,
-                           byte_order=config.byte_order, word_order=config.word_order)
-            for request in requests]
+        self._decoders = [self._decoder(request) for request in requests]
+        self.status.read_plan = describe(requests)
+
+    def _decoder(self, request: ReadRequest) -> RequestDecoder:
+        config = self.config
+        return RequestDecoder(request.tags, request.count, is_bits=request.is_bits,
+                              byte_order=config.byte_order, word_order=config.word_order)
 
     # ---- lifecycle
 
@@ -331,9 +352,11 @@ class ModbusAdapter:
                 # cancels this task while it waits, and the cancel is taken back below.
                 task = asyncio.current_task()
                 line.lost, line.inflight = False, task
+                sent_at = time.monotonic()
                 try:
                     async with asyncio.timeout(config.timeout):
                         response = await call(line.client)
+                    self.status.last_rtt = time.monotonic() - sent_at
                 except TimeoutError:
                     response = None
                 except asyncio.CancelledError:
@@ -364,6 +387,7 @@ class ModbusAdapter:
                                             f"in reply to function code {sent.function}")
             if response.isError():
                 code = int(getattr(response, "exception_code", 0))
+                self.status.last_exception_code = code
                 name = EXCEPTION_NAMES.get(code, "unknown")
                 raise _Failure("exception", f"exception code {code} ({name})", code)
             return response
@@ -394,9 +418,11 @@ class ModbusAdapter:
     async def read(self) -> list[Reading]:
         """One Reading per tag, in plan order. Never raises for device faults."""
         started = time.monotonic()
+        if self._relearn_at and started >= self._relearn_at:
+            self._forget_holes()
         readings: list[Reading] = []
         failures: list[_Failure] = []
-        timed_out = False
+        timed_out = learned = False
         for request, decoder in zip(self._plan, self._decoders, strict=True):
             if timed_out:
                 # The device did not answer within timeout*(retries+1): do not spend that
@@ -405,16 +431,92 @@ class ModbusAdapter:
                                               "an earlier request)")
                 readings.extend(bad(tag.name, failure.reason) for tag, _ in request.tags)
                 continue
+            isolated = self._isolated.get(request.tags[0][0].name)
+            if isolated is not None and len(request.tags) == 1:
+                retry = max(0.0, self._relearn_at - started)
+                readings.append(bad(request.tags[0][0].name,
+                                    f"{isolated} (learned; tried again in {retry:.0f} s)"))
+                continue
             try:
                 values = await self._read_request(request)
             except _Failure as failure:
+                if _refused(failure) and len(request.tags) > 1:
+                    learned = True
+                    readings.extend(await self._learn(request, failure, failures))
+                    continue
                 failures.append(failure)
                 timed_out = failure.kind in ("timeout", "not_connected")
                 readings.extend(bad(tag.name, failure.reason) for tag, _ in request.tags)
                 continue
             readings.extend(self._decode_request(decoder, values, time.time()))
+        if learned:
+            self._relearned()
         self._record(failures, time.monotonic() - started)
         return readings
+
+    async def _learn(self, request: ReadRequest, refusal: _Failure,
+                     failures: list[_Failure]) -> list[Reading]:
+        """A merged read was refused (exception 2/3): bisect it until the refused tags or the
+        refused gaps are found, reading everything else. Returns a Reading per tag."""
+        self.status.count("exception")
+        self.status.last_exception_code = refusal.code
+        readings: list[Reading] = []
+
+        async def split(failed: ReadRequest, why: _Failure) -> None:
+            table = failed.table
+            if len(failed.tags) == 1:
+                tag = failed.tags[0][0]
+                self._holes.setdefault(table, []).append((failed.address, failed.end))
+                self._isolated[tag.name] = why.reason
+                failures.append(why)
+                readings.append(bad(tag.name, why.reason))
+                return
+            half = len(failed.tags) // 2
+            parts = [request_for(table, [t for t, _ in failed.tags[:half]]),
+                     request_for(table, [t for t, _ in failed.tags[half:]])]
+            answered: list[ReadRequest] = []
+            for part in parts:
+                try:
+                    values = await self._read_request(part)
+                except _Failure as failure:
+                    if not _refused(failure):
+                        raise
+                    await split(part, failure)
+                    continue
+                answered.append(part)
+                readings.extend(self._decode_request(self._decoder(part), values, time.time()))
+            if len(answered) == 2:
+                # Both halves read, the whole did not: the gap between them is unreadable,
+                # or (no gap) the device refuses requests this long.
+                first, second = sorted(answered, key=lambda r: r.address)
+                if first.end < second.address:
+                    self._holes.setdefault(table, []).append((first.end, second.address))
+                else:
+                    self._limits[table] = min(self._limits.get(table, failed.count),
+                                              max(first.count, second.count))
+
+        try:
+            await split(request, refusal)
+        except _Failure as failure:  # the device stopped answering mid-way: the rest is bad
+            failures.append(failure)
+            done = {r.tag for r in readings}
+            readings.extend(bad(t.name, failure.reason) for t, _ in request.tags if t.name not in done)
+        return readings
+
+    def _relearned(self) -> None:
+        if not self._relearn_at:
+            self._relearn_at = time.monotonic() + self.config.hole_retry
+        self._replan()
+        log.info("read plan learned device=%s holes=%s requests=%d", self.name,
+                 ",".join(self.status.holes) or "-", len(self._plan))
+
+    def _forget_holes(self) -> None:
+        """The slow retry: forget what was learned; the next refusal bisects again."""
+        self._holes.clear()
+        self._limits.clear()
+        self._isolated.clear()
+        self._relearn_at = 0.0
+        self._replan()
 
     def _decode_request(self, decoder: RequestDecoder, values: list[int] | list[bool],
                         received: float) -> list[Reading]:

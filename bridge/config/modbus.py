@@ -107,6 +107,9 @@ class ModbusDeviceConfig(StrictModel):
     max_registers: Annotated[int, Field(ge=1, le=125)] = 125
     max_bits: Annotated[int, Field(ge=1, le=2000)] = 2000
     inter_request_delay_ms: Annotated[float, Field(ge=0, le=10000)] = 0.0
+    # Seconds before address ranges learned to be unreadable (a merged read answered with
+    # exception 2/3 and bisected) are forgotten and read merged again.
+    hole_retry: Annotated[float, Field(gt=0, le=86400)] = 600.0
     reconnect_min: Annotated[float, Field(gt=0, le=600)] = 0.5
     reconnect_max: Annotated[float, Field(gt=0, le=3600)] = 30.0
     byte_order: Order = "big"
