@@ -88,6 +88,11 @@ def _refused(failure: _Failure) -> bool:
     return failure.kind == "exception" and failure.code in (2, 3)
 
 
+def _silent(failure: _Failure) -> bool:
+    """The unit did not answer (the line itself is up): a timeout, or a gateway saying so."""
+    return failure.kind == "timeout" or (failure.kind == "exception" and failure.code in (10, 11))
+
+
 # --------------------------------------------------------------------------- line pool
 
 
@@ -240,6 +245,16 @@ class ModbusAdapter:
         self._limits: dict[str, int] = {}
         self._isolated: dict[str, str] = {}
         self._relearn_at = 0.0
+        # Circuit breaker: polls in a row the unit did not answer; while open (probe_at set),
+        # polls fail at once without touching the line and one request probes it now and then.
+        self._silent = 0
+        self._probes = 0
+        self._probe_at = 0.0
+        # A probe holds the line for at most one timeout: start probing no more often than
+        # every 10 timeouts, so a live neighbour keeps >= 90 % of the line.
+        self._probe_backoff = Backoff(min(config.reconnect_max, max(config.reconnect_min,
+                                                                    10 * config.timeout)),
+                                      config.reconnect_max)
         # Planned once (and again only when something was learned): the poll loop only walks
         # this list and its compiled decoders.
         self._replan()
@@ -313,9 +328,13 @@ class ModbusAdapter:
             line.retry_at = time.monotonic() + line.backoff.delay(line.attempts)
             line.last_failure = failure.reason
             return failure
-        if line.was_connected:
-            self.status.reconnects += 1
+        if line.was_connected and self.config.connection == "persistent":
+            self.status.reconnects += 1  # per_cycle reconnects by design: not worth counting
         line.was_connected, line.attempts, line.retry_at = True, 0, 0.0
+        if self.config.connect_delay:
+            # Some gateways drop the first request sent right after accepting: the lock is
+            # held on purpose, the line is not usable before this.
+            await asyncio.sleep(self.config.connect_delay)
         return None
 
     async def _connect(self, line: _Line) -> _Failure | None:
@@ -334,12 +353,14 @@ class ModbusAdapter:
 
     # ---- requests
 
-    async def _execute(self, call: Callable[[_Client], Awaitable[Any]]) -> Any:
-        """Run one request with this device's timeout and retries; raise _Failure."""
+    async def _execute(self, call: Callable[[_Client], Awaitable[Any]],
+                       retries: int | None = None) -> Any:
+        """Run one request with this device's timeout and retries (or ``retries``); raise
+        _Failure."""
         line = self._join()
         config = self.config
         bad_reply = ""
-        for attempt in range(config.retries + 1):
+        for attempt in range((config.retries if retries is None else retries) + 1):
             async with line.lock:
                 failure = await self._ensure_connected(line)
                 if failure is not None:
@@ -397,14 +418,15 @@ class ModbusAdapter:
                                         f"{config.timeout:g} s)")
         raise _Failure("timeout", "timeout")
 
-    async def _read_request(self, request: ReadRequest) -> list[int] | list[bool]:
+    async def _read_request(self, request: ReadRequest,
+                            retries: int | None = None) -> list[int] | list[bool]:
         unit, address, count = self.config.unit_id, request.address, request.count
         method = _READ_METHODS[request.table]
 
         def call(client: _Client) -> Awaitable[Any]:
             return getattr(client, method)(address, count=count, device_id=unit)  # type: ignore[no-any-return]
 
-        response = await self._execute(call)
+        response = await self._execute(call, retries)
         # Bit responses are padded to whole bytes; register replies must match exactly: a
         # longer reply is as wrong as a short one (wrong request answered, broken gateway).
         values = list(response.bits if request.is_bits else response.registers)
@@ -417,6 +439,61 @@ class ModbusAdapter:
 
     async def read(self) -> list[Reading]:
         """One Reading per tag, in plan order. Never raises for device faults."""
+        try:
+            if self._probe_at:
+                parked = await self._probe()
+                if parked is not None:
+                    return parked
+            return await self._poll()
+        finally:
+            if self.config.connection == "per_cycle" and self._line is not None:
+                await self._disconnect(self._line)
+
+    async def _disconnect(self, line: _Line) -> None:
+        async with line.lock:
+            line.client.close()
+
+    async def _probe(self) -> list[Reading] | None:
+        """Breaker open: None when the unit answered a probe (poll it normally), else the bad
+        Readings of a poll that did not hold the line."""
+        now = time.monotonic()
+        if now >= self._probe_at:
+            try:
+                await self._read_request(self._plan[0], retries=0)
+            except _Failure as failure:
+                if _silent(failure):
+                    self._probes += 1
+                    self._probe_at = time.monotonic() + self._probe_backoff.delay(self._probes)
+                else:
+                    self._close_breaker()
+                    return None
+            else:
+                self._close_breaker()
+                return None
+        wait = max(0.0, self._probe_at - time.monotonic())
+        reason = f"unit not answering (next probe in {wait:.1f} s)"
+        self.status.record_error("unit_not_answering", reason)
+        return [bad(tag.name, reason) for tag in self.config.tags]
+
+    def _close_breaker(self) -> None:
+        self._probe_at, self._probes, self._silent = 0.0, 0, 0
+        self.status.unit_state = "ok"
+        log.info("unit answering again device=%s line=%s", self.name, self.config.line)
+
+    def _count_silence(self, failures: list[_Failure]) -> None:
+        after = self.config.breaker_after
+        if not after:
+            return
+        self._silent = self._silent + 1 if any(_silent(f) for f in failures) else 0
+        if self._silent >= after and not self._probe_at:
+            self._probes = 1
+            self._probe_at = time.monotonic() + self._probe_backoff.delay(1)
+            self.status.unit_state = "backoff"
+            log.warning("unit not answering device=%s line=%s polls=%d: probing on a backoff, "
+                        "the line stays free for the other units", self.name, self.config.line,
+                        self._silent)
+
+    async def _poll(self) -> list[Reading]:
         started = time.monotonic()
         if self._relearn_at and started >= self._relearn_at:
             self._forget_holes()
@@ -452,6 +529,7 @@ class ModbusAdapter:
         if learned:
             self._relearned()
         self._record(failures, time.monotonic() - started)
+        self._count_silence(failures)
         return readings
 
     async def _learn(self, request: ReadRequest, refusal: _Failure,
