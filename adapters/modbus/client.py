@@ -55,6 +55,24 @@ __all__ = ["EXCEPTION_NAMES", "ModbusAdapter", "open_lines"]
 
 log = logging.getLogger("plcbridge.modbus")
 
+
+class _OneLine(logging.Filter):
+    """pymodbus appends its last frames to an error message, one ``\n>>>>> send: ...`` line
+    each: joined into the message's one line, so the bridge's one-line-per-record log format
+    (and anything that parses it) holds. Installed on pymodbus' own logger, nothing else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "\n" in message:
+            record.msg, record.args = " | ".join(
+                part.strip() for part in message.splitlines() if part.strip()), None
+        return True
+
+
+_PYMODBUS_LOG = logging.getLogger("pymodbus.logging")
+if not any(isinstance(f, _OneLine) for f in _PYMODBUS_LOG.filters):
+    _PYMODBUS_LOG.addFilter(_OneLine())
+
 EXCEPTION_NAMES: dict[int, str] = {
     1: "illegal function",
     2: "illegal data address",

@@ -118,6 +118,9 @@ class ModbusDeviceConfig(StrictModel):
     connection: Literal["persistent", "per_cycle"] = "persistent"
     # Seconds to wait after connecting before the first request (gateways that need it).
     connect_delay: Annotated[float, Field(ge=0, le=60)] = 0.0
+    # Seconds without a successful poll after which the device is flagged stale and its
+    # tags' last values turn bad ("stale"); None: flag only, after three poll intervals.
+    stale_after: Annotated[float, Field(gt=0, le=86400)] | None = None
     reconnect_min: Annotated[float, Field(gt=0, le=600)] = 0.5
     reconnect_max: Annotated[float, Field(gt=0, le=3600)] = 30.0
     byte_order: Order = "big"

@@ -14,6 +14,8 @@ sneak in unasked.
 from __future__ import annotations
 
 import math
+import os
+import resource
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -54,7 +56,14 @@ class BridgeCollector(Collector):
         info.add_metric([__version__], 1)
         start = GaugeMetricFamily("plcbridge_start_time_seconds", "when the bridge started, UTC epoch s")
         start.add_metric([], self.view.started_at)
-        return [info, start]
+        # Our own registry has no process collector (see the module doc): the two numbers an
+        # edge box needs, from the OS, at scrape time.
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = CounterMetricFamily("plcbridge_process_cpu_seconds", "CPU time used (user + system)")
+        cpu.add_metric([], usage.ru_utime + usage.ru_stime)
+        rss = GaugeMetricFamily("plcbridge_process_resident_memory_bytes", "resident set size")
+        rss.add_metric([], _resident_bytes(usage))
+        return [info, start, cpu, rss]
 
     def _devices(self) -> Iterable[Metric]:
         connected = GaugeMetricFamily("plcbridge_device_connected",
@@ -69,8 +78,29 @@ class BridgeCollector(Collector):
                                     "time of the last good poll, UTC epoch s", labels=["device"])
         reconnects = CounterMetricFamily("plcbridge_device_reconnects",
                                          "connections re-established after one was lost", labels=["device"])
+        consecutive = GaugeMetricFamily("plcbridge_device_consecutive_errors",
+                                        "failed polls in a row (0 after a good one)", labels=["device"])
+        overruns = CounterMetricFamily("plcbridge_device_overruns",
+                                       "polls still running when the next was due", labels=["device"])
+        stale = GaugeMetricFamily("plcbridge_device_stale",
+                                  "1 if no poll succeeded within the stale window", labels=["device"])
+        backoff = GaugeMetricFamily("plcbridge_device_unit_backoff",
+                                    "1 if the unit stopped answering and is only probed", labels=["device"])
+        rtt = GaugeMetricFamily("plcbridge_device_request_rtt_seconds",
+                                "round trip of the last answered request", labels=["device"])
+        exception = GaugeMetricFamily("plcbridge_device_last_exception_code",
+                                      "protocol exception code of the last refused request",
+                                      labels=["device"])
         for name, status in self.view.devices().items():
             connected.add_metric([name], int(status.connected))
+            consecutive.add_metric([name], status.consecutive_errors)
+            overruns.add_metric([name], status.overruns)
+            stale.add_metric([name], int(status.stale))
+            backoff.add_metric([name], int(status.unit_state == "backoff"))
+            if status.last_rtt is not None:
+                rtt.add_metric([name], status.last_rtt)
+            if status.last_exception_code is not None:
+                exception.add_metric([name], status.last_exception_code)
             polls.add_metric([name], status.polls)
             reconnects.add_metric([name], status.reconnects)
             # Copy: an adapter adds a new kind from the event loop (scrapes run there too,
@@ -81,7 +111,8 @@ class BridgeCollector(Collector):
                 latency.add_metric([name], status.last_latency)
             if status.last_success is not None:
                 success.add_metric([name], status.last_success)
-        return [connected, polls, errors, latency, success, reconnects]
+        return [connected, polls, errors, latency, success, reconnects, consecutive, overruns,
+                stale, backoff, rtt, exception]
 
     def _models(self) -> Iterable[Metric]:
         labels = ["model"]
@@ -115,6 +146,15 @@ class BridgeCollector(Collector):
                 for result in _WRITEBACK_RESULTS:
                     writeback.add_metric([name, result], getattr(model.writeback, result))
         return [score, threshold, anomaly, valid, last, scored, anomalies, writeback]
+
+
+def _resident_bytes(usage: resource.struct_rusage) -> float:
+    """Current RSS from /proc (Linux); elsewhere the peak, the best the OS offers cheaply."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            return float(int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE"))
+    except (OSError, ValueError, IndexError):
+        return float(usage.ru_maxrss * 1024)  # kB on Linux and BSD
 
 
 class PrometheusMetrics(SinkBase):
