@@ -18,8 +18,11 @@ Design choices, and why:
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
 import logging
 import math
+import os
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
@@ -51,7 +54,7 @@ _GOOD = Quality.GOOD
 _READ_METHODS = {"holding": "read_holding_registers", "input": "read_input_registers",
                  "coil": "read_coils", "discrete": "read_discrete_inputs"}
 
-__all__ = ["EXCEPTION_NAMES", "ModbusAdapter", "open_lines"]
+__all__ = ["EXCEPTION_NAMES", "ModbusAdapter", "open_lines", "serial_open_problem"]
 
 log = logging.getLogger("plcbridge.modbus")
 
@@ -109,6 +112,32 @@ def _refused(failure: _Failure) -> bool:
 def _silent(failure: _Failure) -> bool:
     """The unit did not answer (the line itself is up): a timeout, or a gateway saying so."""
     return failure.kind == "timeout" or (failure.kind == "exception" and failure.code in (10, 11))
+
+
+def serial_open_problem(path: str) -> str | None:
+    """Open ``path`` the way pyserial does (read/write, then an exclusive lock, as pymodbus
+    asks for) and explain the OS error in terms of what to do; None if it opens."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENODEV, errno.ENXIO):
+            return (f"{path} not found: the adapter is unplugged or was renamed; use its "
+                    "stable /dev/serial/by-id/... path")
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return (f"permission denied on {path}: add the user running plcbridge to the "
+                    "'dialout' group (then log in again)")
+        if exc.errno == errno.EBUSY:
+            return f"{path} is busy: another program holds it"
+        return f"{path}: {exc.strerror or exc}"
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except OSError:
+        return (f"{path} is busy: another program holds it (a terminal, ModemManager, "
+                "another plcbridge)")
+    finally:
+        os.close(fd)
+    return None
 
 
 # --------------------------------------------------------------------------- line pool
@@ -364,10 +393,22 @@ class ModbusAdapter:
                                              f"after {self.config.timeout:g} s")
         except Exception as exc:  # pymodbus lets termios/serial errors escape connect()
             line.client.close()
-            return _Failure("not_connected", f"not connected: cannot open {line.key} ({exc})")
+            why = self._serial_problem() or str(exc)
+            return _Failure("not_connected", f"not connected: cannot open {line.key} ({why})")
         if not ok:
-            return _Failure("not_connected", f"not connected: cannot open {line.key}")
+            # pymodbus logs the OS error and returns False: ask the OS ourselves, so the
+            # reason says what to do about it.
+            problem = self._serial_problem()
+            return _Failure("not_connected", f"not connected: cannot open {line.key}"
+                                             + (f" ({problem})" if problem else ""))
         return None
+
+    def _serial_problem(self) -> str | None:
+        """Why the serial port cannot be opened, or None (not serial, or it opens now)."""
+        path = self.config.serial_port
+        if self.config.transport != "rtu" or path is None:
+            return None
+        return serial_open_problem(path)
 
     # ---- requests
 
