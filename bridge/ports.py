@@ -64,6 +64,7 @@ class DeviceStatus:
     unit_state: str = "ok"
     read_plan: list[str] = field(default_factory=list)  # requests per poll, as planned/learned
     holes: list[str] = field(default_factory=list)  # address ranges learned to be unreadable
+    write_mismatches: int = 0  # written registers that read back different (write_verify)
 
     def record_success(self, latency: float) -> None:
         self.connected = True

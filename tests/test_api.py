@@ -194,7 +194,8 @@ async def test_health_shape(bridge: Bridge, client: httpx.AsyncClient) -> None:
                       "last_error_time": None, "polls": 0, "reconnects": 0, "errors": {},
                       "error_count": 0, "poll_latency_ms": None, "consecutive_errors": 0,
                       "last_exception_code": None, "rtt_ms": None, "overruns": 0, "stale": False,
-                      "unit_state": "ok", "read_plan": device["read_plan"], "holes": []}
+                      "unit_state": "ok", "read_plan": device["read_plan"], "holes": [],
+                      "write_mismatches": 0}
     assert device["read_plan"], "the planned requests are shown"
     (model,) = before["models"]
     assert model["writeback"] == {"mode": "on", "device": "plant", "written": 0, "dry_run": 0,

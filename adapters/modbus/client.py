@@ -18,6 +18,7 @@ Design choices, and why:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fcntl
 import logging
@@ -25,7 +26,7 @@ import math
 import os
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any
@@ -57,6 +58,7 @@ _READ_METHODS = {"holding": "read_holding_registers", "input": "read_input_regis
 __all__ = ["EXCEPTION_NAMES", "ModbusAdapter", "open_lines", "serial_open_problem"]
 
 log = logging.getLogger("plcbridge.modbus")
+audit = logging.getLogger("plcbridge.audit")  # the write-back audit trail (read-back checks)
 
 
 class _OneLine(logging.Filter):
@@ -170,6 +172,38 @@ class _Line:
     sent: Sent | None = None
     reply_problem: str = ""
     rejected: str = ""  # a reply so broken that the request was cancelled and the line closed
+    # Writes go before queued polls: a write-back waiting behind a poll of every unit on a
+    # slow line would reach the PLC a whole cycle late. Reads yield while writers wait.
+    writers: int = 0
+    no_writers: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.no_writers.set()
+
+    @contextlib.asynccontextmanager
+    async def turn(self, write: bool) -> AsyncIterator[None]:
+        """Hold the line for one request; a read lets waiting writes go first."""
+        while True:
+            await self.lock.acquire()
+            if write or not self.writers:
+                break
+            self.lock.release()
+            await self.no_writers.wait()
+        try:
+            yield
+        finally:
+            self.lock.release()
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        self.writers += 1
+        self.no_writers.clear()
+        try:
+            yield
+        finally:
+            self.writers -= 1
+            if not self.writers:
+                self.no_writers.set()
 
     def on_packet(self, sending: bool, data: bytes) -> bytes:
         """pymodbus' trace_packet callback: every frame out, every receive buffer in."""
@@ -413,14 +447,14 @@ class ModbusAdapter:
     # ---- requests
 
     async def _execute(self, call: Callable[[_Client], Awaitable[Any]],
-                       retries: int | None = None) -> Any:
+                       retries: int | None = None, write: bool = False) -> Any:
         """Run one request with this device's timeout and retries (or ``retries``); raise
         _Failure."""
         line = self._join()
         config = self.config
         bad_reply = ""
         for attempt in range((config.retries if retries is None else retries) + 1):
-            async with line.lock:
+            async with line.turn(write):
                 failure = await self._ensure_connected(line)
                 if failure is not None:
                     raise failure
@@ -477,15 +511,15 @@ class ModbusAdapter:
                                         f"{config.timeout:g} s)")
         raise _Failure("timeout", "timeout")
 
-    async def _read_request(self, request: ReadRequest,
-                            retries: int | None = None) -> list[int] | list[bool]:
+    async def _read_request(self, request: ReadRequest, retries: int | None = None,
+                            write: bool = False) -> list[int] | list[bool]:
         unit, address, count = self.config.unit_id, request.address, request.count
         method = _READ_METHODS[request.table]
 
         def call(client: _Client) -> Awaitable[Any]:
             return getattr(client, method)(address, count=count, device_id=unit)  # type: ignore[no-any-return]
 
-        response = await self._execute(call, retries)
+        response = await self._execute(call, retries, write)
         # Bit responses are padded to whole bytes; register replies must match exactly: a
         # longer reply is as wrong as a short one (wrong request answered, broken gateway).
         values = list(response.bits if request.is_bits else response.registers)
@@ -765,21 +799,52 @@ class ModbusAdapter:
         allowed is decided by the caller (bridge.sinks.writeback), not here.
         """
         blocks = self._write_blocks(items)
+        line = self._join()
+        with line.writing():
+            for address, registers in blocks:
+                await self._write_block(address, registers)
+                if self.config.write_verify:
+                    await self._verify(address, registers)
+
+    async def _write_block(self, address: int, registers: list[int]) -> None:
         unit = self.config.unit_id
-        for address, registers in blocks:
-            def request(client: Any, a: int = address, r: list[int] = registers) -> Awaitable[Any]:
+        if self.config.write_function == "fc06":
+            # One register per request, in address order (the device refuses FC16).
+            requests = [(address + i, [value]) for i, value in enumerate(registers)]
+        else:
+            requests = [(address, registers)]
+        for start, values in requests:
+            def request(client: Any, a: int = start, r: list[int] = values) -> Awaitable[Any]:
+                if self.config.write_function == "fc06":
+                    return client.write_register(a, r[0], device_id=unit)  # type: ignore[no-any-return]
                 return client.write_registers(a, r, device_id=unit)  # type: ignore[no-any-return]
 
             try:
-                await self._execute(request)
+                await self._execute(request, write=True)
             except _Failure as failure:
-                if failure.kind == "not_connected":
-                    raise NotConnectedError(self.name, failure.reason) from None
-                if failure.kind == "timeout":
-                    raise DeviceTimeoutError(self.name, f"write holding {address}") from None
-                if failure.kind == "exception":
-                    raise DeviceExceptionError(self.name, failure.code, failure.reason) from None
-                raise NotConnectedError(self.name, failure.reason) from None
+                raise self._write_error(failure, start) from None
+
+    async def _verify(self, address: int, registers: list[int]) -> None:
+        """Read the block back; a difference (another master, a PLC program clamping the
+        value, a gateway dropping the write) is counted and audited, not raised: the write
+        itself was accepted."""
+        try:
+            back = await self._read_request(ReadRequest("holding", address, len(registers), ()),
+                                            write=True)
+        except _Failure as failure:
+            raise self._write_error(failure, address) from None
+        if [int(v) for v in back] != registers:
+            self.status.write_mismatches += 1
+            self.status.count("write_mismatch")
+            audit.warning("read-back mismatch device=%s at=holding %d wrote=%s read=%s",
+                          self.name, address, registers, [int(v) for v in back])
+
+    def _write_error(self, failure: _Failure, address: int) -> Exception:
+        if failure.kind == "timeout":
+            return DeviceTimeoutError(self.name, f"write holding {address}")
+        if failure.kind == "exception":
+            return DeviceExceptionError(self.name, failure.code, failure.reason)
+        return NotConnectedError(self.name, failure.reason)
 
     def _write_blocks(self, items: Sequence[tuple[RegisterTarget, float]]) -> list[tuple[int, list[int]]]:
         encoded: list[tuple[int, list[int]]] = []

@@ -95,6 +95,8 @@ class DeviceHealth(Schema):
     holes: list[str] = Field(default_factory=list,
                              description="Address ranges the device refused (learned; retried "
                                          "after ``hole_retry``).")
+    write_mismatches: int = Field(0, description="Written registers that read back different "
+                                                 "(``write_verify``).")
 
     @classmethod
     def of(cls, name: str, status: DeviceStatus) -> DeviceHealth:
@@ -108,7 +110,8 @@ class DeviceHealth(Schema):
                    last_exception_code=status.last_exception_code,
                    rtt_ms=None if rtt is None else round(rtt * 1000, 3), overruns=status.overruns,
                    stale=status.stale, unit_state=status.unit_state,
-                   read_plan=list(status.read_plan), holes=list(status.holes))
+                   read_plan=list(status.read_plan), holes=list(status.holes),
+                   write_mismatches=status.write_mismatches)
 
 
 class WritebackHealth(Schema):

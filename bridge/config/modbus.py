@@ -121,6 +121,11 @@ class ModbusDeviceConfig(StrictModel):
     # Seconds without a successful poll after which the device is flagged stale and its
     # tags' last values turn bad ("stale"); None: flag only, after three poll intervals.
     stale_after: Annotated[float, Field(gt=0, le=86400)] | None = None
+    # Write-back requests: fc16 (write multiple registers) or fc06 (one register per request,
+    # for devices that refuse FC16; a 32-bit value then takes two requests).
+    write_function: Literal["fc16", "fc06"] = "fc16"
+    # Read written registers back (FC3) and count/audit a mismatch.
+    write_verify: bool = False
     reconnect_min: Annotated[float, Field(gt=0, le=600)] = 0.5
     reconnect_max: Annotated[float, Field(gt=0, le=3600)] = 30.0
     byte_order: Order = "big"
