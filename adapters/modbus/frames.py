@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Problem", "Sent", "check_reply", "sent_frame"]
+__all__ = ["Problem", "Sent", "check_reply", "crc16", "sent_frame"]
 
 _READS = frozenset({1, 2, 3, 4})  # replies that carry a byte count after the function code
 
@@ -44,7 +44,8 @@ def sent_frame(data: bytes, rtu: bool) -> Sent | None:
     return Sent(data[6], data[7], int.from_bytes(data[0:2], "big"))
 
 
-def _crc16(data: bytes) -> int:
+def crc16(data: bytes) -> int:
+    """Modbus RTU CRC (sent low byte first)."""
     crc = 0xFFFF
     for byte in data:
         crc ^= byte
@@ -100,6 +101,6 @@ def _check_rtu(data: bytes, sent: Sent) -> Problem | None:
     if len(data) < size:
         return Problem(f"incomplete reply: {len(data)} of {size} bytes received")
     frame = data[:size]
-    if _crc16(frame[:-2]) != int.from_bytes(frame[-2:], "little"):
+    if crc16(frame[:-2]) != int.from_bytes(frame[-2:], "little"):
         return Problem("CRC error")
     return _pdu_problem(frame[1:-2], sent)
