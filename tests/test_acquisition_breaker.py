@@ -51,9 +51,14 @@ async def rs485_gateway(off: set[int]) -> AsyncIterator[int]:
     """An RTU-over-TCP gateway to an RS-485 line with units 1 and 2; the unit ids in ``off``
     are powered off: their requests get no answer at all. Yields the gateway's port."""
     units = {1: LIVE, 2: Unit(holding={0: 9})}
+    handlers: set[asyncio.Task[object]] = set()
+    writers: set[asyncio.StreamWriter] = set()
     async with tcp_server(units, rtu_framer=True) as server:
         async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            if (me := asyncio.current_task()) is not None:
+                handlers.add(me)
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writers.update((writer, up_writer))
 
             async def down() -> None:
                 with contextlib.suppress(OSError):
@@ -75,6 +80,9 @@ async def rs485_gateway(off: set[int]) -> AsyncIterator[int]:
             yield int(gateway.sockets[0].getsockname()[1])
         finally:
             gateway.close()
+            for open_writer in writers:  # connections still open end with the gateway
+                open_writer.close()
+            await asyncio.wait_for(asyncio.gather(*handlers, return_exceptions=True), 5)
 
 
 async def _live_rate(breaker_after: int, window: float = 2.0) -> tuple[float, ModbusAdapter]:

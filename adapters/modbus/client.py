@@ -331,10 +331,11 @@ class ModbusAdapter:
         self._silent = 0
         self._probes = 0
         self._probe_at = 0.0
-        # A probe holds the line for at most one timeout: start probing no more often than
-        # every 10 timeouts, so a live neighbour keeps >= 90 % of the line.
+        # A probe holds the line for at most one timeout: probe no more often than every 15
+        # timeouts (12 after the -20 % jitter), so a live neighbour keeps > 90 % of the line;
+        # the delay then doubles up to reconnect_max.
         self._probe_backoff = Backoff(min(config.reconnect_max, max(config.reconnect_min,
-                                                                    10 * config.timeout)),
+                                                                    15 * config.timeout)),
                                       config.reconnect_max)
         # Planned once (and again only when something was learned): the poll loop only walks
         # this list and its compiled decoders.
