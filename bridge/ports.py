@@ -51,15 +51,31 @@ class DeviceStatus:
     reconnects: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     last_latency: float | None = None
+    # Polls in a row that failed (0 after any successful poll): "is it still broken?"
+    consecutive_errors: int = 0
+    # Protocol exception code of the last failed request (e.g. Modbus 2), None if none yet.
+    last_exception_code: int | None = None
+    last_rtt: float | None = None  # round trip of the last answered request, seconds
+    # Polls still running when the next was due (counted by the runtime's scheduler).
+    overruns: int = 0
+    # No successful poll within the device's stale window (see the runtime).
+    stale: bool = False
+    # "ok", or "backoff": the unit stopped answering and is only probed now and then.
+    unit_state: str = "ok"
+    read_plan: list[str] = field(default_factory=list)  # requests per poll, as planned/learned
+    holes: list[str] = field(default_factory=list)  # address ranges learned to be unreadable
+    write_mismatches: int = 0  # written registers that read back different (write_verify)
 
     def record_success(self, latency: float) -> None:
         self.connected = True
         self.polls += 1
         self.last_success = time.time()
         self.last_latency = latency
+        self.consecutive_errors = 0
 
     def record_error(self, kind: str, message: str) -> None:
         self.polls += 1
+        self.consecutive_errors += 1
         self.count(kind)
         self.last_error = message
         self.last_error_time = time.time()

@@ -31,6 +31,8 @@ from pymodbus import FramerType
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
+from adapters.modbus.frames import crc16
+
 __all__ = [
     "RunningServer",
     "Unit",
@@ -105,20 +107,11 @@ class RunningServer:
         await self.server.async_setValues(unit_id, 16, address, values)
 
 
-def _crc16(data: bytes) -> bytes:
-    crc = 0xFFFF
-    for byte in data:
-        crc ^= byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-    return crc.to_bytes(2, "little")
-
-
 def _probe_frame(unit_id: int, rtu: bool) -> bytes:
     # FC3, address 0, count 1: any answer (registers or an exception) proves the server is up.
     pdu = bytes([unit_id, 3, 0, 0, 0, 1])
     if rtu:
-        return pdu + _crc16(pdu)
+        return pdu + crc16(pdu).to_bytes(2, "little")
     return bytes([0, 1, 0, 0, 0, len(pdu)]) + pdu
 
 

@@ -192,7 +192,11 @@ async def test_health_shape(bridge: Bridge, client: httpx.AsyncClient) -> None:
     (device,) = before["devices"]
     assert device == {"name": "plant", "connected": False, "last_success": None, "last_error": None,
                       "last_error_time": None, "polls": 0, "reconnects": 0, "errors": {},
-                      "error_count": 0, "poll_latency_ms": None}
+                      "error_count": 0, "poll_latency_ms": None, "consecutive_errors": 0,
+                      "last_exception_code": None, "rtt_ms": None, "overruns": 0, "stale": False,
+                      "unit_state": "ok", "read_plan": device["read_plan"], "holes": [],
+                      "write_mismatches": 0}
+    assert device["read_plan"], "the planned requests are shown"
     (model,) = before["models"]
     assert model["writeback"] == {"mode": "on", "device": "plant", "written": 0, "dry_run": 0,
                                   "refused": 0, "failed": 0, "last_error": None}

@@ -52,6 +52,10 @@ class RawPeer:
             unit = (unit + 1) % 256
         elif kind == "wrong_tid":
             tid = (tid + 1000) % 65536
+        elif kind == "wrong_fc":  # FC3 <-> FC4, right length: only the function code is wrong
+            body = struct.pack(">BB", function ^ 7, 2 * count) + struct.pack(f">{count}H", *regs)
+        elif kind == "pid":
+            return struct.pack(">HHHB", tid, 7, len(body) + 1, unit) + body
         elif kind == "float":
             value = {"nan": float("nan"), "inf": float("inf"), "big": 1e6}[arg]
             body = struct.pack(">BB", function, 4) + struct.pack(">f", value)
@@ -83,15 +87,18 @@ def _adapter(port: int) -> ModbusAdapter:
     ("exception:4", "exception code 4 (server device failure)"),
     ("exception:10", "exception code 10 (gateway path unavailable)"),
     ("exception:11", "exception code 11 (gateway target device failed to respond)"),
-    ("short", ""),
-    ("long", ""),
-    ("wrong_unit", ""),
-    ("wrong_tid", ""),
+    ("short", "bad reply: byte count 4 but 2 data bytes follow"),
+    ("long", "decode error: reply carries 3 registers, asked for 2"),
+    ("wrong_unit", "bad reply: reply from unit 2 to a request for unit 1"),
+    ("wrong_tid", "bad reply: reply to transaction"),
+    ("wrong_fc", "bad reply: function code 4 in reply to function code 3"),
+    ("pid", "bad reply: protocol id 7 is not Modbus (0)"),
     ("float:nan", "not finite"),
     ("float:inf", "not finite"),
     ("float:big", "out of range"),
 ])
-async def test_bad_reply_is_bad_quality_then_polling_goes_on(behaviour: str, reason: str) -> None:
+async def test_bad_reply_is_bad_quality_then_polling_goes_on(
+        behaviour: str, reason: str, caplog: pytest.LogCaptureFixture) -> None:
     async with raw_peer() as (peer, port):
         adapter = _adapter(port)
         try:
@@ -111,5 +118,23 @@ async def test_bad_reply_is_bad_quality_then_polling_goes_on(behaviour: str, rea
                 if values[-1].quality is Quality.GOOD:
                     break
             assert values[-1].quality is Quality.GOOD and values[-1].value == 12.5, values
+        finally:
+            await adapter.close()
+    # A broken reply is one clean line from the adapter, never an asyncio traceback.
+    assert not [r for r in caplog.records if "Fatal error" in r.getMessage() or r.exc_info]
+
+
+async def test_input_read_answered_with_holding_reply_is_bad() -> None:
+    """Issue 14.7: an FC4 read answered by an FC3 reply of the right length was good data."""
+    async with raw_peer() as (peer, port):
+        adapter = ModbusAdapter(ModbusDeviceConfig(
+            name="odd", host="127.0.0.1", port=port, timeout=0.3, retries=0,
+            tags=[{"name": "pressure", "table": "input", "address": 0, "type": "float32"}]))
+        try:
+            peer.behaviour = "wrong_fc"
+            (reading,) = await adapter.read()
+            assert reading.quality is Quality.BAD
+            assert reading.reason == "bad reply: function code 3 in reply to function code 4"
+            assert adapter.status.errors == {"bad_reply": 1}
         finally:
             await adapter.close()

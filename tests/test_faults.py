@@ -119,8 +119,10 @@ async def test_watchdog_restarts_a_stuck_adapter() -> None:
         bridge._poll_budget["d"] = 0.5  # keep the test short; the default is >= 5 polls
         await bridge.start()
         try:
-            await until(lambda: bridge.adapters["d"].status.errors.get("watchdog", 0) == 1,
-                         5, "the watchdog")
+            # The error is counted before the restart (close, connect) and its readings are
+            # stored after it: wait for both, not just the counter.
+            await until(lambda: bridge.adapters["d"].status.errors.get("watchdog", 0) == 1
+                        and bridge.store.latest("v") is not None, 5, "the watchdog")
             assert _latest(bridge, "v").reason.startswith("watchdog: poll did not finish")
             await until(lambda: _latest_good(bridge, "v"), 5, "polling to resume")
             assert _latest(bridge, "v").value == 7

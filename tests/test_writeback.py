@@ -132,3 +132,40 @@ async def test_fail_safe_is_not_written_when_mode_is_off() -> None:
 def test_fail_safe_outside_range_is_a_config_error() -> None:
     with pytest.raises(ValueError, match=r"fail_safe: 5\.0 is above max 1\.0"):
         RegisterTarget(address=1, max=1, fail_safe=5)
+
+
+class CallRecorder(RecordingWriter):
+    """Also keeps each write_many call (one request block) apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[dict[int, float]] = []
+
+    async def write_many(self, items: Sequence[tuple[object, float]]) -> None:
+        await super().write_many(items)
+        self.calls.append({t.address: v for t, v in items if isinstance(t, RegisterTarget)})
+
+
+async def test_first_valid_score_after_an_outage_is_not_written_alone() -> None:
+    """Issue 13.6: with min_interval longer than the period, the per-target limit let the
+    first valid score go out alone while window_valid (written just before) still said 0."""
+    writer = CallRecorder()
+    wb = ModelWriteback("m", CONFIG, writer, mode="on", min_interval=60)
+    await wb.publish(_score(None, valid=False))  # outage: window_valid 0 (and heartbeat)
+    await wb.publish(_score(0.5))  # within min_interval: the whole block waits
+    assert writer.calls == [{104: 0.0, 103: 0.0}]
+    wb._last_sent = -1e9  # min_interval has passed
+    await wb.publish(_score(0.7, anomaly=True))
+    # One request, one window: score, anomaly, window_valid and heartbeat together.
+    assert writer.calls[-1] == {100: 0.7, 102: 1.0, 104: 1.0, 103: 2.0}
+
+
+async def test_audit_lines_carry_millisecond_timestamps(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+    import re
+
+    caplog.set_level(logging.INFO, logger="plcbridge.audit")
+    wb = ModelWriteback("m", CONFIG, RecordingWriter(), mode="on", min_interval=0)
+    await wb.publish(_score(0.5))
+    lines = [r.getMessage() for r in caplog.records if r.name == "plcbridge.audit"]
+    assert lines and all(re.search(r"time=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$", m) for m in lines)

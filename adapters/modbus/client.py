@@ -18,11 +18,15 @@ Design choices, and why:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import fcntl
 import logging
 import math
+import os
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any
@@ -32,7 +36,8 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
 
 from adapters.modbus.codec import BIT, RAW, FieldDecoder, RequestDecoder, decode, encode_strict
-from adapters.modbus.plan import ReadRequest, plan_reads
+from adapters.modbus.frames import Sent, check_reply, sent_frame
+from adapters.modbus.plan import ReadRequest, describe, describe_holes, plan_reads, request_for
 from bridge.config import ModbusDeviceConfig, ModbusTagConfig, RegisterTarget
 from bridge.core.backoff import Backoff
 from bridge.core.errors import (
@@ -50,9 +55,28 @@ _GOOD = Quality.GOOD
 _READ_METHODS = {"holding": "read_holding_registers", "input": "read_input_registers",
                  "coil": "read_coils", "discrete": "read_discrete_inputs"}
 
-__all__ = ["EXCEPTION_NAMES", "ModbusAdapter", "open_lines"]
+__all__ = ["EXCEPTION_NAMES", "ModbusAdapter", "open_lines", "serial_open_problem"]
 
 log = logging.getLogger("plcbridge.modbus")
+audit = logging.getLogger("plcbridge.audit")  # the write-back audit trail (read-back checks)
+
+
+class _OneLine(logging.Filter):
+    """pymodbus appends its last frames to an error message, one ``\n>>>>> send: ...`` line
+    each: joined into the message's one line, so the bridge's one-line-per-record log format
+    (and anything that parses it) holds. Installed on pymodbus' own logger, nothing else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "\n" in message:
+            record.msg, record.args = " | ".join(
+                part.strip() for part in message.splitlines() if part.strip()), None
+        return True
+
+
+_PYMODBUS_LOG = logging.getLogger("pymodbus.logging")
+if not any(isinstance(f, _OneLine) for f in _PYMODBUS_LOG.filters):
+    _PYMODBUS_LOG.addFilter(_OneLine())
 
 EXCEPTION_NAMES: dict[int, str] = {
     1: "illegal function",
@@ -81,6 +105,43 @@ class _Failure(Exception):
         self.code = code
 
 
+def _refused(failure: _Failure) -> bool:
+    """Exception 2 (illegal data address) or 3 (illegal data value): the device refuses what
+    was asked, not the request as such; a smaller read may succeed."""
+    return failure.kind == "exception" and failure.code in (2, 3)
+
+
+def _silent(failure: _Failure) -> bool:
+    """The unit did not answer (the line itself is up): a timeout, or a gateway saying so."""
+    return failure.kind == "timeout" or (failure.kind == "exception" and failure.code in (10, 11))
+
+
+def serial_open_problem(path: str) -> str | None:
+    """Open ``path`` the way pyserial does (read/write, then an exclusive lock, as pymodbus
+    asks for) and explain the OS error in terms of what to do; None if it opens."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENODEV, errno.ENXIO):
+            return (f"{path} not found: the adapter is unplugged or was renamed; use its "
+                    "stable /dev/serial/by-id/... path")
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return (f"permission denied on {path}: add the user running plcbridge to the "
+                    "'dialout' group (then log in again)")
+        if exc.errno == errno.EBUSY:
+            return f"{path} is busy: another program holds it"
+        return f"{path}: {exc.strerror or exc}"
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except OSError:
+        return (f"{path} is busy: another program holds it (a terminal, ModemManager, "
+                "another plcbridge)")
+    finally:
+        os.close(fd)
+    return None
+
+
 # --------------------------------------------------------------------------- line pool
 
 
@@ -106,6 +167,68 @@ class _Line:
     retry_at: float = 0.0
     last_failure: str = ""
     was_connected: bool = False
+    rtu: bool = False  # RTU framing (serial or RTU-over-TCP): no transaction id
+    # The request frame on the wire and what is wrong with the reply so far (see frames.py).
+    sent: Sent | None = None
+    reply_problem: str = ""
+    rejected: str = ""  # a reply so broken that the request was cancelled and the line closed
+    # Writes go before queued polls: a write-back waiting behind a poll of every unit on a
+    # slow line would reach the PLC a whole cycle late. Reads yield while writers wait.
+    writers: int = 0
+    no_writers: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.no_writers.set()
+
+    @contextlib.asynccontextmanager
+    async def turn(self, write: bool) -> AsyncIterator[None]:
+        """Hold the line for one request; a read lets waiting writes go first."""
+        while True:
+            await self.lock.acquire()
+            if write or not self.writers:
+                break
+            self.lock.release()
+            await self.no_writers.wait()
+        try:
+            yield
+        finally:
+            self.lock.release()
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        self.writers += 1
+        self.no_writers.clear()
+        try:
+            yield
+        finally:
+            self.writers -= 1
+            if not self.writers:
+                self.no_writers.set()
+
+    def on_packet(self, sending: bool, data: bytes) -> bytes:
+        """pymodbus' trace_packet callback: every frame out, every receive buffer in."""
+        if sending:
+            self.sent, self.reply_problem, self.rejected = sent_frame(data, self.rtu), "", ""
+            return data
+        if self.sent is None:
+            return data
+        problem = check_reply(data, self.sent, self.rtu)
+        if problem is None:
+            return data
+        self.reply_problem = problem.reason
+        if not problem.fatal:
+            return data  # pymodbus skips or decodes it; the request names it if it fails
+        # pymodbus would raise inside data_received (asyncio logs a traceback) or wait forever:
+        # hand it nothing, fail the request with the reason and drop the connection, which
+        # also drops the unparseable buffer.
+        self.rejected = problem.reason
+        inflight = self.inflight
+        if inflight is not None and not inflight.done():
+            self.lost = True
+            inflight.cancel()
+        self.inflight = None  # cancelled once: the close below must not cancel it again
+        self.client.close()
+        return b""
 
     def on_connection(self, connected: bool) -> None:
         """pymodbus' trace_connect callback."""
@@ -140,7 +263,7 @@ def _new_client(config: ModbusDeviceConfig, line: _Line) -> _Client:
     # job, done inline by the next request, so it can never outlive a read or hog a line.
     common: dict[str, Any] = {
         "name": config.line, "reconnect_delay": 0, "timeout": _CLIENT_TIMEOUT, "retries": 0,
-        "trace_connect": line.on_connection,
+        "trace_connect": line.on_connection, "trace_packet": line.on_packet,
     }
     if config.transport == "rtu":
         assert config.serial_port is not None
@@ -158,7 +281,8 @@ def _acquire_line(config: ModbusDeviceConfig) -> _Line:
     settings = _line_settings(config)
     if line is None:
         line = lines[config.line] = _Line(
-            config.line, settings, backoff=Backoff(config.reconnect_min, config.reconnect_max))
+            config.line, settings, backoff=Backoff(config.reconnect_min, config.reconnect_max),
+            rtu=config.transport != "tcp")
         line.client = _new_client(config, line)
     elif line.settings != settings:
         raise ConfigError([f"devices: {config.name!r} shares line {config.line!r} but its serial "
@@ -195,10 +319,34 @@ class ModbusAdapter:
         self._line: _Line | None = None
         self._failing = False
         self._decoders: list[RequestDecoder] = []
-        # Planned once: the poll loop only walks this list (and its compiled decoders).
+        # Learned from exception 2/3 replies to merged reads (see _learn): unreadable address
+        # ranges and request sizes per table, tags that sit in a hole, and when all of it is
+        # forgotten and tried again (0: nothing learned).
+        self._holes: dict[str, list[tuple[int, int]]] = {}
+        self._limits: dict[str, int] = {}
+        self._isolated: dict[str, str] = {}
+        self._relearn_at = 0.0
+        # Circuit breaker: polls in a row the unit did not answer; while open (probe_at set),
+        # polls fail at once without touching the line and one request probes it now and then.
+        self._silent = 0
+        self._probes = 0
+        self._probe_at = 0.0
+        # A probe holds the line for at most one timeout: probe no more often than every 15
+        # timeouts (12 after the -20 % jitter), so a live neighbour keeps > 90 % of the line;
+        # the delay then doubles up to reconnect_max.
+        self._probe_backoff = Backoff(min(config.reconnect_max, max(config.reconnect_min,
+                                                                    15 * config.timeout)),
+                                      config.reconnect_max)
+        # Planned once (and again only when something was learned): the poll loop only walks
+        # this list and its compiled decoders.
+        self._replan()
+
+    def _replan(self) -> None:
+        config = self.config
         self.plan = plan_reads(
             config.tags, max_registers=config.max_registers, max_bits=config.max_bits,
-            max_gap=config.max_gap)
+            max_gap=config.max_gap, holes=self._holes, limits=self._limits)
+        self.status.holes = describe_holes(self._holes)
 
     @property
     def requests_per_poll(self) -> int:
@@ -214,12 +362,14 @@ class ModbusAdapter:
 
     @plan.setter
     def plan(self, requests: list[ReadRequest]) -> None:
-        config = self.config
         self._plan = requests
-        self._decoders = [
-            RequestDecoder(request.tags, request.count, is_bits=request.is_bits,
-                           byte_order=config.byte_order, word_order=config.word_order)
-            for request in requests]
+        self._decoders = [self._decoder(request) for request in requests]
+        self.status.read_plan = describe(requests)
+
+    def _decoder(self, request: ReadRequest) -> RequestDecoder:
+        config = self.config
+        return RequestDecoder(request.tags, request.count, is_bits=request.is_bits,
+                              byte_order=config.byte_order, word_order=config.word_order)
 
     # ---- lifecycle
 
@@ -260,9 +410,13 @@ class ModbusAdapter:
             line.retry_at = time.monotonic() + line.backoff.delay(line.attempts)
             line.last_failure = failure.reason
             return failure
-        if line.was_connected:
-            self.status.reconnects += 1
+        if line.was_connected and self.config.connection == "persistent":
+            self.status.reconnects += 1  # per_cycle reconnects by design: not worth counting
         line.was_connected, line.attempts, line.retry_at = True, 0, 0.0
+        if self.config.connect_delay:
+            # Some gateways drop the first request sent right after accepting: the lock is
+            # held on purpose, the line is not usable before this.
+            await asyncio.sleep(self.config.connect_delay)
         return None
 
     async def _connect(self, line: _Line) -> _Failure | None:
@@ -274,19 +428,34 @@ class ModbusAdapter:
                                              f"after {self.config.timeout:g} s")
         except Exception as exc:  # pymodbus lets termios/serial errors escape connect()
             line.client.close()
-            return _Failure("not_connected", f"not connected: cannot open {line.key} ({exc})")
+            why = self._serial_problem() or str(exc)
+            return _Failure("not_connected", f"not connected: cannot open {line.key} ({why})")
         if not ok:
-            return _Failure("not_connected", f"not connected: cannot open {line.key}")
+            # pymodbus logs the OS error and returns False: ask the OS ourselves, so the
+            # reason says what to do about it.
+            problem = self._serial_problem()
+            return _Failure("not_connected", f"not connected: cannot open {line.key}"
+                                             + (f" ({problem})" if problem else ""))
         return None
+
+    def _serial_problem(self) -> str | None:
+        """Why the serial port cannot be opened, or None (not serial, or it opens now)."""
+        path = self.config.serial_port
+        if self.config.transport != "rtu" or path is None:
+            return None
+        return serial_open_problem(path)
 
     # ---- requests
 
-    async def _execute(self, call: Callable[[_Client], Awaitable[Any]]) -> Any:
-        """Run one request with this device's timeout and retries; raise _Failure."""
+    async def _execute(self, call: Callable[[_Client], Awaitable[Any]],
+                       retries: int | None = None, write: bool = False) -> Any:
+        """Run one request with this device's timeout and retries (or ``retries``); raise
+        _Failure."""
         line = self._join()
         config = self.config
-        for attempt in range(config.retries + 1):
-            async with line.lock:
+        bad_reply = ""
+        for attempt in range((config.retries if retries is None else retries) + 1):
+            async with line.turn(write):
                 failure = await self._ensure_connected(line)
                 if failure is not None:
                     raise failure
@@ -298,15 +467,19 @@ class ModbusAdapter:
                 # cancels this task while it waits, and the cancel is taken back below.
                 task = asyncio.current_task()
                 line.lost, line.inflight = False, task
+                sent_at = time.monotonic()
                 try:
                     async with asyncio.timeout(config.timeout):
                         response = await call(line.client)
+                    self.status.last_rtt = time.monotonic() - sent_at
                 except TimeoutError:
                     response = None
                 except asyncio.CancelledError:
                     # uncancel() takes back our own cancel; anything left is our caller's.
                     if not line.lost or task is None or task.uncancel() > 0:
                         raise  # our caller is being cancelled: not a device fault
+                    if line.rejected:
+                        raise _Failure("bad_reply", f"bad reply: {line.rejected}") from None
                     raise _Failure("not_connected", "not connected: connection lost") from None
                 except ConnectionException as exc:
                     raise _Failure("not_connected", f"not connected: {exc}") from None
@@ -319,22 +492,35 @@ class ModbusAdapter:
                 if not line.client.connected:
                     raise _Failure("not_connected", "not connected: connection lost")
                 log.debug("timeout device=%s attempt=%d", self.name, attempt + 1)
+                bad_reply = line.reply_problem
                 continue
+            sent = line.sent
+            if sent is not None and response.function_code & 0x7F != sent.function:
+                # pymodbus decodes whatever function code arrives: an FC3 reply to an FC4
+                # read would otherwise pass as good data.
+                raise _Failure("bad_reply", f"bad reply: function code {response.function_code} "
+                                            f"in reply to function code {sent.function}")
             if response.isError():
                 code = int(getattr(response, "exception_code", 0))
+                self.status.last_exception_code = code
                 name = EXCEPTION_NAMES.get(code, "unknown")
                 raise _Failure("exception", f"exception code {code} ({name})", code)
             return response
+        if bad_reply:
+            # Something came back, just nothing that answers the request: say what it was.
+            raise _Failure("bad_reply", f"bad reply: {bad_reply} (no valid reply within "
+                                        f"{config.timeout:g} s)")
         raise _Failure("timeout", "timeout")
 
-    async def _read_request(self, request: ReadRequest) -> list[int] | list[bool]:
+    async def _read_request(self, request: ReadRequest, retries: int | None = None,
+                            write: bool = False) -> list[int] | list[bool]:
         unit, address, count = self.config.unit_id, request.address, request.count
         method = _READ_METHODS[request.table]
 
         def call(client: _Client) -> Awaitable[Any]:
             return getattr(client, method)(address, count=count, device_id=unit)  # type: ignore[no-any-return]
 
-        response = await self._execute(call)
+        response = await self._execute(call, retries, write)
         # Bit responses are padded to whole bytes; register replies must match exactly: a
         # longer reply is as wrong as a short one (wrong request answered, broken gateway).
         values = list(response.bits if request.is_bits else response.registers)
@@ -347,10 +533,67 @@ class ModbusAdapter:
 
     async def read(self) -> list[Reading]:
         """One Reading per tag, in plan order. Never raises for device faults."""
+        try:
+            if self._probe_at:
+                parked = await self._probe()
+                if parked is not None:
+                    return parked
+            return await self._poll()
+        finally:
+            if self.config.connection == "per_cycle" and self._line is not None:
+                await self._disconnect(self._line)
+
+    async def _disconnect(self, line: _Line) -> None:
+        async with line.lock:
+            line.client.close()
+
+    async def _probe(self) -> list[Reading] | None:
+        """Breaker open: None when the unit answered a probe (poll it normally), else the bad
+        Readings of a poll that did not hold the line."""
+        now = time.monotonic()
+        if now >= self._probe_at:
+            try:
+                await self._read_request(self._plan[0], retries=0)
+            except _Failure as failure:
+                if _silent(failure):
+                    self._probes += 1
+                    self._probe_at = time.monotonic() + self._probe_backoff.delay(self._probes)
+                else:
+                    self._close_breaker()
+                    return None
+            else:
+                self._close_breaker()
+                return None
+        wait = max(0.0, self._probe_at - time.monotonic())
+        reason = f"unit not answering (next probe in {wait:.1f} s)"
+        self.status.record_error("unit_not_answering", reason)
+        return [bad(tag.name, reason) for tag in self.config.tags]
+
+    def _close_breaker(self) -> None:
+        self._probe_at, self._probes, self._silent = 0.0, 0, 0
+        self.status.unit_state = "ok"
+        log.info("unit answering again device=%s line=%s", self.name, self.config.line)
+
+    def _count_silence(self, failures: list[_Failure]) -> None:
+        after = self.config.breaker_after
+        if not after:
+            return
+        self._silent = self._silent + 1 if any(_silent(f) for f in failures) else 0
+        if self._silent >= after and not self._probe_at:
+            self._probes = 1
+            self._probe_at = time.monotonic() + self._probe_backoff.delay(1)
+            self.status.unit_state = "backoff"
+            log.warning("unit not answering device=%s line=%s polls=%d: probing on a backoff, "
+                        "the line stays free for the other units", self.name, self.config.line,
+                        self._silent)
+
+    async def _poll(self) -> list[Reading]:
         started = time.monotonic()
+        if self._relearn_at and started >= self._relearn_at:
+            self._forget_holes()
         readings: list[Reading] = []
         failures: list[_Failure] = []
-        timed_out = False
+        timed_out = learned = False
         for request, decoder in zip(self._plan, self._decoders, strict=True):
             if timed_out:
                 # The device did not answer within timeout*(retries+1): do not spend that
@@ -359,16 +602,93 @@ class ModbusAdapter:
                                               "an earlier request)")
                 readings.extend(bad(tag.name, failure.reason) for tag, _ in request.tags)
                 continue
+            isolated = self._isolated.get(request.tags[0][0].name)
+            if isolated is not None and len(request.tags) == 1:
+                retry = max(0.0, self._relearn_at - started)
+                readings.append(bad(request.tags[0][0].name,
+                                    f"{isolated} (learned; tried again in {retry:.0f} s)"))
+                continue
             try:
                 values = await self._read_request(request)
             except _Failure as failure:
+                if _refused(failure) and len(request.tags) > 1:
+                    learned = True
+                    readings.extend(await self._learn(request, failure, failures))
+                    continue
                 failures.append(failure)
                 timed_out = failure.kind in ("timeout", "not_connected")
                 readings.extend(bad(tag.name, failure.reason) for tag, _ in request.tags)
                 continue
             readings.extend(self._decode_request(decoder, values, time.time()))
+        if learned:
+            self._relearned()
         self._record(failures, time.monotonic() - started)
+        self._count_silence(failures)
         return readings
+
+    async def _learn(self, request: ReadRequest, refusal: _Failure,
+                     failures: list[_Failure]) -> list[Reading]:
+        """A merged read was refused (exception 2/3): bisect it until the refused tags or the
+        refused gaps are found, reading everything else. Returns a Reading per tag."""
+        self.status.count("exception")
+        self.status.last_exception_code = refusal.code
+        readings: list[Reading] = []
+
+        async def split(failed: ReadRequest, why: _Failure) -> None:
+            table = failed.table
+            if len(failed.tags) == 1:
+                tag = failed.tags[0][0]
+                self._holes.setdefault(table, []).append((failed.address, failed.end))
+                self._isolated[tag.name] = why.reason
+                failures.append(why)
+                readings.append(bad(tag.name, why.reason))
+                return
+            half = len(failed.tags) // 2
+            parts = [request_for(table, [t for t, _ in failed.tags[:half]]),
+                     request_for(table, [t for t, _ in failed.tags[half:]])]
+            answered: list[ReadRequest] = []
+            for part in parts:
+                try:
+                    values = await self._read_request(part)
+                except _Failure as failure:
+                    if not _refused(failure):
+                        raise
+                    await split(part, failure)
+                    continue
+                answered.append(part)
+                readings.extend(self._decode_request(self._decoder(part), values, time.time()))
+            if len(answered) == 2:
+                # Both halves read, the whole did not: the gap between them is unreadable,
+                # or (no gap) the device refuses requests this long.
+                first, second = sorted(answered, key=lambda r: r.address)
+                if first.end < second.address:
+                    self._holes.setdefault(table, []).append((first.end, second.address))
+                else:
+                    self._limits[table] = min(self._limits.get(table, failed.count),
+                                              max(first.count, second.count))
+
+        try:
+            await split(request, refusal)
+        except _Failure as failure:  # the device stopped answering mid-way: the rest is bad
+            failures.append(failure)
+            done = {r.tag for r in readings}
+            readings.extend(bad(t.name, failure.reason) for t, _ in request.tags if t.name not in done)
+        return readings
+
+    def _relearned(self) -> None:
+        if not self._relearn_at:
+            self._relearn_at = time.monotonic() + self.config.hole_retry
+        self._replan()
+        log.info("read plan learned device=%s holes=%s requests=%d", self.name,
+                 ",".join(self.status.holes) or "-", len(self._plan))
+
+    def _forget_holes(self) -> None:
+        """The slow retry: forget what was learned; the next refusal bisects again."""
+        self._holes.clear()
+        self._limits.clear()
+        self._isolated.clear()
+        self._relearn_at = 0.0
+        self._replan()
 
     def _decode_request(self, decoder: RequestDecoder, values: list[int] | list[bool],
                         received: float) -> list[Reading]:
@@ -480,21 +800,52 @@ class ModbusAdapter:
         allowed is decided by the caller (bridge.sinks.writeback), not here.
         """
         blocks = self._write_blocks(items)
+        line = self._join()
+        with line.writing():
+            for address, registers in blocks:
+                await self._write_block(address, registers)
+                if self.config.write_verify:
+                    await self._verify(address, registers)
+
+    async def _write_block(self, address: int, registers: list[int]) -> None:
         unit = self.config.unit_id
-        for address, registers in blocks:
-            def request(client: Any, a: int = address, r: list[int] = registers) -> Awaitable[Any]:
+        if self.config.write_function == "fc06":
+            # One register per request, in address order (the device refuses FC16).
+            requests = [(address + i, [value]) for i, value in enumerate(registers)]
+        else:
+            requests = [(address, registers)]
+        for start, values in requests:
+            def request(client: Any, a: int = start, r: list[int] = values) -> Awaitable[Any]:
+                if self.config.write_function == "fc06":
+                    return client.write_register(a, r[0], device_id=unit)  # type: ignore[no-any-return]
                 return client.write_registers(a, r, device_id=unit)  # type: ignore[no-any-return]
 
             try:
-                await self._execute(request)
+                await self._execute(request, write=True)
             except _Failure as failure:
-                if failure.kind == "not_connected":
-                    raise NotConnectedError(self.name, failure.reason) from None
-                if failure.kind == "timeout":
-                    raise DeviceTimeoutError(self.name, f"write holding {address}") from None
-                if failure.kind == "exception":
-                    raise DeviceExceptionError(self.name, failure.code, failure.reason) from None
-                raise NotConnectedError(self.name, failure.reason) from None
+                raise self._write_error(failure, start) from None
+
+    async def _verify(self, address: int, registers: list[int]) -> None:
+        """Read the block back; a difference (another master, a PLC program clamping the
+        value, a gateway dropping the write) is counted and audited, not raised: the write
+        itself was accepted."""
+        try:
+            back = await self._read_request(ReadRequest("holding", address, len(registers), ()),
+                                            write=True)
+        except _Failure as failure:
+            raise self._write_error(failure, address) from None
+        if [int(v) for v in back] != registers:
+            self.status.write_mismatches += 1
+            self.status.count("write_mismatch")
+            audit.warning("read-back mismatch device=%s at=holding %d wrote=%s read=%s",
+                          self.name, address, registers, [int(v) for v in back])
+
+    def _write_error(self, failure: _Failure, address: int) -> Exception:
+        if failure.kind == "timeout":
+            return DeviceTimeoutError(self.name, f"write holding {address}")
+        if failure.kind == "exception":
+            return DeviceExceptionError(self.name, failure.code, failure.reason)
+        return NotConnectedError(self.name, failure.reason)
 
     def _write_blocks(self, items: Sequence[tuple[RegisterTarget, float]]) -> list[tuple[int, list[int]]]:
         encoded: list[tuple[int, list[int]]] = []

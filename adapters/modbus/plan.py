@@ -5,20 +5,28 @@ hole between them is at most ``max_gap`` addresses and the merged span fits the 
 (``max_registers`` for holding/input, ``max_bits`` for coil/discrete; the gap of bit tables
 is counted in bits). A tag is never split across two requests, so every tag decodes from one
 response. Reading a few unused addresses is cheaper than another round trip, but a gap can
-also hit unmapped addresses that make the device answer with an exception: ``max_gap = 0``
-is the escape hatch.
+also hit unmapped addresses that make the device answer with an exception: the adapter then
+learns those ``holes`` (by bisecting the failed read) and plans again, never merging across a
+hole and reading a tag that sits in one on its own. ``max_gap = 0`` stays the static escape
+hatch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from bridge.config import BIT_TABLES, TABLES, ModbusTagConfig
 
-__all__ = ["ReadRequest", "describe", "plan_reads"]
+__all__ = ["Holes", "ReadRequest", "describe", "describe_holes", "plan_reads", "request_for"]
 
 _ADDRESS_SPACE = 65536
+# Per table, half-open address ranges [start, end) the device refused to read.
+Holes = Mapping[str, Sequence[tuple[int, int]]]
+
+
+def _hits(ranges: Sequence[tuple[int, int]], start: int, end: int) -> bool:
+    return any(a < end and start < b for a, b in ranges)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +52,13 @@ class ReadRequest:
 
 
 def plan_reads(tags: Sequence[ModbusTagConfig], *, max_registers: int = 125, max_bits: int = 2000,
-               max_gap: int = 8) -> list[ReadRequest]:
+               max_gap: int = 8, holes: Holes | None = None,
+               limits: Mapping[str, int] | None = None) -> list[ReadRequest]:
     """Group ``tags`` into as few requests as the limits allow.
+
+    ``holes``: learned unreadable ranges per table; no request spans one, and a tag inside one
+    gets a request of its own. ``limits``: learned per-table request sizes (a device that
+    answers exception 3 above its own maximum) that lower ``max_registers``/``max_bits``.
 
     Raises ValueError naming the tag when a tag cannot be read by one request (wider than the
     limit or running past address 65535).
@@ -59,7 +72,9 @@ def plan_reads(tags: Sequence[ModbusTagConfig], *, max_registers: int = 125, max
     requests: list[ReadRequest] = []
     for table in TABLES:  # a fixed order, so a plan (and the `check` printout) is deterministic
         limit = max_bits if table in BIT_TABLES else max_registers
+        learned = (limits or {}).get(table, limit)
         unit = "bits" if table in BIT_TABLES else "registers"
+        refused = (holes or {}).get(table, ())
         members = sorted((t for t in tags if t.table == table), key=lambda t: (t.address, t.registers))
         current: list[ModbusTagConfig] = []
         start = end = 0
@@ -72,8 +87,16 @@ def plan_reads(tags: Sequence[ModbusTagConfig], *, max_registers: int = 125, max
                 raise ValueError(f"tag {tag.name!r}: {table} {tag.address}..{tag.address + width - 1} "
                                  "runs past address 65535")
             tag_end = tag.address + width
+            if _hits(refused, tag.address, tag_end):
+                # A tag the device refuses is read alone, so it cannot blank its neighbours.
+                if current:
+                    requests.append(_request(table, start, end, current))
+                requests.append(_request(table, tag.address, tag_end, [tag]))
+                current = []
+                continue
             # Overlapping tags (a bit and its register) give a negative gap: always merge.
-            if current and tag.address - end <= max_gap and max(end, tag_end) - start <= limit:
+            if current and tag.address - end <= max_gap and max(end, tag_end) - start <= min(
+                    limit, learned) and not _hits(refused, end, tag.address):
                 current.append(tag)
                 end = max(end, tag_end)
                 continue
@@ -87,6 +110,18 @@ def plan_reads(tags: Sequence[ModbusTagConfig], *, max_registers: int = 125, max
 
 def _request(table: str, start: int, end: int, tags: list[ModbusTagConfig]) -> ReadRequest:
     return ReadRequest(table, start, end - start, tuple((t, t.address - start) for t in tags))
+
+
+def request_for(table: str, tags: Sequence[ModbusTagConfig]) -> ReadRequest:
+    """One request covering exactly ``tags`` (all of ``table``), e.g. half of a failed read."""
+    start = min(t.address for t in tags)
+    end = max(t.address + t.registers for t in tags)
+    return _request(table, start, end, list(tags))
+
+
+def describe_holes(holes: Holes) -> list[str]:
+    """One entry per learned hole, e.g. ``holding 5..5``."""
+    return [f"{table} {a}..{b - 1}" for table in TABLES for a, b in sorted(holes.get(table, ()))]
 
 
 def describe(requests: Sequence[ReadRequest]) -> list[str]:

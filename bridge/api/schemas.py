@@ -81,15 +81,37 @@ class DeviceHealth(Schema):
                                                "(timeout, connection, exception code...).")
     error_count: int = Field(description="Sum of ``errors``.")
     poll_latency_ms: float | None = Field(description="Duration of the last successful poll, ms.")
+    consecutive_errors: int = Field(0, description="Failed polls in a row (0 after a good one).")
+    last_exception_code: int | None = Field(
+        None, description="Protocol exception code of the last refused request (Modbus: 2 = "
+                          "illegal data address...).")
+    rtt_ms: float | None = Field(None, description="Round trip of the last answered request, ms.")
+    overruns: int = Field(0, description="Polls still running when the next one was due.")
+    stale: bool = Field(False, description="No successful poll within the stale window.")
+    unit_state: str = Field("ok", description="``ok``, or ``backoff``: the unit stopped answering "
+                                              "and is only probed now and then.")
+    read_plan: list[str] = Field(default_factory=list,
+                                 description="Requests of one poll, as planned or learned.")
+    holes: list[str] = Field(default_factory=list,
+                             description="Address ranges the device refused (learned; retried "
+                                         "after ``hole_retry``).")
+    write_mismatches: int = Field(0, description="Written registers that read back different "
+                                                 "(``write_verify``).")
 
     @classmethod
     def of(cls, name: str, status: DeviceStatus) -> DeviceHealth:
-        latency = status.last_latency
+        latency, rtt = status.last_latency, status.last_rtt
         return cls(name=name, connected=status.connected, last_success=iso_or_none(status.last_success),
                    last_error=status.last_error, last_error_time=iso_or_none(status.last_error_time),
                    polls=status.polls, reconnects=status.reconnects, errors=dict(status.errors),
                    error_count=status.error_count,
-                   poll_latency_ms=None if latency is None else round(latency * 1000, 3))
+                   poll_latency_ms=None if latency is None else round(latency * 1000, 3),
+                   consecutive_errors=status.consecutive_errors,
+                   last_exception_code=status.last_exception_code,
+                   rtt_ms=None if rtt is None else round(rtt * 1000, 3), overruns=status.overruns,
+                   stale=status.stale, unit_state=status.unit_state,
+                   read_plan=list(status.read_plan), holes=list(status.holes),
+                   write_mismatches=status.write_mismatches)
 
 
 class WritebackHealth(Schema):

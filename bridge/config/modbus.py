@@ -107,6 +107,25 @@ class ModbusDeviceConfig(StrictModel):
     max_registers: Annotated[int, Field(ge=1, le=125)] = 125
     max_bits: Annotated[int, Field(ge=1, le=2000)] = 2000
     inter_request_delay_ms: Annotated[float, Field(ge=0, le=10000)] = 0.0
+    # Seconds before address ranges learned to be unreadable (a merged read answered with
+    # exception 2/3 and bisected) are forgotten and read merged again.
+    hole_retry: Annotated[float, Field(gt=0, le=86400)] = 600.0
+    # Per-unit circuit breaker: after this many polls in a row the unit did not answer
+    # (timeout, or gateway exception 10/11) it is only probed, on a backoff; 0 = off.
+    breaker_after: Annotated[int, Field(ge=0, le=1000)] = 3
+    # "persistent" keeps the connection open; "per_cycle" closes it after every poll, for
+    # gateways that accept one master at a time.
+    connection: Literal["persistent", "per_cycle"] = "persistent"
+    # Seconds to wait after connecting before the first request (gateways that need it).
+    connect_delay: Annotated[float, Field(ge=0, le=60)] = 0.0
+    # Seconds without a successful poll after which the device is flagged stale and its
+    # tags' last values turn bad ("stale"); None: flag only, after three poll intervals.
+    stale_after: Annotated[float, Field(gt=0, le=86400)] | None = None
+    # Write-back requests: fc16 (write multiple registers) or fc06 (one register per request,
+    # for devices that refuse FC16; a 32-bit value then takes two requests).
+    write_function: Literal["fc16", "fc06"] = "fc16"
+    # Read written registers back (FC3) and count/audit a mismatch.
+    write_verify: bool = False
     reconnect_min: Annotated[float, Field(gt=0, le=600)] = 0.5
     reconnect_max: Annotated[float, Field(gt=0, le=3600)] = 30.0
     byte_order: Order = "big"

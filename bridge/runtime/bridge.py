@@ -23,7 +23,7 @@ from bridge.config import DEFAULT_MODEL, Config, ModbusTagConfig, OpcuaTagConfig
 from bridge.core.errors import ConfigError, ModelContractError
 from bridge.core.extras import MissingExtraError
 from bridge.core.scores import Score, ScoreStore
-from bridge.core.tags import Reading, TagStore, bad
+from bridge.core.tags import Quality, Reading, TagStore, bad
 from bridge.ports import Adapter, DeviceStatus, ModelStatus, Sink, Writer
 from bridge.runtime.sinks import AdapterFactory, build_sinks
 from bridge.runtime.storage import EventStore
@@ -134,6 +134,10 @@ class Bridge:
         self.events: list[dict[str, Any]] = []
         self._anomalous: dict[str, bool] = dict.fromkeys(self.runners, False)
         self._jobs: set[asyncio.Task[Any]] = set()
+        # The poll in flight per device, and the devices in an overrun episode (a poll still
+        # running when the next was due), so each episode logs one line, not one per skip.
+        self._polls: dict[str, asyncio.Task[None]] = {}
+        self._overrunning: set[str] = set()
         self._scheduler: AsyncIOScheduler | None = None
         self.view = _View(self)
         # Write-back first: it is the sink that can hold a line's safety state, and at stop it
@@ -170,6 +174,46 @@ class Bridge:
         if task is not None:
             self._jobs.add(task)
             task.add_done_callback(self._jobs.discard)
+
+    async def poll_due(self, name: str) -> None:
+        """The scheduler's poll job: start a poll of ``name`` unless one is still running (an
+        overrun: counted, logged once per episode). Returns at once, so the scheduler never
+        skips the job itself (APScheduler would log a warning per skip)."""
+        status = self.adapters[name].status
+        self._update_stale(name)
+        running = self._polls.get(name)
+        if running is not None and not running.done():
+            status.overruns += 1
+            if name not in self._overrunning:
+                self._overrunning.add(name)
+                log.warning("poll overrun device=%s: the previous poll is still running at the "
+                            "next due time; polls are skipped (counted as overruns) until it ends",
+                            name)
+            return
+        if name in self._overrunning:
+            self._overrunning.discard(name)
+            log.info("poll overrun ended device=%s overruns=%d", name, status.overruns)
+        self._polls[name] = asyncio.create_task(self.poll_device(name), name=f"poll:{name}")
+
+    def _update_stale(self, name: str) -> None:
+        """A device is stale when no poll succeeded within ``stale_after`` (default three poll
+        intervals); with ``stale_after`` set, its tags' latest values turn bad ("stale") too,
+        which matters when polls hang and no reading at all arrives."""
+        device = self.config.device(name)
+        status = self.adapters[name].status
+        configured: float | None = getattr(device, "stale_after", None)
+        window = (configured if configured is not None else 3 * device.poll_interval) / self.speed
+        last = status.last_success if status.last_success is not None else self.started_at
+        was, status.stale = status.stale, time.time() - last > window
+        if status.stale and not was and configured is not None:
+            reason = f"stale: no fresh reading for {configured:g} s"
+            now = time.time()
+            self.store.put_many([bad(tag.name, reason, received_time=now)
+                                 for tag in device.tags if self._is_fresh_good(tag.name)])
+
+    def _is_fresh_good(self, tag: str) -> bool:
+        latest = self.store.latest(tag)
+        return latest is not None and latest.quality is Quality.GOOD
 
     async def poll_device(self, name: str) -> None:
         self._track_job()
@@ -258,7 +302,7 @@ class Bridge:
         for device in self.config.devices:
             if device.name in pushed:
                 continue
-            scheduler.add_job(self.poll_device, "interval", args=[device.name],
+            scheduler.add_job(self.poll_due, "interval", args=[device.name],
                               seconds=device.poll_interval / self.speed, id=f"poll:{device.name}",
                               max_instances=1, coalesce=True,
                               next_run_time=now + timedelta(seconds=phase[device.name] / self.speed),

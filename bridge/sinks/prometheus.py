@@ -14,7 +14,9 @@ sneak in unasked.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+import os
+import resource
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -25,7 +27,7 @@ from prometheus_client.registry import Collector
 
 from bridge import __version__
 from bridge.core.scores import Score
-from bridge.ports import BridgeView, SinkBase
+from bridge.ports import BridgeView, DeviceStatus, SinkBase
 
 __all__ = ["BridgeCollector", "PrometheusMetrics", "metrics_router"]
 
@@ -34,6 +36,23 @@ POLL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.
 # Inference: a PCA scores in ~4 µs, an IsolationForest in ~640 µs (DESIGN.md).
 INFERENCE_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.1)
 _WRITEBACK_RESULTS = ("written", "dry_run", "refused", "failed", "skipped_rate")
+_Family = type[GaugeMetricFamily] | type[CounterMetricFamily]
+_DEVICE_HEALTH: tuple[tuple[str, _Family, str, Callable[[DeviceStatus], float | None]], ...] = (
+    ("consecutive_errors", GaugeMetricFamily, "failed polls in a row (0 after a good one)",
+     lambda s: s.consecutive_errors),
+    ("overruns", CounterMetricFamily, "polls still running when the next was due",
+     lambda s: s.overruns),
+    ("stale", GaugeMetricFamily, "1 if no poll succeeded within the stale window",
+     lambda s: int(s.stale)),
+    ("unit_backoff", GaugeMetricFamily, "1 if the unit stopped answering and is only probed",
+     lambda s: int(s.unit_state == "backoff")),
+    ("request_rtt_seconds", GaugeMetricFamily, "round trip of the last answered request",
+     lambda s: s.last_rtt),
+    ("last_exception_code", GaugeMetricFamily,
+     "protocol exception code of the last refused request", lambda s: s.last_exception_code),
+    ("write_mismatches", CounterMetricFamily, "written registers that read back different",
+     lambda s: s.write_mismatches),
+)
 
 
 class BridgeCollector(Collector):
@@ -54,7 +73,14 @@ class BridgeCollector(Collector):
         info.add_metric([__version__], 1)
         start = GaugeMetricFamily("plcbridge_start_time_seconds", "when the bridge started, UTC epoch s")
         start.add_metric([], self.view.started_at)
-        return [info, start]
+        # Our own registry has no process collector (see the module doc): the two numbers an
+        # edge box needs, from the OS, at scrape time.
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = CounterMetricFamily("plcbridge_process_cpu_seconds", "CPU time used (user + system)")
+        cpu.add_metric([], usage.ru_utime + usage.ru_stime)
+        rss = GaugeMetricFamily("plcbridge_process_resident_memory_bytes", "resident set size")
+        rss.add_metric([], _resident_bytes(usage))
+        return [info, start, cpu, rss]
 
     def _devices(self) -> Iterable[Metric]:
         connected = GaugeMetricFamily("plcbridge_device_connected",
@@ -69,8 +95,15 @@ class BridgeCollector(Collector):
                                     "time of the last good poll, UTC epoch s", labels=["device"])
         reconnects = CounterMetricFamily("plcbridge_device_reconnects",
                                          "connections re-established after one was lost", labels=["device"])
+        # The "what is wrong with device X" numbers: one family each, a value per device
+        # (None: not known yet, no sample).
+        health = [(family(f"plcbridge_device_{key}", text, labels=["device"]), get)
+                  for key, family, text, get in _DEVICE_HEALTH]
         for name, status in self.view.devices().items():
             connected.add_metric([name], int(status.connected))
+            for metric, get in health:
+                if (value := get(status)) is not None:
+                    metric.add_metric([name], value)
             polls.add_metric([name], status.polls)
             reconnects.add_metric([name], status.reconnects)
             # Copy: an adapter adds a new kind from the event loop (scrapes run there too,
@@ -81,7 +114,8 @@ class BridgeCollector(Collector):
                 latency.add_metric([name], status.last_latency)
             if status.last_success is not None:
                 success.add_metric([name], status.last_success)
-        return [connected, polls, errors, latency, success, reconnects]
+        return [connected, polls, errors, latency, success, reconnects,
+                *(metric for metric, _ in health)]
 
     def _models(self) -> Iterable[Metric]:
         labels = ["model"]
@@ -115,6 +149,15 @@ class BridgeCollector(Collector):
                 for result in _WRITEBACK_RESULTS:
                     writeback.add_metric([name, result], getattr(model.writeback, result))
         return [score, threshold, anomaly, valid, last, scored, anomalies, writeback]
+
+
+def _resident_bytes(usage: resource.struct_rusage) -> float:
+    """Current RSS from /proc (Linux); elsewhere the peak, the best the OS offers cheaply."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            return float(int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE"))
+    except (OSError, ValueError, IndexError):
+        return float(usage.ru_maxrss * 1024)  # kB on Linux and BSD
 
 
 class PrometheusMetrics(SinkBase):

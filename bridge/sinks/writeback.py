@@ -2,8 +2,14 @@
 
 Writes reach a device only when ``writeback.mode = "on"``, only to the targets a model's
 ``writeback`` section declares, only with values inside the target's type and configured
-range, and no more often than ``min_interval`` per target. ``dry-run`` logs what would be
+range, and no more often than ``min_interval`` per model. ``dry-run`` logs what would be
 written. A failing write is logged and counted; it never stops scoring or the API.
+
+The targets of one model are one block: every value of a cycle comes from the same window and
+goes out in one ``write_many`` call, and the rate limit holds or passes the block as a whole.
+A per-target limit let a valid score after an outage go out alone while anomaly and
+window_valid, written moments before, still held their fail-safe values, and kept the
+targets out of phase from then on.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from bridge.config import ModelWritebackConfig, NodeTarget, RegisterTarget, Targ
 from bridge.core.datatypes import TYPES
 from bridge.core.errors import PlcBridgeError, WriteRefusedError
 from bridge.core.scores import Score
+from bridge.core.timefmt import iso
 from bridge.ports import BridgeView, SinkBase, Writer, WriteStats
 
 __all__ = ["ModelWriteback", "WritebackSink", "check_value", "place"]
@@ -69,7 +76,7 @@ class ModelWriteback:
         self.stats = WriteStats()
         self._writer = writer
         self._targets = config.targets()
-        self._last_sent: dict[str, float] = {}
+        self._last_sent: float | None = None  # monotonic time of the last block sent
         self._heartbeat = 0
         self._failing = False
 
@@ -107,9 +114,8 @@ class ModelWriteback:
         values = self._fail_safe_values(("score", "anomaly", "heartbeat"))
         if "window_valid" in self._targets:
             values["window_valid"] = 0.0
-        self._last_sent.clear()
-        batch = [(key, value) for key, value in values.items() if self._allowed(key, value, 0.0)]
-        await self._send(batch, time.monotonic())
+        self._last_sent = None
+        await self._send(self._checked(values), time.monotonic())
 
     async def publish(self, score: Score) -> None:
         if self.mode == "off":
@@ -123,19 +129,22 @@ class ModelWriteback:
             high = TYPES[kind].max or 2**16 - 1
             self._heartbeat = (self._heartbeat + 1) % (high + 1)
         now = time.monotonic()
-        batch = [(key, value) for key, value in values.items() if self._allowed(key, value, now)]
-        await self._send(batch, now)
+        if self._last_sent is not None and now - self._last_sent < self.min_interval:
+            self.stats.skipped_rate += len(values)  # the whole block waits, never a part
+            return
+        await self._send(self._checked(values), now)
 
     async def _send(self, batch: list[tuple[str, float]], now: float) -> None:
         if not batch:
             return
-        for key, _ in batch:
-            self._last_sent[key] = now
+        self._last_sent = now
         if self.mode == "dry-run":
             self.stats.dry_run += len(batch)
+            stamp = iso(time.time())
             for key, value in batch:
-                audit.info("dry-run model=%s device=%s target=%s at=%s value=%r",
-                           self.model, self.config.device, key, place(self._targets[key]), value)
+                audit.info("dry-run model=%s device=%s target=%s at=%s value=%r time=%s",
+                           self.model, self.config.device, key, place(self._targets[key]), value,
+                           stamp)
             return
         try:
             # One call: adjacent targets (score and flag) reach the device in one request.
@@ -157,26 +166,30 @@ class ModelWriteback:
         self.stats.last_write = time.time()
         self.stats.values.update(batch)
 
-    def _allowed(self, key: str, value: float, now: float) -> bool:
-        """Rate limit and value checks for one target; a refusal is logged and counted."""
-        last = self._last_sent.get(key)
-        if last is not None and now - last < self.min_interval:
-            self.stats.skipped_rate += 1
-            return False
-        try:
-            check_value(key, self._targets[key], value)
-        except WriteRefusedError as exc:
-            self.stats.refused += 1
-            audit.warning("refused model=%s device=%s %s", self.model, self.config.device, exc)
-            return False
-        return True
+    def _checked(self, values: Mapping[str, float]) -> list[tuple[str, float]]:
+        """The values that pass their target's type and range check; a refusal is logged
+        (audited) and counted, the rest of the block still goes."""
+        batch: list[tuple[str, float]] = []
+        for key, value in values.items():
+            try:
+                check_value(key, self._targets[key], value)
+            except WriteRefusedError as exc:
+                self.stats.refused += 1
+                audit.warning("refused model=%s device=%s %s time=%s", self.model,
+                              self.config.device, exc, iso(time.time()))
+                continue
+            batch.append((key, value))
+        return batch
 
     def _audit(self, batch: list[tuple[str, float]], result: str) -> None:
         if audit.isEnabledFor(logging.INFO):
+            # The record's own time has seconds only (the log format's); writes a PLC acts on
+            # are ordered by milliseconds.
+            stamp = iso(time.time())
             for key, value in batch:
-                audit.info("write model=%s device=%s target=%s at=%s value=%r result=%s",
+                audit.info("write model=%s device=%s target=%s at=%s value=%r result=%s time=%s",
                            self.model, self.config.device, key, place(self._targets[key]), value,
-                           result)
+                           result, stamp)
 
 
 class WritebackSink(SinkBase):
