@@ -153,7 +153,10 @@ def train(table: Table, out: Path, opts: TrainOptions) -> TrainResult:
     median = float(np.median(calib))
     quantile = float(np.quantile(calib, 1.0 - opts.target_far))
     threshold = median + opts.effective_margin * (quantile - median)
-    _check_own_windows(table, _score(draft_bytes, rep.windows[fit_rows]), threshold, opts)
+    share = _check_own_windows(table, _score(draft_bytes, rep.windows[fit_rows]), threshold, opts)
+    # Shown in the card: a share well above the target FAR means the fit and calibration parts
+    # differ (drift in the recording), worth knowing before deploying.
+    training["fit_windows_flagged"] = round(share, 4)
     contract = _contract(name, opts, inputs, part, threshold, training)
     model = assemble(front, part, contract, doc)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -179,18 +182,22 @@ def _usable_inputs(table: Table, inputs: tuple[str, ...], fit: np.ndarray,
     return kept, problems
 
 
-# A model flagging more of its own fit windows than this (or 5 x the target FAR) is broken
-# (an input the guards missed), not a model to deploy.
-MAX_FIT_ALARMS = 0.1
+# A model flagging most of its own fit windows is broken (an input the guards missed), not a
+# model to deploy. Less than that is recorded, not refused: on real recordings (SKAB valve1/3:
+# 10.1 %) a share above the target FAR comes from slow drift between the fit rows and the
+# calibration rows, and refusing it would refuse the recording, not a broken fit.
+MAX_FIT_ALARMS = 0.5
 
 
-def _check_own_windows(table: Table, fit_scores: np.ndarray, threshold: float, opts: TrainOptions) -> None:
-    limit = max(MAX_FIT_ALARMS, 5 * opts.target_far)
+def _check_own_windows(table: Table, fit_scores: np.ndarray, threshold: float, opts: TrainOptions) -> float:
+    """The share of fit windows the model flags; DataError when it is broken."""
+    limit = MAX_FIT_ALARMS
     share = float((fit_scores >= threshold).mean()) if len(fit_scores) else 0.0
     if not np.isfinite(threshold) or share > limit:
         raise DataError(f"{table.path}: the trained model flags {100 * share:.1f} % of its own fit windows "
                         f"(threshold {threshold:.6g}; more than {100 * limit:g} % is a broken fit): check "
                         "the inputs for values that barely move or jump between two levels")
+    return share
 
 
 # ---------------------------------------------------- federated PCA baseline (issue 3, item 7)
