@@ -66,7 +66,7 @@ def _profile_tags(config_path: Path, calls: int) -> tuple[float, list[str]]:
     bridge.store.put_many(good(name, 1.25, received_time=now) for name in bridge.tags)
 
     def endpoint() -> list[dict[str, object]]:
-        return [render(bridge, name, bridge.store.latest(name)) for name in bridge.tags]
+        return [render(bridge, name, bridge.store.latest(name), now) for name in bridge.tags]
 
     started = time.perf_counter()
     for _ in range(calls):  # timed without the profiler, which inflates small calls

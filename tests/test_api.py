@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -17,11 +18,12 @@ from starlette.routing import BaseRoute
 
 from adapters.sim.modbus import SimulatorHandle
 from bridge.api.app import create_app
-from bridge.api.schemas import MqttStatus, TagReading
+from bridge.api.schemas import AGE_REFRESH, MqttStatus, TagReading
 from bridge.cli.demo import demo_config
 from bridge.core.scores import Score
 from bridge.core.tags import Quality, Reading
 from bridge.runtime.bridge import Bridge
+from tests.waiting import until
 
 
 @pytest_asyncio.fixture
@@ -217,7 +219,11 @@ async def test_bulk_tags_match_the_one_tag_replies(sim: SimulatorHandle, bridge:
     raw = (await client.get("/api/v1/tags")).content
     bulk = json.loads(raw)
     one = [(await client.get(f"/api/v1/tags/{name}")).json() for name in bridge.tags]
+    # Ages are as of each reply's rendering: the bulk one is older by the time between them.
+    bulk_ages, one_ages = [t.pop("age_s") for t in bulk], [t.pop("age_s") for t in one]
     assert bulk == one
+    pairs = [(a, b) for a, b in zip(bulk_ages, one_ages, strict=True) if a is not None]
+    assert pairs and all(0 <= a <= b <= a + AGE_REFRESH + 1 for a, b in pairs)
     TypeAdapter(list[TagReading]).validate_json(raw)
     flow = next(t for t in bulk if t["name"] == "flow")
     assert flow["value"] is None and flow["source_time"] == "2023-11-14T22:13:20.000Z"
@@ -271,3 +277,17 @@ async def test_no_reply_names_an_absolute_path(sim: SimulatorHandle, tmp_path: P
     model = replies[5].json()
     assert model["file"] == model_file.name == "pump_pca.onnx"
     assert not any(str(v).startswith("/") for v in model["training"].values())
+
+
+async def test_tag_age_counts_from_reception_and_the_bulk_reply_refreshes_it(
+        bridge: Bridge, client: httpx.AsyncClient) -> None:
+    received = time.time() - 2.0
+    bridge.store.put(Reading("flow", 12.5, Quality.GOOD, received))
+    one = (await client.get("/api/v1/tags/flow")).json()
+    assert 2.0 <= one["age_s"] < 3.0
+    first = next(t for t in (await client.get("/api/v1/tags")).json() if t["name"] == "flow")
+    await until(lambda: time.time() - received >= first["age_s"] + AGE_REFRESH + 0.05, 5, "time to pass")
+    # No store change since: the cached body is rendered again for its ages, not served stale.
+    again = next(t for t in (await client.get("/api/v1/tags")).json() if t["name"] == "flow")
+    assert again["age_s"] >= first["age_s"] + AGE_REFRESH
+    assert (await client.get("/api/v1/tags/pressure")).json()["age_s"] is None  # never read

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from bridge import __version__
 from bridge.api.auth import TokenSet
 from bridge.api.schemas import (
+    AGE_REFRESH,
     DeviceHealth,
     ErrorDetail,
     Event,
@@ -64,9 +65,9 @@ def _epoch(since: datetime | None) -> float | None:
     return (math.floor(stamp * 1000 + 1e-6) + 1) / 1000 - 1e-6
 
 
-def _reading(bridge: Bridge, name: str, reading: Reading | None) -> TagReading:
+def _reading(bridge: Bridge, name: str, reading: Reading | None, now: float) -> TagReading:
     device, tag = bridge.tags[name]
-    return TagReading.of(name, device, tag.unit, reading)
+    return TagReading.of(name, device, tag.unit, reading, now)
 
 
 def create_app(bridge: Bridge, tokens: TokenSet | None = None) -> FastAPI:
@@ -122,7 +123,7 @@ def create_app(bridge: Bridge, tokens: TokenSet | None = None) -> FastAPI:
                       version=__version__, uptime_s=round(time.time() - bridge.started_at, 1),
                       devices=devices, models=models, mqtt=mqtt)
 
-    rendered: dict[str, Any] = {"updates": -1, "body": b""}
+    rendered: dict[str, Any] = {"updates": -1, "at": 0.0, "body": b""}
 
     # response_model documents the items; the handler returns the bytes itself, so FastAPI
     # neither validates nor re-serializes them (a cache hit stays a dict lookup), and the
@@ -130,29 +131,32 @@ def create_app(bridge: Bridge, tokens: TokenSet | None = None) -> FastAPI:
     @api.get("/api/v1/tags", response_model=list[TagReading])
     async def tags() -> Response:
         """Latest reading of every tag. SCADA polls this often and it is the biggest reply,
-        so the JSON is rendered once per store change, not once per request."""
+        so the JSON is rendered once per store change (and every AGE_REFRESH s, for the ages),
+        not once per request."""
         # Handlers are async on purpose: they only read in-memory state, so running them in
         # the event loop avoids a thread hop per request and reads the store between jobs.
         updates = bridge.store.updates  # read first: a change while rendering re-renders next time
-        if rendered["updates"] != updates:
-            body = [TagReading.row(name, device, tag.unit, bridge.store.latest(name))
+        now = time.time()
+        if rendered["updates"] != updates or now - rendered["at"] >= AGE_REFRESH:
+            body = [TagReading.row(name, device, tag.unit, bridge.store.latest(name), now)
                     for name, (device, tag) in bridge.tags.items()]
             rendered["body"] = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
-            rendered["updates"] = updates
+            rendered["updates"], rendered["at"] = updates, now
         return Response(rendered["body"], media_type="application/json")
 
     @api.get("/api/v1/tags/{name}", response_model=TagReading, responses=_errors(404))
     async def tag(name: str) -> TagReading:
         """Latest reading of one tag."""
         tag_or_404(name)
-        return _reading(bridge, name, bridge.store.latest(name))
+        return _reading(bridge, name, bridge.store.latest(name), time.time())
 
     @api.get("/api/v1/tags/{name}/history", response_model=list[TagReading], responses=_errors(404))
     async def tag_history(name: str, since: Annotated[datetime | None, Query()] = None,
                     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100) -> list[TagReading]:
         """Readings of one tag after ``since``, oldest first, at most ``limit`` (the newest)."""
         tag_or_404(name)
-        return [_reading(bridge, name, r) for r in bridge.store.history(name, _epoch(since), limit)]
+        now = time.time()
+        return [_reading(bridge, name, r, now) for r in bridge.store.history(name, _epoch(since), limit)]
 
     @api.get("/api/v1/models", response_model=list[ModelInfo])
     async def models() -> list[ModelInfo]:

@@ -180,6 +180,9 @@ class Health(Schema):
 # -- /api/v1/tags --------------------------------------------------------------------------
 
 
+AGE_REFRESH = 0.5  # seconds: how stale the ages in a cached /api/v1/tags body may be
+
+
 class TagReading(Schema):
     """The latest (or one historic) reading of one tag."""
 
@@ -191,13 +194,18 @@ class TagReading(Schema):
     reason: str = Field(description="Why the quality is not good; empty when it is.")
     source_time: Time | None = _time("The device's own timestamp (OPC UA)")
     received_time: Time | None = _time("When the bridge received the value")
+    age_s: float | None = Field(
+        description="Seconds from ``received_time`` to when this reply was rendered (ms "
+                    "resolution); null before the first reading. The bulk /api/v1/tags reply is "
+                    f"rendered again at least every {AGE_REFRESH} s, so its ages may be up to "
+                    "that much low.")
 
     @classmethod
-    def of(cls, name: str, device: str, unit: str, reading: Reading | None) -> TagReading:
-        return cls(**cls.row(name, device, unit, reading))
+    def of(cls, name: str, device: str, unit: str, reading: Reading | None, now: float) -> TagReading:
+        return cls(**cls.row(name, device, unit, reading, now))
 
     @staticmethod
-    def row(name: str, device: str, unit: str, reading: Reading | None) -> dict[str, Any]:
+    def row(name: str, device: str, unit: str, reading: Reading | None, now: float) -> dict[str, Any]:
         """The fields as a plain dict, ready for ``json.dumps`` (``Quality`` is a str).
 
         The /api/v1/tags body is built from these: at 1,000 tags ``json.dumps`` of the dicts
@@ -207,13 +215,14 @@ class TagReading(Schema):
         if reading is None:
             return {"name": name, "device": device, "unit": unit, "value": None,
                     "quality": Quality.BAD, "reason": "no reading yet",
-                    "source_time": None, "received_time": None}
+                    "source_time": None, "received_time": None, "age_s": None}
         value = reading.value
         return {"name": name, "device": device, "unit": unit,
                 "value": finite(value) if isinstance(value, float) else value,
                 "quality": reading.quality, "reason": reading.reason,
                 "source_time": iso_or_none(reading.source_time),
-                "received_time": iso(reading.received_time)}
+                "received_time": iso(reading.received_time),
+                "age_s": round(max(0.0, now - reading.received_time), 3)}
 
 
 # -- /api/v1/models ------------------------------------------------------------------------
