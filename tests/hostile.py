@@ -17,6 +17,7 @@ import sys
 import tomllib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -61,11 +62,13 @@ class Plant:
     http: httpx.AsyncClient
     modbus: ModbusServerSink | None
     opcua: OpcuaServerSink | None
+    config: dict[str, Any]  # the TOML data the bridge was built from (a restart rebuilds it)
 
 
 @contextlib.asynccontextmanager
 async def hostile_plant(*, modbus: dict[str, Any] | None = None, opcua: dict[str, Any] | None = None,
-                        api: dict[str, Any] | None = None) -> AsyncIterator[Plant]:
+                        api: dict[str, Any] | None = None, data_dir: Path | None = None,
+                        ) -> AsyncIterator[Plant]:
     """The demo bridge at 10x with the sinks asked for (their options), its API on a free port."""
     # The sinks first: a bad option fails before anything runs.
     modbus_sink = opcua_sink = None
@@ -78,6 +81,8 @@ async def hostile_plant(*, modbus: dict[str, Any] | None = None, opcua: dict[str
     sim = await start_simulator("127.0.0.1", 0, seed=5, step=0.01, speed=SPEED)
     data: dict[str, Any] = tomllib.loads(DEMO_TOML.format(port=sim.port))
     data["api"] = {"host": "127.0.0.1", "port": 0} | (api or {})
+    if data_dir is not None:
+        data.setdefault("storage", {})["data_dir"] = str(data_dir)
     try:
         bridge = Bridge(parse_config(data), speed=SPEED)
     except BaseException:
@@ -89,7 +94,7 @@ async def hostile_plant(*, modbus: dict[str, Any] | None = None, opcua: dict[str
         await bridge.start()
         await server.start()
         async with httpx.AsyncClient(base_url=server.url, timeout=5) as http:
-            plant = Plant(sim, bridge, server, http, modbus_sink, opcua_sink)
+            plant = Plant(sim, bridge, server, http, modbus_sink, opcua_sink, data)
             await assert_alive(plant, timeout=20)
             yield plant
     finally:
@@ -103,7 +108,8 @@ async def assert_alive(plant: Plant, timeout: float = 5.0) -> None:
     model scoring a new window within ``timeout`` seconds."""
 
     async def health() -> dict[str, Any]:
-        reply = await plant.http.get("/api/v1/health")
+        async with httpx.AsyncClient(base_url=plant.api.url, timeout=5) as fresh:
+            reply = await fresh.get("/api/v1/health")
         assert reply.status_code == 200, reply.text
         body: dict[str, Any] = reply.json()
         return body
