@@ -33,8 +33,8 @@ from bridge.config.servers import ModbusServerConfig
 from bridge.runtime.bridge import Bridge
 from tests.waiting import until
 
-__all__ = ["FUZZ_CASES", "Flood", "Plant", "assert_alive", "descriptors", "hostile_plant",
-           "rss_mb"]
+__all__ = ["FUZZ_CASES", "Flood", "Plant", "assert_alive", "check_fuzz_outcome", "descriptors",
+           "hostile_plant", "rss_mb"]
 
 FUZZ_CASES = int(os.environ.get("FUZZ_CASES", "300"))
 SPEED = 10.0
@@ -122,6 +122,18 @@ async def assert_alive(plant: Plant, timeout: float = 5.0) -> None:
         return body["status"] == "ok" and scored["pump"] > before["pump"]
 
     await until(progressed, timeout, "the bridge to poll and score (GET /api/v1/health)", 0.05)
+
+
+async def check_fuzz_outcome(plant: Plant, target: str, cases: int, failures: list[str],
+                             baseline_fds: int, start_rss: float) -> None:
+    """The end of every fuzz target: descriptors back to baseline, RSS within 50 MB of the
+    start, no failed case, the bridge still polling and scoring. Prints the figures."""
+    await until(lambda: descriptors() <= baseline_fds + 2, 10, "descriptors back to baseline")
+    grown = rss_mb() - start_rss
+    print(f"\n{target} fuzz: {cases} cases, {len(failures)} failures, rss +{grown:.1f} MB")
+    assert not failures, failures[:5]
+    assert grown < 50
+    await assert_alive(plant)
 
 
 _FLOOD = """

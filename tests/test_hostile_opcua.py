@@ -13,11 +13,20 @@ import struct
 import pytest
 from asyncua import Client, ua
 
-from tests.hostile import FUZZ_CASES, Flood, Plant, assert_alive, descriptors, hostile_plant, rss_mb
+from tests.hostile import (
+    FUZZ_CASES,
+    Flood,
+    Plant,
+    assert_alive,
+    check_fuzz_outcome,
+    descriptors,
+    hostile_plant,
+    rss_mb,
+)
 from tests.test_hostile_modbus import closed_by_server
 from tests.waiting import until
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = pytest.mark.timeout(90 + FUZZ_CASES // 5)  # make fuzz raises FUZZ_CASES
 NS_URI = "urn:plcbridge:results"
 
 
@@ -73,7 +82,8 @@ async def test_oversized_chunks_are_refused_before_buffering() -> None:
 
 
 async def test_connection_flood_keeps_scada_sessions(caplog: pytest.LogCaptureFixture) -> None:
-    """1,100 silent connections: at most max_connections are kept, the oldest without a
+    """400 silent connections (asyncua listens with a backlog of 100: more only make the
+    test slower, as the kernel drops SYNs): at most max_connections are kept, the oldest without a
     session go first, so a SCADA session keeps reading; no log line per connection."""
     caplog.set_level(logging.WARNING)
     async with hostile_plant(opcua={"max_connections": 16}) as plant:
@@ -83,14 +93,14 @@ async def test_connection_flood_keeps_scada_sessions(caplog: pytest.LogCaptureFi
             ns = await scada.get_namespace_index(NS_URI)
             threshold = scada.get_node(ua.NodeId("Models.pump.Threshold", ns))
             baseline_fds, baseline_rss = descriptors(), rss_mb()
-            async with Flood(port, 1100):
+            async with Flood(port, 400):
                 await until(lambda: descriptors() <= baseline_fds + 16 + 8, 10,
                             "the server to hold at most max_connections")
                 flood_fds, flood_rss = descriptors(), rss_mb()
                 assert (await threshold.read_value()) > 0
                 await assert_alive(plant)
             await until(lambda: descriptors() <= baseline_fds + 2, 10, "descriptors back to baseline")
-            print(f"\nopcua flood 1100: fds {baseline_fds} -> {flood_fds}, rss {baseline_rss:.0f} -> "
+            print(f"\nopcua flood 400: fds {baseline_fds} -> {flood_fds}, rss {baseline_rss:.0f} -> "
                   f"{flood_rss:.0f} MB")
             assert (await threshold.read_value()) > 0
     lines = [r for r in caplog.records if r.name.startswith("asyncua")]
@@ -152,13 +162,8 @@ async def test_fuzz_random_chunks(caplog: pytest.LogCaptureFixture) -> None:
                 writer.close()
 
         chunks = [_random_chunk(rng, url) for _ in range(FUZZ_CASES)]
-        for start in range(0, len(chunks), 25):
-            await asyncio.gather(*(one(c) for c in chunks[start:start + 25]))
-        await until(lambda: descriptors() <= baseline + 2, 10, "descriptors back to baseline")
-        grown = rss_mb() - start_rss
-        print(f"\nopcua fuzz: {len(chunks)} cases, {len(failures)} failures, rss +{grown:.1f} MB")
-        assert not failures, failures[:5]
-        assert grown < 50
-        await assert_alive(plant)
+        for start in range(0, len(chunks), 100):
+            await asyncio.gather(*(one(c) for c in chunks[start:start + 100]))
+        await check_fuzz_outcome(plant, "opcua", len(chunks), failures, baseline, start_rss)
     tracebacks = [r.getMessage() for r in caplog.records if r.exc_info]
     assert not tracebacks, tracebacks[:3]

@@ -134,7 +134,9 @@ class GuardedTcpServer:
     async def start(self, host: str, port: int) -> int:
         """Listen on ``host:port``; returns the bound port. Raises OSError."""
         # limit: the stream buffer never holds more than a few frames of one client.
-        self._server = await asyncio.start_server(self._serve, host, port, limit=4096)
+        # backlog: under a flood of connects the kernel queues them (no descriptor of ours)
+        # instead of dropping SYNs, so legitimate clients are not held up by retransmits.
+        self._server = await asyncio.start_server(self._serve, host, port, limit=4096, backlog=1024)
         return int(self._server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
