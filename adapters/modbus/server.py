@@ -7,6 +7,11 @@ packs, no I/O, so it never delays scoring), a small task refreshes the header an
 blocks every ``refresh_interval``, and pymodbus' ``action`` hook copies the image into each
 read response. Clients cannot write: every block is read-only, so pymodbus answers writes
 (FC 5, 6, 15, 16, 22, 23) with exception 2 (illegal data address) before they touch anything.
+
+The TCP side is ``adapters.modbus.datastore.GuardedTcpServer``, not pymodbus' server: it caps
+connections, closes idle ones and ones that leave a frame half sent, answers pipelined
+requests in order, serves only the function codes above (anything else, FC 17 and 43
+included, is exception 1) and summarises refusals in the log instead of a traceback each.
 """
 
 from __future__ import annotations
@@ -17,11 +22,10 @@ import math
 import time
 
 from pymodbus.constants import ExcCodes
-from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from adapters.modbus.codec import encode_saturating
-from adapters.modbus.datastore import start_tcp_server, stop_server
+from adapters.modbus.datastore import ConnectionLimits, GuardedTcpServer
 from adapters.modbus.register_map import (
     DEVICE_FIELDS,
     HEADER_FIELDS,
@@ -76,7 +80,7 @@ class ModbusServerSink(SinkBase):
         self._heartbeat: dict[str, int] = dict.fromkeys(config.models, 0)
         self._alive = 0
         self._view: BridgeView | None = None
-        self._server: ModbusTcpServer | None = None
+        self._server: GuardedTcpServer | None = None
         self._task: asyncio.Task[None] | None = None
         self._put(header_start(config), _HEADER["layout_version"], LAYOUT_VERSION)
         self._put(header_start(config), _HEADER["models"], len(config.models))
@@ -133,8 +137,11 @@ class ModbusServerSink(SinkBase):
                          values: list[int] | list[bool] | None) -> ExcCodes | None:
             return self._action(fc, start, address, count, regs, values)
 
-        self._server, self.port = await start_tcp_server(_device(self.config, action),
-                                                         self.config.host, self.config.port)
+        limits = ConnectionLimits(self.config.max_connections, self.config.idle_timeout,
+                                  self.config.frame_timeout)
+        server = GuardedTcpServer(_device(self.config, action), limits, log)
+        self.port = await server.start(self.config.host, self.config.port)
+        self._server = server
         self._task = asyncio.create_task(self._refresh_loop(), name="plcbridge[modbus_server].refresh")
         log.info("modbus server listening host=%s port=%d unit=%d models=%d devices=%d",
                  self.config.host, self.port, self.config.unit_id, len(self.config.models),
@@ -146,7 +153,12 @@ class ModbusServerSink(SinkBase):
         await cancel_and_wait(task)
         server, self._server = self._server, None
         if server is not None:
-            await stop_server(server)
+            await server.stop()
+
+    @property
+    def connections(self) -> int:
+        """Client connections open now (tests and diagnostics)."""
+        return 0 if self._server is None else self._server.connections
 
     # -- header and devices ---------------------------------------------------------------
 

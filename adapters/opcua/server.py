@@ -16,6 +16,15 @@ await. The same task refreshes the device nodes every ``refresh_interval``. A Sc
 not computed (invalid window) is published as NaN with status ``BadNoData`` and its reason
 is not lost: it stays on ``/api/v1/models/<name>/score``. Every node is read-only for clients
 (AccessLevel CurrentRead): asyncua answers a Write with ``BadUserAccessDenied``.
+
+Hostile clients (issue 14): asyncua buffers whatever a chunk header announces (2 GiB) before
+it looks at any limit, keeps up to 1,000 connections and 100 MB messages, and logs each
+refusal (a refused Write is an ERROR). The guards are all in the section "hostile clients"
+below, the one place this module reaches into asyncua's internals: ``_GuardedProtocol``
+checks every chunk header against the pre-Hello cap or the negotiated receive buffer before
+anything is buffered and evicts the oldest connection without a session when full; the
+server's transport limits are lowered to ``max_message_size``; ``_AsyncuaNoise`` turns
+asyncua's per-client log lines into one summary a minute.
 """
 
 from __future__ import annotations
@@ -27,13 +36,19 @@ import logging
 import math
 import os
 import socket
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import asyncua.server.server as asyncua_server
 from asyncua import Server, ua
 from asyncua.common.utils import ServiceError
 from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.binary_server_asyncio import BinaryServer, OPCUAProtocol
 from asyncua.server.user_managers import UserManager
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -149,6 +164,148 @@ def _load_trusted(folder: Path) -> set[bytes]:
     return trusted
 
 
+# -- hostile clients ------------------------------------------------------------------------
+
+# A Hello is 32 bytes and an endpoint URL of at most 4096 (Part 6 7.1.2.3): nothing longer
+# comes before the limits are negotiated.
+PRE_HELLO_MAX = 8192
+_SUMMARY_EVERY = 60.0
+
+
+@dataclass(frozen=True)
+class _Guard:
+    max_connections: int
+
+
+class _GuardedProtocol(OPCUAProtocol):
+    """asyncua's connection protocol with limits checked before data is buffered."""
+
+    guard: _Guard  # set per server by _GuardedBinaryServer
+    _hello_seen = False
+    _made_at = 0.0
+    _evicted = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if len(self.clients) >= self.guard.max_connections:
+            # Full: close the oldest connection that has no activated session (a SCADA
+            # client with a session is never the one to go), else refuse this one.
+            idle = [c for c in self.clients if isinstance(c, _GuardedProtocol) and not c._evicted
+                    and (c.processor is None or c.processor.session is None
+                         or not c.processor.session.is_activated())]
+            _NOISE.count("over_max_connections")
+            if not idle:
+                transport.abort()  # type: ignore[attr-defined]
+                return
+            victim = min(idle, key=lambda c: c._made_at)
+            victim._evicted = True
+            self.clients.remove(victim)  # at once: the next accept must not count it
+            if victim.transport is not None:
+                victim.transport.abort()
+        self._made_at = time.monotonic()
+        super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return  # refused or closed: nothing more is kept
+        reason = self._oversized(self._buffer + data)
+        if reason is not None:
+            _NOISE.count(reason)
+            self._buffer = b""
+            self.transport.abort()
+            return
+        super().data_received(data)
+
+    def _oversized(self, pending: bytes) -> str | None:
+        """Why the chunks in ``pending`` (starting at a chunk boundary, as asyncua keeps its
+        buffer) may not be buffered, or None. Each header's size is checked before its body."""
+        offset = 0
+        while len(pending) - offset >= 8:
+            size = int.from_bytes(pending[offset + 4 : offset + 8], "little")
+            if not self._hello_seen:
+                limit, reason = PRE_HELLO_MAX, "oversized_pre_hello_chunk"
+            else:
+                assert self.processor is not None
+                limit, reason = self.processor._limits.max_recv_buffer, "oversized_chunk"
+            if size < 8 or size > limit:
+                return reason
+            if pending[offset : offset + 3] == b"HEL":
+                self._hello_seen = True
+            offset += size
+        return None
+
+
+class _GuardedBinaryServer(BinaryServer):
+    def _make_protocol(self) -> OPCUAProtocol:
+        guard = getattr(self.iserver, "plcbridge_guard", None)
+        if guard is None:  # another asyncua server started meanwhile: as asyncua made it
+            return super()._make_protocol()
+        protocol = _GuardedProtocol(iserver=self.iserver, policies=self._policies,
+                                    clients=self.clients, closing_tasks=self.closing_tasks,
+                                    limits=self.limits)
+        protocol.guard = guard
+        return protocol
+
+
+@contextlib.contextmanager
+def _guarded_start() -> Iterator[None]:
+    """asyncua's ``Server.start`` builds its ``BinaryServer`` by module name and hands its
+    protocol factory to the event loop: the only hook is that name, swapped for the start.
+    A server without ``iserver.plcbridge_guard`` still gets asyncua's own protocol."""
+    original = asyncua_server.BinaryServer
+    asyncua_server.BinaryServer = _GuardedBinaryServer  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        asyncua_server.BinaryServer = original  # type: ignore[misc]
+
+
+class _AsyncuaNoise(logging.Filter):
+    """Counts asyncua's per-client log lines (refused writes, malformed or oversized
+    messages, refused connections, with their tracebacks) instead of letting each through,
+    and logs one summary at most every minute. Installed on asyncua's server-side loggers."""
+
+    LOGGERS = ("asyncua.server.uaprocessor", "asyncua.server.binary_server_asyncio",
+               "asyncua.common.connection")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._counts: Counter[str] = Counter()
+        self._last = -math.inf
+        self.total: Counter[str] = Counter()
+
+    def install(self) -> None:
+        for name in self.LOGGERS:
+            logger = logging.getLogger(name)
+            if self not in logger.filters:
+                logger.addFilter(self)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        kind = str(record.msg).split(":")[0].split("%")[0].strip()[:60]
+        if record.args and "service fault" in kind:  # name the status: BadUserAccessDenied
+            kind = f"{kind} {record.args[-1]}"  # type: ignore[index]
+        self.count(kind)
+        return False
+
+    def count(self, reason: str) -> None:
+        self._counts[reason] += 1
+        self.total[reason] += 1
+        if time.monotonic() - self._last >= _SUMMARY_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._counts:
+            log.warning("opcua server refused or dropped client input (%s; next summary in "
+                        "%.0f s at most)", "; ".join(f"{k}: {n}" for k, n in sorted(self._counts.items())),
+                        _SUMMARY_EVERY)
+            self._counts.clear()
+        self._last = time.monotonic()
+
+
+_NOISE = _AsyncuaNoise()
+
+
 def free_tcp_port(host: str) -> int:
     """A port that was free a moment ago (bind 0, close)."""
     # asyncua advertises the configured port in its endpoints; with port 0 that would be
@@ -230,6 +387,12 @@ class OpcuaServerSink(SinkBase):
         server, self._server = self._server, None
         if server is not None:
             await stop_server(server)
+        _NOISE.flush()
+
+    @property
+    def refusals(self) -> dict[str, int]:
+        """Counts of refused or dropped client input since the process started (all servers)."""
+        return dict(_NOISE.total)
 
     # -- the address space ----------------------------------------------------------------
 
@@ -237,6 +400,16 @@ class OpcuaServerSink(SinkBase):
         config = self.config
         server = Server(user_manager=_Users(config, self._password, self._trusted))
         await server.init()
+        # Transport limits before any client: chunks of at most 64 KiB (asyncua's default),
+        # messages of at most max_message_size (asyncua: 100 MB), connections and the seconds
+        # a connection may go without an activated session.
+        server.limits.max_message_size = config.max_message_size
+        server.limits.max_chunk_count = math.ceil(config.max_message_size / server.limits.max_recv_buffer)
+        server.iserver.max_connections = config.max_connections
+        server.iserver.max_pending_activation_seconds = config.activation_timeout
+        server.iserver.max_pending_messages_per_connection = 32
+        server.iserver.plcbridge_guard = _Guard(config.max_connections)  # type: ignore[attr-defined]
+        _NOISE.install()
         # No session transfer to a new secure channel (Part 4 6.7): asyncua binds the session
         # named by an AuthenticationToken (sequential, guessable) to the new connection before
         # the ActivateSession is vetted, and keeps it bound after a refusal, so any channel,
@@ -264,7 +437,8 @@ class OpcuaServerSink(SinkBase):
         self._ns = await server.register_namespace(config.namespace_uri)
         await self._build(server)
         try:
-            await server.start()
+            with _guarded_start():
+                await server.start()
         except BaseException:
             with contextlib.suppress(Exception):
                 await server.stop()

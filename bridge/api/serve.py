@@ -6,8 +6,13 @@ import asyncio
 import contextlib
 import logging
 import signal
+from typing import Any
 
+import h11
 import uvicorn
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from bridge.api.app import create_app
 from bridge.api.auth import TokenSet, load_tokens
@@ -18,14 +23,95 @@ __all__ = ["ApiServer", "run_until_stopped"]
 log = logging.getLogger("plcbridge.server")
 
 
+def guarded_http(request_timeout: float, max_connections: int) -> type[asyncio.Protocol]:
+    """uvicorn's h11 protocol with what uvicorn lacks against idle and slow clients.
+
+    uvicorn arms its keep-alive timer only after a response, and cancels it at the first byte
+    of the next request: a connection that sends nothing, a request head one byte at a time,
+    or a body shorter than its Content-Length is held forever (each holds a descriptor).
+    Here every connection must send a whole request (head and body) within
+    ``request_timeout`` seconds of connecting or of its last response; with
+    ``max_connections`` open, a new connection closes the one that has waited longest for a
+    request (or itself, when every connection is busy with a request)."""
+
+    class GuardedH11(H11Protocol):
+        _request_timer: asyncio.TimerHandle | None = None
+        _waiting_since = 0.0
+        _armed_cycle: Any = None  # the request cycle current when the timer was armed
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            waiting = [p for p in self.connections
+                       if isinstance(p, GuardedH11) and p._request_timer is not None]
+            full = len(self.connections) >= max_connections
+            super().connection_made(transport)
+            self._arm()
+            if full:
+                victim = min(waiting, key=lambda p: p._waiting_since) if waiting else self
+                # Disarmed now, so the next accept (before this one's connection_lost runs)
+                # picks another victim.
+                victim._disarm()
+                victim.transport.abort()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self._received():
+                self._disarm()  # a whole request is in: the app's turn
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._waiting_since = self.loop.time()
+            self._armed_cycle = self.cycle
+            self._request_timer = self.loop.call_later(request_timeout, self._timed_out)
+
+        def _disarm(self) -> None:
+            if self._request_timer is not None:
+                self._request_timer.cancel()
+                self._request_timer = None
+
+        def _received(self) -> bool:
+            """A new request since the timer was armed, received to its last byte."""
+            return self.cycle is not self._armed_cycle and self.conn.their_state is h11.DONE
+
+        def _timed_out(self) -> None:
+            self._request_timer = None
+            # A pipelined request may have come in whole without new bytes: let it finish.
+            if not self._received() and not self.transport.is_closing():
+                self.transport.abort()
+
+    return GuardedH11
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    log.debug("client disconnected during its request path=%s", request.url.path)
+    return Response(status_code=400)  # nobody reads it
+
+
 class ApiServer:
     """uvicorn inside the bridge's loop; ``port`` is the bound port once started (port 0 works)."""
 
     def __init__(self, bridge: Bridge, host: str, port: int, tokens: TokenSet | None = None) -> None:
         settings = bridge.config.api
         tls = settings.tls_cert is not None
-        config = uvicorn.Config(create_app(bridge, tokens), host=host, port=port, log_level="warning",
+        app = create_app(bridge, tokens)
+        # A client that goes (or is closed by request_timeout) in the middle of its body is not
+        # an error of ours: without this the app's catch-all logs a traceback for each one.
+        app.add_exception_handler(ClientDisconnect, _client_gone)
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning",
                                 lifespan="off", access_log=False,
+                                http=guarded_http(settings.request_timeout, settings.max_connections),
+                                timeout_keep_alive=settings.keep_alive_timeout,
+                                # Requests in flight; uvicorn also counts connections here, so one
+                                # above max_connections: only the cap above closes connections.
+                                limit_concurrency=settings.max_connections + 1,
                                 ssl_certfile=str(settings.tls_cert) if tls else None,
                                 ssl_keyfile=str(settings.tls_key) if tls else None)
         self.scheme = "https" if tls else "http"

@@ -40,6 +40,11 @@ class OpcuaServerConfig(StrictModel):
     trusted_clients: Path | None = None  # folder of client certificates accepted (DER or PEM)
     accept_any_client_certificate: bool = False
     allow_anonymous: bool = True
+    # Hostile or broken clients: connections at once (when full, a new one closes the oldest
+    # without an activated session), seconds to activate a session, largest request message.
+    max_connections: Annotated[int, Field(ge=1, le=1000)] = 32
+    activation_timeout: Annotated[float, Field(ge=1, le=600)] = 10.0
+    max_message_size: Annotated[int, Field(ge=65536, le=64 * 1024 * 1024)] = 1024 * 1024
     username: str | None = None
     password_env: str | None = None
     password_file: Path | None = None

@@ -27,6 +27,12 @@ class ApiConfig(StrictModel):
     tls_key: Path | None = None
     cors_origins: list[str] = Field(default_factory=list)
     max_body_bytes: Annotated[int, Field(ge=1024, le=512 * 1024 * 1024)] = 1024 * 1024
+    # Idle and slow clients (each holds a descriptor): connections at once, seconds to send a
+    # whole request, head and body (after connecting or after the last response), seconds a
+    # kept-alive connection may stay silent.
+    max_connections: Annotated[int, Field(ge=1, le=1000)] = 64
+    request_timeout: Annotated[float, Field(ge=0.5, le=300)] = 30.0
+    keep_alive_timeout: Annotated[int, Field(ge=1, le=300)] = 5
 
     @model_validator(mode="after")
     def _check_security(self) -> ApiConfig:

@@ -67,6 +67,12 @@ class ModbusServerConfig(StrictModel):
     word_order: Order = "big"
     # How often the header and device blocks are refreshed (model blocks change on each score).
     refresh_interval: Annotated[float, Field(ge=0.05, le=60)] = 1.0
+    # Hostile or broken clients: at most this many connections (more are accepted and closed
+    # at once), closed after idle_timeout s without a request or frame_timeout s between the
+    # first and the last byte of a request frame.
+    max_connections: Annotated[int, Field(ge=1, le=1000)] = 32
+    idle_timeout: Annotated[float, Field(ge=1, le=86400)] = 120.0
+    frame_timeout: Annotated[float, Field(ge=0.1, le=60)] = 5.0
     # model name -> slot. Slots, not list positions, so the map survives edits of [[models]].
     models: dict[_SlotKey, Annotated[int, Field(ge=0, lt=MODEL_SLOTS)]] = Field(default_factory=dict)
     # device name -> slot.

@@ -31,6 +31,28 @@ __all__ = ["ModelUpdater"]
 log = logging.getLogger("plcbridge.models")
 
 
+# Contract strings are echoed in every Score (version) and in every model reply: an upload
+# cannot make each of them carry kilobytes. Generous for real versions and recipe names.
+MAX_VERSION_CHARS = 64
+MAX_CONTRACT_STRING_CHARS = 256
+
+
+def _check_contract_strings(detector: Detector) -> None:
+    contract = detector.contract
+    if len(contract.version) > MAX_VERSION_CHARS:
+        raise ModelContractError(f"contract field 'version' is {len(contract.version)} characters "
+                                 f"(at most {MAX_VERSION_CHARS})")
+    for field in ("name", "kind", "normalization", "score", "recipe"):
+        value = getattr(contract, field)
+        if len(value) > MAX_CONTRACT_STRING_CHARS:
+            raise ModelContractError(f"contract field {field!r} is {len(value)} characters "
+                                     f"(at most {MAX_CONTRACT_STRING_CHARS})")
+    for value in (*contract.inputs, *contract.outputs):
+        if len(value) > MAX_CONTRACT_STRING_CHARS:
+            raise ModelContractError(f"contract names an input or output of {len(value)} "
+                                     f"characters (at most {MAX_CONTRACT_STRING_CHARS})")
+
+
 class ModelUpdater:
     """Validates and swaps models. It sees the tag store (reference windows), the live runners
     (read only) and ``swap``, the runtime's callback that puts a runner in place between two
@@ -58,12 +80,20 @@ class ModelUpdater:
     async def install(self, name: str, data: bytes, source: str) -> ModelRunner:
         """Validate ``data`` as the new model for ``name`` and swap it in. Raises
         ModelContractError (nothing changed) or KeyError (no such model)."""
-        old = self._runners[name]
+        # The whole update under the lock, reading the current runner included: read before
+        # it, two concurrent uploads both replaced the same model, and memory (which the
+        # rollback restores) and disk (which a restart loads) ended on different models.
         async with self._lock:
+            old = self._runners[name]
             candidate = await asyncio.to_thread(self._write_candidate, name, data)
             try:
                 runner = await asyncio.to_thread(self._validate, old, candidate)
-            except Exception:
+            except ModelContractError as exc:
+                candidate.unlink(missing_ok=True)
+                # The reason, not where the upload was parked: no temporary path in a reply.
+                reason = str(exc).replace(str(candidate), "upload").replace(candidate.name, "upload")
+                raise ModelContractError(reason) from None
+            except BaseException:
                 candidate.unlink(missing_ok=True)
                 raise
             path = await asyncio.to_thread(self._keep, name, candidate)
@@ -73,8 +103,8 @@ class ModelUpdater:
 
     async def rollback(self, name: str) -> ModelRunner:
         """Restore the model the last update replaced. Raises KeyError if there is none."""
-        current = self._runners[name]
-        async with self._lock:
+        async with self._lock:  # see install: the current runner is read under the lock
+            current = self._runners[name]
             previous = self.previous.pop(name)
             if self.folder is not None:
                 await asyncio.to_thread(self._restore_file, name)
@@ -117,6 +147,7 @@ class ModelUpdater:
 
     def _validate(self, old: ModelRunner, candidate: Path) -> ModelRunner:
         detector = Detector(candidate)
+        _check_contract_strings(detector)
         runner = ModelRunner(old.config, detector, self._store,
                              default_max_age=old.windows.max_age * self._speed, speed=self._speed)
         reference = self._reference_window(old, runner)
