@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-quick model clean
+.PHONY: demo test lint fuzz bench bench-quick model clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check bridge adapters bench models
 	$(BIN)/mypy bridge adapters bench models
+
+# The hostile-input suites with many more cases than `make test` runs (FUZZ_CASES each).
+fuzz: $(STAMP)
+	FUZZ_CASES=5000 $(BIN)/python -m pytest -q -p no:cacheprovider -k fuzz tests/test_hostile_modbus.py tests/test_hostile_opcua.py tests/test_hostile_api.py
 
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[test,bench]'
