@@ -159,6 +159,10 @@ def test_contract_round_trip_and_field_errors() -> None:
         ("window_length", 0, "'window_length': must be >= 1"),
         ("inputs", [], "'inputs': expected a non-empty list"),
         ("schema", 2, "'schema': version 2 is not supported"),
+        # Echoed in every Score and reply: a model file cannot make them kilobytes long.
+        ("version", "v" * 65, "'version' is 65 characters \\(at most 64\\)"),
+        ("recipe", "r" * 257, "'recipe' is 257 characters \\(at most 256\\)"),
+        ("inputs", ["x" * 300], "input or output of 300 characters"),
     ]:
         bad = dict(obj, **{key: value})
         with pytest.raises(ModelContractError, match=message):

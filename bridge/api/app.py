@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 
 from bridge import __version__
 from bridge.api.auth import TokenSet
@@ -93,6 +94,13 @@ def create_app(bridge: Bridge, tokens: TokenSet | None = None) -> FastAPI:
         # Log the detail for the operator; the client gets no internals.
         log.exception("unhandled error path=%s", request.url.path)
         return JSONResponse({"detail": "internal error"}, status_code=500)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        # A client that goes (or is closed by the server's request_timeout) in the middle of
+        # its body is not an error of ours: without this the catch-all above logs a traceback.
+        log.debug("client disconnected during its request path=%s", request.url.path)
+        return Response(status_code=400)  # nobody reads it
 
     def runner_or_404(name: str) -> Any:
         runner = bridge.runners.get(name)

@@ -10,8 +10,6 @@ from typing import Any
 
 import h11
 import uvicorn
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from bridge.api.app import create_app
@@ -90,11 +88,6 @@ def guarded_http(request_timeout: float, max_connections: int) -> type[asyncio.P
     return GuardedH11
 
 
-async def _client_gone(request: Request, exc: Exception) -> Response:
-    log.debug("client disconnected during its request path=%s", request.url.path)
-    return Response(status_code=400)  # nobody reads it
-
-
 class ApiServer:
     """uvicorn inside the bridge's loop; ``port`` is the bound port once started (port 0 works)."""
 
@@ -102,9 +95,6 @@ class ApiServer:
         settings = bridge.config.api
         tls = settings.tls_cert is not None
         app = create_app(bridge, tokens)
-        # A client that goes (or is closed by request_timeout) in the middle of its body is not
-        # an error of ours: without this the app's catch-all logs a traceback for each one.
-        app.add_exception_handler(ClientDisconnect, _client_gone)
         config = uvicorn.Config(app, host=host, port=port, log_level="warning",
                                 lifespan="off", access_log=False,
                                 http=guarded_http(settings.request_timeout, settings.max_connections),

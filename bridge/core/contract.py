@@ -20,6 +20,29 @@ CONTRACT_KEY = "plcbridge.contract"
 SCHEMA_VERSION = 1
 
 
+# Contract strings are echoed in every Score (version) and in every model reply: a model file
+# (uploaded, dropped in the folder or named by the config) cannot make each of them carry
+# kilobytes. Generous for real versions, recipe names and tag names.
+MAX_VERSION_CHARS = 64
+MAX_STRING_CHARS = 256
+
+
+def _check_sizes(contract: ModelContract) -> ModelContract:
+    if len(contract.version) > MAX_VERSION_CHARS:
+        raise ModelContractError(f"contract field 'version' is {len(contract.version)} characters "
+                                 f"(at most {MAX_VERSION_CHARS})")
+    for field in ("name", "kind", "normalization", "score", "recipe"):
+        value = getattr(contract, field)
+        if len(value) > MAX_STRING_CHARS:
+            raise ModelContractError(f"contract field {field!r} is {len(value)} characters "
+                                     f"(at most {MAX_STRING_CHARS})")
+    for value in (*contract.inputs, *contract.outputs):
+        if len(value) > MAX_STRING_CHARS:
+            raise ModelContractError(f"contract names an input or output of {len(value)} "
+                                     f"characters (at most {MAX_STRING_CHARS})")
+    return contract
+
+
 def _need(obj: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
     if key not in obj:
         raise ModelContractError(f"contract field {key!r} is missing")
@@ -114,7 +137,7 @@ class ModelContract:
         unknown = sorted(set(obj) - known)
         if unknown:
             raise ModelContractError(f"contract has unknown fields {unknown}")
-        return cls(
+        return _check_sizes(cls(
             schema=schema,
             name=_need(obj, "name", str),
             kind=_need(obj, "kind", str),
@@ -128,4 +151,4 @@ class ModelContract:
             recipe=_need(obj, "recipe", str),
             version=_need(obj, "version", str),
             outputs=outputs,
-        )
+        ))

@@ -31,28 +31,6 @@ __all__ = ["ModelUpdater"]
 log = logging.getLogger("plcbridge.models")
 
 
-# Contract strings are echoed in every Score (version) and in every model reply: an upload
-# cannot make each of them carry kilobytes. Generous for real versions and recipe names.
-MAX_VERSION_CHARS = 64
-MAX_CONTRACT_STRING_CHARS = 256
-
-
-def _check_contract_strings(detector: Detector) -> None:
-    contract = detector.contract
-    if len(contract.version) > MAX_VERSION_CHARS:
-        raise ModelContractError(f"contract field 'version' is {len(contract.version)} characters "
-                                 f"(at most {MAX_VERSION_CHARS})")
-    for field in ("name", "kind", "normalization", "score", "recipe"):
-        value = getattr(contract, field)
-        if len(value) > MAX_CONTRACT_STRING_CHARS:
-            raise ModelContractError(f"contract field {field!r} is {len(value)} characters "
-                                     f"(at most {MAX_CONTRACT_STRING_CHARS})")
-    for value in (*contract.inputs, *contract.outputs):
-        if len(value) > MAX_CONTRACT_STRING_CHARS:
-            raise ModelContractError(f"contract names an input or output of {len(value)} "
-                                     f"characters (at most {MAX_CONTRACT_STRING_CHARS})")
-
-
 class ModelUpdater:
     """Validates and swaps models. It sees the tag store (reference windows), the live runners
     (read only) and ``swap``, the runtime's callback that puts a runner in place between two
@@ -147,7 +125,6 @@ class ModelUpdater:
 
     def _validate(self, old: ModelRunner, candidate: Path) -> ModelRunner:
         detector = Detector(candidate)
-        _check_contract_strings(detector)
         runner = ModelRunner(old.config, detector, self._store,
                              default_max_age=old.windows.max_age * self._speed, speed=self._speed)
         reference = self._reference_window(old, runner)
