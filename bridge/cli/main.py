@@ -25,7 +25,10 @@ from bridge.cli.common import (
     setup_logging,
 )
 from bridge.cli.models import add_commands
-from bridge.config import DEFAULT_MODEL, Config, OpcuaDeviceConfig
+from bridge.cli.probe import add_probe
+from bridge.config import DEFAULT_MODEL, Config, ModbusDeviceConfig, ModbusTagConfig, OpcuaDeviceConfig
+from bridge.config.modbus import addressing_warnings, vendor_register
+from bridge.core.datatypes import TYPES
 from bridge.core.errors import ConfigError, ModelContractError
 from bridge.core.extras import MissingExtraError, require_extra
 
@@ -48,6 +51,26 @@ def _print_opcua_device(device: OpcuaDeviceConfig) -> None:
     print(f"  {len(device.tags)} node(s), {reads}")
 
 
+def _modbus_tag_line(device: ModbusDeviceConfig, tag: ModbusTagConfig) -> str:
+    """Where a tag is read and how it is decoded, without ambiguity: the table, the zero-based
+    protocol address and its vendor number, the effective byte/word order and the scaling."""
+    from adapters.modbus.codec import VENDOR_ORDERS  # pure: no protocol library
+
+    place = f"{tag.table:<8} {tag.address:>5} ({vendor_register(tag.table, tag.address)})"
+    unit = f" [{tag.unit}]" if tag.unit else ""
+    info = TYPES[tag.data_type]
+    if not info.byte_order:
+        return f"{place}  {tag.data_type}{unit}"
+    orders = (tag.byte_order or device.byte_order, tag.word_order or device.word_order)
+    if info.word_order:
+        name = next(k for k, v in VENDOR_ORDERS.items() if v == orders)
+        order = f"{name} (byte {orders[0]}, word {orders[1]})"
+    else:
+        order = f"byte {orders[0]}"
+    scaling = f", scale {tag.scale:g}, offset {tag.offset:g}" if info.numeric else ""
+    return f"{place}  {tag.data_type}{tag.length or ''} {order}{scaling}{unit}"
+
+
 def _check(args: argparse.Namespace) -> int:
     config = load_config_or_exit(args.config)
     from adapters.modbus.plan import describe, plan_reads  # pure: no protocol library
@@ -64,9 +87,13 @@ def _check(args: argparse.Namespace) -> int:
         where = device.serial_port if device.transport == "rtu" else f"{device.host}:{device.port}"
         print(f"\ndevice {device.name}: modbus {device.transport} {where} unit {device.unit_id}, "
               f"every {device.poll_interval:g} s, timeout {device.timeout:g} s, retries {device.retries}")
+        if device.address_offset:
+            print(f"  address_offset {device.address_offset}: tag addresses shifted to protocol "
+                  "addresses below")
         for tag in device.tags:
-            unit = f" [{tag.unit}]" if tag.unit else ""
-            print(f"  tag {tag.name:<24} {tag.table:<8} {tag.address:>5}  {tag.data_type}{unit}")
+            print(f"  tag {tag.name:<24} {_modbus_tag_line(device, tag)}")
+        for warning in addressing_warnings(device, f"devices[{config.devices.index(device)}]"):
+            print(f"warning: {warning}", file=sys.stderr)
         try:
             requests = plan_reads(device.tags, max_registers=device.max_registers,
                                   max_bits=device.max_bits, max_gap=device.max_gap)
@@ -103,6 +130,10 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config_or_exit(args.config)
     setup_logging(args.log_level or config.bridge.log_level)
     _setup_audit(config)
+    for index, device in enumerate(config.devices):
+        if isinstance(device, ModbusDeviceConfig):
+            for warning in addressing_warnings(device, f"devices[{index}]"):
+                logging.getLogger("plcbridge").warning("%s: %s", args.config, warning)
     from bridge.api.serve import run_until_stopped
     from bridge.runtime.bridge import Bridge
 
@@ -306,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     add_commands(sub)
+    add_probe(sub)
     for command in sub.choices.values():  # `plcbridge COMMAND --help` states them too
         command.epilog = EXIT_STATUS_HELP
         command.formatter_class = argparse.RawDescriptionHelpFormatter
