@@ -239,17 +239,24 @@ def _simulate(args: argparse.Namespace) -> int:
 
 def _certs(args: argparse.Namespace) -> int:
     require_extra("asyncua", "certs")
-    from adapters.opcua.certs import generate_certificate
+    from adapters.opcua.certs import describe_certificate, generate_certificate
 
+    if args.show is not None:
+        try:
+            print("\n".join(describe_certificate(Path(args.show))))
+        except (OSError, ValueError) as exc:
+            return fail(f"not a readable certificate ({exc})", args.show)
+        return EXIT_OK
     try:
         cert, key = generate_certificate(Path(args.out), args.application_uri, hostname=args.hostname,
                                          name=args.name, server=args.server, days=args.days,
-                                         force=args.force)
+                                         force=args.force, ips=args.ip or ())
     except FileExistsError as exc:  # "PATH exists (use --force ...)": the file comes first
         return fail(str(exc))
     except ValueError as exc:
         return fail(str(exc), "certs")
-    print(f"certificate {cert}\nprivate key {key}\napplication URI {args.application_uri}")
+    print("\n".join(describe_certificate(cert)))
+    print(f"private key {key}\napplication URI {args.application_uri}")
     key_name = "certificate / private_key" + ("" if args.server else " / application_uri")
     print(f"set {key_name} accordingly; the peer must trust {cert}")
     if not args.server:
@@ -325,6 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
     certs.add_argument("--server", action="store_true", help="a server certificate for [opcua_server]")
     certs.add_argument("--days", type=_positive_int, default=730, help="validity in days (default 730)")
     certs.add_argument("--force", action="store_true", help="replace existing files")
+    certs.add_argument("--ip", action="append", metavar="ADDRESS",
+                       help="an IP address for the certificate (repeatable), for peers that "
+                            "check the address they see")
+    certs.add_argument("--show", metavar="CERT", help="print thumbprint, names and validity of "
+                                                      "an existing certificate; write nothing")
     certs.set_defaults(func=_certs)
 
     demo = sub.add_parser("demo", help="simulated plant + default model + API on 127.0.0.1")
