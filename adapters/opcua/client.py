@@ -280,7 +280,8 @@ class OpcuaAdapter:
         for i, node in self._by_uri.items():
             uri = node.NamespaceUri  # type: ignore[attr-defined]
             if uri in namespaces:
-                self._node_ids[i] = ua.NodeId(node.Identifier, namespaces.index(uri), node.NodeIdType)
+                self._node_ids[i] = ua.NodeId(node.Identifier, ua.Int16(namespaces.index(uri)),
+                                             node.NodeIdType)
                 self._unresolved.pop(i, None)
             else:
                 self._node_ids[i] = None
