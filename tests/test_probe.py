@@ -73,3 +73,28 @@ def test_ranking_prefers_exact_unscaled_narrow() -> None:
     matches = rank(decode_all(registers), 229.01, 0.01)
     assert (matches[0].decoding.data_type, matches[0].decoding.order) == ("float32", "DCBA")
     assert any(m.decoding.data_type == "int16" and m.scale == 0.01 for m in matches)
+
+
+async def test_opcua_endpoints_browse_and_toml(capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.opcua_servers import NS_URI, OpcuaTestServer
+
+    srv = await OpcuaTestServer().start()
+    try:
+        status, out, err = await _probe(capsys, "opcua", srv.url, "--depth", "2", "--name", "p")
+        assert status == 0, err
+        assert "None" in out and "user tokens: Anonymous" in out
+        pressure = out[out.index("pressure: Double = 4.25 (good)"):]
+        assert f"ns={srv.ns};s=Pump1.Pressure  |  nsu={NS_URI};s=Pump1.Pressure" in pressure
+        assert f"path /{srv.ns}:Pump1/{srv.ns}:pressure  |  /{{{NS_URI}}}Pump1/{{{NS_URI}}}pressure" \
+            in pressure
+        toml = out[out.index("[[devices.tags]]"):]
+        assert f'node_id = "nsu={NS_URI};' in toml
+        status, out, _ = await _probe(capsys, "opcua", srv.url, "--node", f"nsu={NS_URI};s=Pump1",
+                                      "--depth", "1")
+        assert status == 0 and "flow: Int32 = 12 (good)" in out and "path " not in out
+        status, _, err = await _probe(capsys, "opcua", srv.url, "--node", "nsu=urn:nope;s=X")
+        assert status == 2 and err.startswith("--node: ")
+    finally:
+        await srv.stop()
+    status, out, _ = await _probe(capsys, "opcua", srv.url, "--timeout", "0.5")
+    assert status == 1 and "cannot get endpoints" in out

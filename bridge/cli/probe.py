@@ -15,7 +15,7 @@ import argparse
 import asyncio
 from typing import Any
 
-from bridge.cli.common import EXIT_FAILED, EXIT_OK, fail, load_config_or_exit
+from bridge.cli.common import EXIT_FAILED, EXIT_OK, fail, load_config_or_exit, setup_logging
 from bridge.config import ModbusDeviceConfig, OpcuaDeviceConfig
 from bridge.config.modbus import TABLES, parse_register
 
@@ -105,7 +105,8 @@ def _opcua(args: argparse.Namespace) -> int:
     from bridge.core.extras import require_extra
 
     require_extra("asyncua", "probe opcua")
-    from adapters.opcua.probe import probe_opcua
+    setup_logging("error")  # asyncua warns about plaintext policies: the endpoint list says so
+    from adapters.opcua.probe import ProbeError, probe_opcua
 
     device = _device(args, OpcuaDeviceConfig)
     if device is None:
@@ -121,7 +122,7 @@ def _opcua(args: argparse.Namespace) -> int:
         lines = asyncio.run(probe_opcua(device, args.node, args.depth, args.max_nodes, args.name))
     except ValueError as exc:  # a --node that is not a NodeId
         return fail(str(exc), "--node")
-    except ConnectionError as exc:
+    except ProbeError as exc:
         print(f"device {device.name}: {exc}")
         return EXIT_FAILED
     print("\n".join(lines))
