@@ -232,8 +232,11 @@ def _simulate(args: argparse.Namespace) -> int:
     from adapters.sim.modbus import run_simulator_forever
 
     with contextlib.suppress(KeyboardInterrupt):
+        # --speed: rows per second of a replay, or plant seconds per second of the plant (to
+        # record hours of plant in minutes; record --speed must then say the same).
         asyncio.run(run_simulator_forever(args.host, args.port, args.seed, schedule or None,
-                                          Path(args.replay) if args.replay else None, args.speed))
+                                          Path(args.replay) if args.replay else None, args.speed,
+                                          speed=1.0 if args.replay else args.speed))
     return EXIT_OK
 
 
@@ -316,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--fault-at", action="append", metavar="SECONDS:FAULT",
                      help="inject a fault (spike, stuck, drift, cavitation) after SECONDS; repeatable")
     sim.add_argument("--replay", metavar="FILE.csv", help="play a recorded SKAB-format CSV instead")
-    sim.add_argument("--speed", type=float, default=1.0, help="replay speed factor")
+    sim.add_argument("--speed", type=float, default=1.0,
+                     help="replay speed factor; without --replay, plant time runs this much faster")
     sim.add_argument("--opcua", action="store_true",
                      help="also serve the plant over OPC UA (ns=2;s=Pump.*, FaultCode writable)")
     sim.add_argument("--opcua-port", type=int, default=4840, help="OPC UA port (with --opcua)")
