@@ -33,7 +33,8 @@ def section() -> list[tuple[str, str]]:
     text = (ROOT / "README.md").read_text()
     start = text.index("## Your own plant")
     end = text.index("\n## ", start + 1)
-    return re.findall(r"```(\w+)\n(.*?)```", text[start:end], flags=re.S)
+    # "```toml append" marks a block appended to the file, not a config of its own.
+    return re.findall(r"```(\w+)(?: append)?\n(.*?)```", text[start:end], flags=re.S)
 
 
 def cli(args: list[str]) -> list[str]:
