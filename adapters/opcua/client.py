@@ -36,6 +36,7 @@ from asyncua.common.subscription import DataChangeEvent, OverflowPolicy, StatusC
 from asyncua.crypto import security_policies
 from asyncua.ua.relative_path import RelativePathFormatter
 
+from adapters.opcua.certs import thumbprint
 from adapters.opcua.convert import (
     classify_connect_error,
     quality_of,
@@ -54,6 +55,7 @@ from adapters.opcua.session import (
 from adapters.opcua.trust import UntrustedCertificate, check_server_certificate, first_certificate
 from adapters.opcua.write import encode_for, variant_type_of
 from bridge.config import NodeTarget, OpcuaDeviceConfig
+from bridge.config.opcua import NAMESPACE_URI_IN_PATH, path_with_indexes
 from bridge.core.backoff import Backoff
 from bridge.core.errors import DeviceExceptionError, DeviceTimeoutError, NotConnectedError
 from bridge.core.tags import Reading, bad
@@ -97,6 +99,41 @@ class OpcuaConnectError(NotConnectedError):
         self.kind = kind
 
 
+def explain_status(name: str, config: OpcuaDeviceConfig) -> str:
+    """What to do about a Bad* StatusCode that refused a session, in the operator's terms
+    (empty when there is nothing more to say than its name)."""
+    cert = config.certificate
+    if name in ("BadSecurityChecksFailed", "BadCertificateUntrusted") and cert is not None:
+        try:
+            thumb = f" (SHA-1 thumbprint {thumbprint(cert)})"
+        except (OSError, ValueError):
+            thumb = ""
+        return (f"the server has not trusted our certificate: copy {cert}{thumb} into its "
+                "trusted list (a server usually puts it under rejected/ first), then connect "
+                "again")
+    if name == "BadSecurityChecksFailed":
+        return "the server refused the secure channel: check security_policy/security_mode " \
+               f"with `plcbridge probe opcua {config.endpoint}`"
+    if name == "BadCertificateUriInvalid":
+        return (f"application_uri {config.application_uri!r} must equal the URI in our "
+                f"certificate: `plcbridge certs --application-uri {config.application_uri} --force`")
+    if name == "BadCertificateHostNameInvalid":
+        return ("the certificate does not name the host the server sees: `plcbridge certs "
+                "--ip ADDRESS --force` adds this machine's address")
+    if name in ("BadCertificateTimeInvalid", "BadCertificateIssuerTimeInvalid"):
+        return "a certificate is expired or not yet valid: check both clocks, or renew it"
+    if name in ("BadSecurityPolicyRejected", "BadSecurityModeRejected"):
+        return (f"the server does not offer {config.security_policy}/"
+                f"{config.effective_security_mode}: `plcbridge probe opcua {config.endpoint}` "
+                "lists what it offers")
+    if name in ("BadIdentityTokenInvalid", "BadIdentityTokenRejected", "BadUserAccessDenied"):
+        return (f"`plcbridge probe opcua {config.endpoint}` lists the user token types the "
+                "server accepts")
+    if name == "BadTooManySessions":
+        return "the server's session limit is reached: close other clients (e.g. UaExpert)"
+    return ""
+
+
 # --------------------------------------------------------------------------- adapter
 
 
@@ -112,9 +149,19 @@ class OpcuaAdapter:
         self._node_ids: list[ua.NodeId | None] = [
             ua.NodeId.from_string(tag.node_id) if tag.node_id is not None else None
             for tag in config.tags]
-        self._paths = {i: RelativePathFormatter.parse(tag.browse_path).build()
-                       for i, tag in enumerate(config.tags) if tag.browse_path is not None}
-        self._unresolved: dict[int, str] = {i: "browse path not resolved yet" for i in self._paths}
+        # NodeIds and browse paths that name a namespace by URI (``nsu=``, ``{URI}``): the
+        # index behind a URI is the server's to choose, so it is looked up on every session.
+        self._by_uri = {i: node for i, node in enumerate(self._node_ids)
+                        if node is not None and getattr(node, "NamespaceUri", None)}
+        self._path_texts = {i: tag.browse_path for i, tag in enumerate(config.tags)
+                            if tag.browse_path is not None}
+        self._paths = {i: RelativePathFormatter.parse(text).build()
+                       for i, text in self._path_texts.items()
+                       if not NAMESPACE_URI_IN_PATH.search(text)}
+        self._unresolved: dict[int, str] = {i: "browse path not resolved yet" for i in self._path_texts}
+        for i in self._by_uri:
+            self._node_ids[i] = None
+            self._unresolved[i] = "namespace URI not resolved yet"
         self._limits = OperationLimits()
         self._next_resolve = 0.0  # monotonic time of the next try for unresolved browse paths
         self._backoff = Backoff(initial=config.reconnect_min, maximum=config.reconnect_max)
@@ -183,6 +230,8 @@ class OpcuaAdapter:
                         mode=getattr(ua.MessageSecurityMode, mode))
                 await client.connect()
                 self._limits = await read_operation_limits(client)
+                if self._by_uri or len(self._paths) != len(self._path_texts):
+                    self._resolve_namespaces(await client.get_namespace_array())
                 if self._paths:  # a new session may have renumbered every node: all again
                     self._adopt(await resolve_browse_paths(client, self._paths,
                                                            self._limits.nodes_per_translate))
@@ -200,7 +249,8 @@ class OpcuaAdapter:
                         else "the user: the server refuses anonymous sessions")
             kind, detail = classify_connect_error(exc, config.endpoint, config.security_policy, mode,
                                                   identity)
-            raise OpcuaConnectError(self.name, kind, detail) from None
+            fix = explain_status(status_name(exc), config)
+            raise OpcuaConnectError(self.name, kind, f"{detail}: {fix}" if fix else detail) from None
         self._client = client
         if self.sessions:
             self.status.reconnects += 1
@@ -224,6 +274,36 @@ class OpcuaAdapter:
                 raise OpcuaConnectError(self.name, "authentication",
                                         f"cannot load {key} {path} ({detail})") from None
 
+    def _resolve_namespaces(self, namespaces: list[str]) -> None:
+        """``nsu=`` NodeIds and ``{URI}`` browse paths -> namespace indexes of this session;
+        a URI the server does not have leaves its tag bad, with the URI in the reason."""
+        for i, node in self._by_uri.items():
+            uri = node.NamespaceUri  # type: ignore[attr-defined]
+            if uri in namespaces:
+                self._node_ids[i] = ua.NodeId(node.Identifier, ua.Int16(namespaces.index(uri)),
+                                             node.NodeIdType)
+                self._unresolved.pop(i, None)
+            else:
+                self._node_ids[i] = None
+                self._unresolved[i] = f"namespace {uri} is not in the server's namespace array"
+        for i, text in self._path_texts.items():
+            if not NAMESPACE_URI_IN_PATH.search(text):
+                continue
+            try:
+                self._paths[i] = RelativePathFormatter.parse(path_with_indexes(text, namespaces)).build()
+            except KeyError as exc:
+                self._paths.pop(i, None)
+                self._node_ids[i] = None
+                self._unresolved[i] = (f"browse path not resolved: namespace {exc.args[0]} is "
+                                       "not in the server's namespace array")
+
+    async def session(self) -> Client:
+        """The connected asyncua client (connecting first): for ``plcbridge probe``, which
+        browses with the device's own security and identity."""
+        await self.connect()
+        assert self._client is not None
+        return self._client
+
     def _adopt(self, resolved: dict[int, ua.NodeId | str]) -> list[int]:
         """Take browse-path results (for some or all path tags); warn when the set of failures
         changes. Returns the indexes of tags that resolved and were not resolved before."""
@@ -244,7 +324,7 @@ class OpcuaAdapter:
         tags = self.config.tags
         if self._unresolved and self._unresolved != before:
             log.warning("browse paths not resolved device=%s %s", self.name, ", ".join(
-                f"{tags[i].name}={tags[i].browse_path} ({reason})"
+                f"{tags[i].name}={tags[i].address} ({reason})"
                 for i, reason in self._unresolved.items()))
         if newly and before:
             log.info("browse paths resolved device=%s %s", self.name,
@@ -259,7 +339,8 @@ class OpcuaAdapter:
         client = self._client
         assert client is not None
         async with asyncio.timeout(self.config.timeout):
-            resolved = await resolve_browse_paths(client, {i: self._paths[i] for i in self._unresolved},
+            resolved = await resolve_browse_paths(client, {i: self._paths[i] for i in self._unresolved
+                                                           if i in self._paths},
                                                   self._limits.nodes_per_translate)
         return self._adopt(resolved)
 

@@ -25,7 +25,10 @@ from bridge.cli.common import (
     setup_logging,
 )
 from bridge.cli.models import add_commands
-from bridge.config import DEFAULT_MODEL, Config, OpcuaDeviceConfig
+from bridge.cli.probe import add_probe
+from bridge.config import DEFAULT_MODEL, Config, ModbusDeviceConfig, ModbusTagConfig, OpcuaDeviceConfig
+from bridge.config.modbus import addressing_warnings, vendor_register
+from bridge.core.datatypes import TYPES
 from bridge.core.errors import ConfigError, ModelContractError
 from bridge.core.extras import MissingExtraError, require_extra
 
@@ -48,6 +51,26 @@ def _print_opcua_device(device: OpcuaDeviceConfig) -> None:
     print(f"  {len(device.tags)} node(s), {reads}")
 
 
+def _modbus_tag_line(device: ModbusDeviceConfig, tag: ModbusTagConfig) -> str:
+    """Where a tag is read and how it is decoded, without ambiguity: the table, the zero-based
+    protocol address and its vendor number, the effective byte/word order and the scaling."""
+    from adapters.modbus.codec import VENDOR_ORDERS  # pure: no protocol library
+
+    place = f"{tag.table:<8} {tag.address:>5} ({vendor_register(tag.table, tag.address)})"
+    unit = f" [{tag.unit}]" if tag.unit else ""
+    info = TYPES[tag.data_type]
+    if not info.byte_order:
+        return f"{place}  {tag.data_type}{unit}"
+    orders = (tag.byte_order or device.byte_order, tag.word_order or device.word_order)
+    if info.word_order:
+        name = next(k for k, v in VENDOR_ORDERS.items() if v == orders)
+        order = f"{name} (byte {orders[0]}, word {orders[1]})"
+    else:
+        order = f"byte {orders[0]}"
+    scaling = f", scale {tag.scale:g}, offset {tag.offset:g}" if info.numeric else ""
+    return f"{place}  {tag.data_type}{tag.length or ''} {order}{scaling}{unit}"
+
+
 def _check(args: argparse.Namespace) -> int:
     config = load_config_or_exit(args.config)
     from adapters.modbus.plan import describe, plan_reads  # pure: no protocol library
@@ -64,9 +87,13 @@ def _check(args: argparse.Namespace) -> int:
         where = device.serial_port if device.transport == "rtu" else f"{device.host}:{device.port}"
         print(f"\ndevice {device.name}: modbus {device.transport} {where} unit {device.unit_id}, "
               f"every {device.poll_interval:g} s, timeout {device.timeout:g} s, retries {device.retries}")
+        if device.address_offset:
+            print(f"  address_offset {device.address_offset}: tag addresses shifted to protocol "
+                  "addresses below")
         for tag in device.tags:
-            unit = f" [{tag.unit}]" if tag.unit else ""
-            print(f"  tag {tag.name:<24} {tag.table:<8} {tag.address:>5}  {tag.data_type}{unit}")
+            print(f"  tag {tag.name:<24} {_modbus_tag_line(device, tag)}")
+        for warning in addressing_warnings(device, f"devices[{config.devices.index(device)}]"):
+            print(f"warning: {warning}", file=sys.stderr)
         try:
             requests = plan_reads(device.tags, max_registers=device.max_registers,
                                   max_bits=device.max_bits, max_gap=device.max_gap)
@@ -103,6 +130,10 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config_or_exit(args.config)
     setup_logging(args.log_level or config.bridge.log_level)
     _setup_audit(config)
+    for index, device in enumerate(config.devices):
+        if isinstance(device, ModbusDeviceConfig):
+            for warning in addressing_warnings(device, f"devices[{index}]"):
+                logging.getLogger("plcbridge").warning("%s: %s", args.config, warning)
     from bridge.api.serve import run_until_stopped
     from bridge.runtime.bridge import Bridge
 
@@ -201,24 +232,34 @@ def _simulate(args: argparse.Namespace) -> int:
     from adapters.sim.modbus import run_simulator_forever
 
     with contextlib.suppress(KeyboardInterrupt):
+        # --speed: rows per second of a replay, or plant seconds per second of the plant (to
+        # record hours of plant in minutes; record --speed must then say the same).
         asyncio.run(run_simulator_forever(args.host, args.port, args.seed, schedule or None,
-                                          Path(args.replay) if args.replay else None, args.speed))
+                                          Path(args.replay) if args.replay else None, args.speed,
+                                          speed=1.0 if args.replay else args.speed))
     return EXIT_OK
 
 
 def _certs(args: argparse.Namespace) -> int:
     require_extra("asyncua", "certs")
-    from adapters.opcua.certs import generate_certificate
+    from adapters.opcua.certs import describe_certificate, generate_certificate
 
+    if args.show is not None:
+        try:
+            print("\n".join(describe_certificate(Path(args.show))))
+        except (OSError, ValueError) as exc:
+            return fail(f"not a readable certificate ({exc})", args.show)
+        return EXIT_OK
     try:
         cert, key = generate_certificate(Path(args.out), args.application_uri, hostname=args.hostname,
                                          name=args.name, server=args.server, days=args.days,
-                                         force=args.force)
+                                         force=args.force, ips=args.ip or ())
     except FileExistsError as exc:  # "PATH exists (use --force ...)": the file comes first
         return fail(str(exc))
     except ValueError as exc:
         return fail(str(exc), "certs")
-    print(f"certificate {cert}\nprivate key {key}\napplication URI {args.application_uri}")
+    print("\n".join(describe_certificate(cert)))
+    print(f"private key {key}\napplication URI {args.application_uri}")
     key_name = "certificate / private_key" + ("" if args.server else " / application_uri")
     print(f"set {key_name} accordingly; the peer must trust {cert}")
     if not args.server:
@@ -278,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--fault-at", action="append", metavar="SECONDS:FAULT",
                      help="inject a fault (spike, stuck, drift, cavitation) after SECONDS; repeatable")
     sim.add_argument("--replay", metavar="FILE.csv", help="play a recorded SKAB-format CSV instead")
-    sim.add_argument("--speed", type=float, default=1.0, help="replay speed factor")
+    sim.add_argument("--speed", type=float, default=1.0,
+                     help="replay speed factor; without --replay, plant time runs this much faster")
     sim.add_argument("--opcua", action="store_true",
                      help="also serve the plant over OPC UA (ns=2;s=Pump.*, FaultCode writable)")
     sim.add_argument("--opcua-port", type=int, default=4840, help="OPC UA port (with --opcua)")
@@ -294,6 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
     certs.add_argument("--server", action="store_true", help="a server certificate for [opcua_server]")
     certs.add_argument("--days", type=_positive_int, default=730, help="validity in days (default 730)")
     certs.add_argument("--force", action="store_true", help="replace existing files")
+    certs.add_argument("--ip", action="append", metavar="ADDRESS",
+                       help="an IP address for the certificate (repeatable), for peers that "
+                            "check the address they see")
+    certs.add_argument("--show", metavar="CERT", help="print thumbprint, names and validity of "
+                                                      "an existing certificate; write nothing")
     certs.set_defaults(func=_certs)
 
     demo = sub.add_parser("demo", help="simulated plant + default model + API on 127.0.0.1")
@@ -306,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     add_commands(sub)
+    add_probe(sub)
     for command in sub.choices.values():  # `plcbridge COMMAND --help` states them too
         command.epilog = EXIT_STATUS_HELP
         command.formatter_class = argparse.RawDescriptionHelpFormatter

@@ -4,6 +4,7 @@ NodeId and security policy vocabulary the OPC UA server section shares."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -18,21 +19,43 @@ from bridge.config.checks import (
 )
 from bridge.core.extras import MissingExtraError, require_extra
 
-__all__ = ["OpcuaDeviceConfig", "OpcuaSecurityPolicy", "OpcuaTagConfig", "check_node_id"]
+__all__ = ["NAMESPACE_URI_IN_PATH", "OpcuaDeviceConfig", "OpcuaSecurityPolicy", "OpcuaTagConfig",
+           "check_node_id", "path_with_indexes"]
 
 # NodeId strings as OPC UA Part 6 writes them: numeric, string, GUID or opaque (base64),
 # with an optional namespace index. Checked here so a typo is a config error, not a poll error.
-_NODE_ID = (r"^(ns=\d{1,5};)?(i=\d{1,10}|s=.+|b=[A-Za-z0-9+/=]+|"
-            r"g=[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12})$")
+_IDENTIFIER = (r"(i=\d{1,10}|s=.+|b=[A-Za-z0-9+/=]+|"
+               r"g=[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12})$")
+_NODE_ID = r"^(ns=\d{1,5};)?" + _IDENTIFIER
+# ``nsu=<namespace URI>;`` is what UaExpert copies: stable across server restarts, resolved
+# to an index through the server's namespace array on every session.
+_NODE_ID_URI = r"^nsu=[^;]+;" + _IDENTIFIER
+# In a browse path a namespace may be named by its URI, ``{urn:plant:line3}Pump`` (Clark
+# notation; braces because URIs hold the '/', ':' and '.' a path uses as separators).
+NAMESPACE_URI_IN_PATH = re.compile(r"\{([^{}]+)\}")
 # The policies asyncua implements, for the client (devices) and the server ([opcua_server]).
 OpcuaSecurityPolicy = Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"]
 
 
-def check_node_id(value: str) -> str:
-    if not re.match(_NODE_ID, value):
-        raise ValueError(f"{value!r} is not a NodeId (ns=<index>;i=<number> | s=<string> | "
-                         "g=<guid> | b=<base64>, e.g. 'ns=2;s=Pump1.Pressure')")
-    return value
+def check_node_id(value: str, *, allow_uri: bool = False) -> str:
+    """``value`` if it is a NodeId string; ``allow_uri`` also accepts the ``nsu=`` form (tags
+    resolve it per session; write targets do not, so a write never goes to a guessed node)."""
+    if re.match(_NODE_ID, value) or (allow_uri and re.match(_NODE_ID_URI, value)):
+        return value
+    uri = " | nsu=<namespace URI>;..." if allow_uri else ""
+    raise ValueError(f"{value!r} is not a NodeId (ns=<index>;i=<number> | s=<string> | "
+                     f"g=<guid> | b=<base64>{uri}, e.g. 'ns=2;s=Pump1.Pressure')")
+
+
+def path_with_indexes(path: str, namespaces: Sequence[str]) -> str:
+    """A browse path with every ``{URI}`` replaced by ``<index>:`` from the server's
+    namespace array. Raises KeyError(uri) for a URI the server does not have."""
+    def index(found: re.Match[str]) -> str:
+        uri = found.group(1)
+        if uri not in namespaces:
+            raise KeyError(uri)
+        return f"{list(namespaces).index(uri)}:"
+    return NAMESPACE_URI_IN_PATH.sub(index, path)
 
 
 def _browse_path(value: str) -> str:
@@ -43,13 +66,15 @@ def _browse_path(value: str) -> str:
     except MissingExtraError as exc:
         raise ValueError(str(exc)) from None
     try:
-        elements = RelativePathFormatter.parse(value).build().Elements
+        # A namespace URI stands for an index the server gives later: any index parses alike.
+        elements = RelativePathFormatter.parse(NAMESPACE_URI_IN_PATH.sub("1:", value)).build().Elements
     except Exception:
         elements = []
     if not elements or any(e.TargetName is None or not e.TargetName.Name for e in elements):
         raise ValueError(f"{value!r} is not a browse path (OPC UA relative path from the Objects "
                          "folder, e.g. '/2:Pump1/2:Pressure': <namespace index>:<BrowseName> "
-                         "per level, '&' escapes '/', '.' and ':' in names)")
+                         "or {<namespace URI>}<BrowseName> per level, '&' escapes '/', '.' and "
+                         "':' in names)")
     return value
 
 
@@ -68,7 +93,7 @@ class OpcuaTagConfig(StrictModel):
     @field_validator("node_id")
     @classmethod
     def _check_node_id(cls, value: str | None) -> str | None:
-        return None if value is None else check_node_id(value)
+        return None if value is None else check_node_id(value, allow_uri=True)
 
     @field_validator("browse_path")
     @classmethod
