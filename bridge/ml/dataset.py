@@ -125,11 +125,6 @@ def load_csv(path: Path | str) -> Table:
             except ValueError:
                 raise DataError(
                     f"{path}: line {line}, column {header[i]!r}: {row[i]!r} is not a number") from None
-        if labels is not None:
-            cell = row[header.index(LABEL_COLUMN)].strip()
-            if cell not in ("0", "1", "0.0", "1.0"):
-                raise DataError(f"{path}: line {line}, column {LABEL_COLUMN!r}: {cell!r} is not 0 or 1")
-            labels[r] = int(float(cell))
         if QUALITY_COLUMN in header:
             cell = row[header.index(QUALITY_COLUMN)].strip().lower()
             try:
@@ -138,6 +133,15 @@ def load_csv(path: Path | str) -> Table:
                 raise DataError(
                     f"{path}: line {line}, column {QUALITY_COLUMN!r}: {cell!r} is not one of "
                     f"{', '.join(q.value for q in Quality)}") from None
+        if labels is not None:
+            cell = row[header.index(LABEL_COLUMN)].strip()
+            if cell == "" and not good[r]:
+                # `record` leaves a tag blank on a row it could not read, the label tag too; the
+                # row is never scored (its windows are invalid), so it needs no label.
+                continue
+            if cell not in ("0", "1", "0.0", "1.0"):
+                raise DataError(f"{path}: line {line}, column {LABEL_COLUMN!r}: {cell!r} is not 0 or 1")
+            labels[r] = int(float(cell))
     if np.any(np.diff(times) <= 0):
         bad = int(np.argmax(np.diff(times) <= 0)) + 3
         raise DataError(f"{path}: line {bad}: {TIME_COLUMN} does not increase")

@@ -250,7 +250,7 @@ def train_advice(result: RecordResult, rec: RecordPlan, window: int = 5,
     guards (``bridge.ml.guards``) so it is not a command that fails or trains a useless model."""
     import shlex
 
-    from bridge.ml.dataset import DataError, load_csv
+    from bridge.ml.dataset import LABEL_COLUMNS, DataError, load_csv
     from bridge.ml.guards import input_problems, min_rows
     from bridge.ml.train import MIN_CALIB_WINDOWS, MIN_FIT_WINDOWS
 
@@ -263,16 +263,18 @@ def train_advice(result: RecordResult, rec: RecordPlan, window: int = 5,
         table = load_csv(result.path)
     except DataError as exc:
         return [f"cannot train on the recording: {exc}"]
-    problems = input_problems(table.select(rec.columns)[table.good], rec.columns)
+    # A recorded label tag (the PLC's fault bit as `anomaly`) is a label, never a model input.
+    inputs = tuple(c for c in rec.columns if c not in LABEL_COLUMNS)
+    problems = input_problems(table.select(inputs)[table.good], inputs)
     cmd = ["plcbridge", "train", str(result.path), "--kind", "pca", "--period", f"{rec.period:g}"]
     if rec.name != "tags":
         # A configured model: its contract must hold exactly the configured features, in order.
         if problems:
             return [f"train would refuse {p}" for p in problems] + [
                 "record while these inputs move, or remove them from the model's inputs"]
-        cmd += ["--inputs", ",".join(rec.columns), "--name", rec.name]
+        cmd += ["--inputs", ",".join(inputs), "--name", rec.name]
     lines = [f"train will drop input {p}" for p in problems]
-    if len(problems) == len(rec.columns):
+    if len(problems) == len(inputs):
         return [*lines, "no input left to train on; record while the plant runs"]
     out = f"{rec.name if rec.name != 'tags' else 'model'}.onnx"
     return [*lines, "train: " + " ".join(shlex.quote(c) for c in [*cmd, "--out", out])]
