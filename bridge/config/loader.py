@@ -22,6 +22,7 @@ from bridge.config.opcua import OpcuaDeviceConfig, OpcuaTagConfig
 from bridge.config.opcua_server import OpcuaServerConfig
 from bridge.config.sections import ApiConfig, BridgeSection, StorageSection, WritebackPolicyConfig
 from bridge.config.servers import MetricsConfig, ModbusServerConfig, check_modbus_server
+from bridge.config.sparkplug import SparkplugConfig
 from bridge.core.errors import ConfigError
 
 __all__ = ["BridgeConfig", "Config", "DeviceConfig", "load_config", "parse_config"]
@@ -50,6 +51,7 @@ class Config(StrictModel):
     opcua_server: OpcuaServerConfig = Field(default_factory=OpcuaServerConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     mqtt: MqttConfig | None = None
+    sparkplug: SparkplugConfig | None = None
     devices: list[DeviceConfig] = Field(default_factory=list)
     models: list[ModelConfig] = Field(default_factory=list)
 

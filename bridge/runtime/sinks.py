@@ -37,6 +37,8 @@ def build_sinks(config: Config, view: BridgeView) -> list[Sink]:
         from bridge.sinks.mqtt import MqttSink
 
         sinks.append(MqttSink(config.mqtt))  # ConfigError: password env/file, TLS files, spool_dir
+    if config.sparkplug is not None:
+        sinks.append(_sparkplug(config))
     if config.metrics.enabled:
         from bridge.sinks.prometheus import PrometheusMetrics  # prometheus-client only if asked
 
@@ -50,3 +52,19 @@ def _require(module: str, section: str) -> None:
         require_extra(module, f"[{section}]")
     except MissingExtraError as exc:
         raise ConfigError([f"{section}: {exc}"]) from None
+
+
+def _sparkplug(config: Config) -> Sink:
+    """The Sparkplug B edge node: each device a Sparkplug device, each model's metrics on the
+    device of its first input tag."""
+    assert config.sparkplug is not None
+    _require("aiomqtt", "sparkplug")
+    try:
+        from bridge.sinks.sparkplug import SparkplugSink
+    except ModuleNotFoundError as exc:  # protobuf is not in bridge.core.extras' table
+        raise ConfigError([f"sparkplug: needs the {exc.name} package: "
+                           "pip install 'plcbridge[sparkplug]'"]) from None
+    owner = {tag.name: device.name for device in config.devices for tag in device.tags}
+    devices = {device.name: [tag.name for tag in device.tags] for device in config.devices}
+    homes = {model.name: owner[model.input_tags[0]] for model in config.models if model.input_tags}
+    return SparkplugSink(config.sparkplug, devices, homes)  # ConfigError: secrets, TLS, spool_dir

@@ -42,7 +42,8 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
 
 import aiomqtt
 
@@ -59,7 +60,14 @@ from bridge.sinks.spool import Spool
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["MqttSink", "MqttStats"]
+__all__ = ["Client", "Credentials", "MqttError", "MqttSink", "MqttStats", "Will", "describe", "new_client",
+           "read_password", "tls_context", "until_disconnected"]
+
+# The aiomqtt names the Sparkplug sink needs: it speaks MQTT through this module, which is the
+# one place in bridge/ allowed to import the client library (tests/test_layers.py).
+Client = aiomqtt.Client
+MqttError = aiomqtt.MqttError
+Will = aiomqtt.Will
 
 log = logging.getLogger("plcbridge.mqtt")
 
@@ -95,8 +103,8 @@ class MqttSink(SinkBase):
         self.stats = MqttStats()
         self.broker = f"{config.host}:{config.effective_port}"
         self._builder = MessageBuilder(config)
-        self._password = _read_password(config)
-        self._tls = None if config.tls is None else _tls_context(config.tls)
+        self._password = read_password(config, "mqtt")
+        self._tls = None if config.tls is None else tls_context(config.tls, "mqtt")
         self._backoff = backoff or Backoff(config.reconnect_min, config.reconnect_max)
         # Opened here, not in start(): an unusable spool_dir stops `plcbridge run` early, and
         # the next sequence number is known before the first score.
@@ -192,7 +200,7 @@ class MqttSink(SinkBase):
     async def _pump(self, client: aiomqtt.Client) -> None:
         # Notice a lost connection while idle too, so `connected` in /health is true to life
         # and the reconnect starts at once, not when the next message happens to come.
-        watcher = asyncio.create_task(_until_disconnected(client), name="plcbridge.mqtt.watch")
+        watcher = asyncio.create_task(until_disconnected(client), name="plcbridge.mqtt.watch")
         watcher.add_done_callback(lambda _: self._wakeup.set())
         try:
             await self._pump_until_stopped(client, watcher)
@@ -260,13 +268,9 @@ class MqttSink(SinkBase):
 
     def _client(self) -> aiomqtt.Client:
         config = self.config
-        return aiomqtt.Client(
-            config.host, config.effective_port, identifier=config.effective_client_id,
-            username=config.username, password=self._password, keepalive=config.keepalive,
-            timeout=config.timeout, tls_context=self._tls, clean_session=True,
-            will=aiomqtt.Will(self._builder.prefix + "/status", _status(config, False),
-                              qos=config.qos, retain=True),
-            logger=logging.getLogger("plcbridge.mqtt.client"))
+        return new_client(config, self._password, self._tls, "plcbridge.mqtt.client",
+                          aiomqtt.Will(self._builder.prefix + "/status", _status(config, False),
+                                       qos=config.qos, retain=True))
 
     # -- bookkeeping ------------------------------------------------------------------------
 
@@ -285,7 +289,7 @@ class MqttSink(SinkBase):
 
     def _on_failure(self, exc: aiomqtt.MqttError) -> None:
         stats = self.stats
-        text = _describe(exc, self.broker)
+        text = describe(exc, self.broker)
         if stats.connected:
             stats.disconnects += 1
         else:
@@ -305,11 +309,42 @@ class MqttSink(SinkBase):
         return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
 
 
-async def _until_disconnected(client: aiomqtt.Client) -> None:
+async def until_disconnected(client: aiomqtt.Client) -> None:
     # The sink subscribes to nothing, so the iterator only ever ends by raising MqttError
     # when the connection is lost (aiomqtt has no public "disconnected" future).
     async for _ in client.messages:
         pass
+
+
+class Credentials(Protocol):
+    """The broker keys ``[mqtt]`` and ``[sparkplug]`` share."""
+
+    @property
+    def host(self) -> str: ...
+    @property
+    def effective_port(self) -> int: ...
+    @property
+    def effective_client_id(self) -> str: ...
+    @property
+    def username(self) -> str | None: ...
+    @property
+    def password_env(self) -> str | None: ...
+    @property
+    def password_file(self) -> Path | None: ...
+    @property
+    def keepalive(self) -> int: ...
+    @property
+    def timeout(self) -> float: ...
+
+
+def new_client(config: Credentials, password: str | None, tls: ssl.SSLContext | None,
+               logger: str, will: aiomqtt.Will) -> aiomqtt.Client:
+    """A clean-session client with a last will (MQTT 3.1.1, as Sparkplug B 3.0 requires)."""
+    return aiomqtt.Client(
+        config.host, config.effective_port, identifier=config.effective_client_id,
+        username=config.username, password=password, keepalive=config.keepalive,
+        timeout=config.timeout, tls_context=tls, clean_session=True, will=will,
+        logger=logging.getLogger(logger))
 
 
 def _status(config: MqttConfig, online: bool) -> bytes:
@@ -317,7 +352,7 @@ def _status(config: MqttConfig, online: bool) -> bytes:
                        "client_id": config.effective_client_id}).encode()
 
 
-def _describe(exc: aiomqtt.MqttError, broker: str) -> str:
+def describe(exc: aiomqtt.MqttError, broker: str) -> str:
     text = str(exc) or type(exc).__name__
     rc = getattr(exc, "rc", None)
     value = getattr(rc, "value", rc)
@@ -334,32 +369,32 @@ def _open_spool(config: MqttConfig) -> Spool:
         raise ConfigError([f"mqtt.spool_dir: cannot use {config.spool_dir} ({exc})"]) from None
 
 
-def _read_password(config: MqttConfig) -> str | None:
+def read_password(config: Credentials, section: str) -> str | None:
     if config.password_env is not None:
         value = os.environ.get(config.password_env)
         if value is None:
-            raise ConfigError([f"mqtt.password_env: environment variable {config.password_env} "
+            raise ConfigError([f"{section}.password_env: environment variable {config.password_env} "
                                "is not set"])
         return value
     if config.password_file is not None:
         try:
             return config.password_file.read_text(encoding="utf-8").rstrip("\r\n")
         except OSError as exc:
-            raise ConfigError([f"mqtt.password_file: cannot read {config.password_file} "
+            raise ConfigError([f"{section}.password_file: cannot read {config.password_file} "
                                f"({exc.strerror})"]) from None
     return None
 
 
-def _tls_context(tls: MqttTlsConfig) -> ssl.SSLContext:
+def tls_context(tls: MqttTlsConfig, section: str) -> ssl.SSLContext:
     try:
         context = ssl.create_default_context(cafile=None if tls.ca_file is None else str(tls.ca_file))
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError([f"mqtt.tls.ca_file: cannot load {tls.ca_file} ({exc})"]) from None
+        raise ConfigError([f"{section}.tls.ca_file: cannot load {tls.ca_file} ({exc})"]) from None
     if tls.cert_file is not None and tls.key_file is not None:
         try:
             context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
         except (OSError, ssl.SSLError) as exc:
-            raise ConfigError([f"mqtt.tls.cert_file: cannot load {tls.cert_file} with "
+            raise ConfigError([f"{section}.tls.cert_file: cannot load {tls.cert_file} with "
                                f"{tls.key_file} ({exc})"]) from None
     if tls.insecure:
         context.check_hostname = False
