@@ -3,7 +3,7 @@
 Adapters (``adapters/``) implement ``Adapter`` and, for devices that take write-back,
 ``Writer``; sinks (``bridge/sinks/``, the server sinks in ``adapters/``) implement ``Sink``.
 A sink never sees the running ``Bridge``: it gets Scores, poll durations and a read-only
-``BridgeView`` (devices' status, models' status, latest score, start time). Everything a sink
+``BridgeView`` (devices' status, models' status, latest score and readings, start time). Everything a sink
 reads back about a scoring cycle travels in the Score itself (counters, inference time).
 """
 
@@ -181,6 +181,10 @@ class BridgeView(Protocol):
         ...
 
     def latest_score(self, model: str) -> Score | None: ...
+
+    def latest_reading(self, tag: str) -> Reading | None:
+        """The tag store's latest Reading of ``tag`` (None before the first)."""
+        ...
 
 
 @runtime_checkable

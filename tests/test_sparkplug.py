@@ -167,6 +167,8 @@ async def test_births_aliases_seq_and_rebirth_decode_with_tahu(
     try:
         await bridge.start()
         await until(lambda: host.scored("Models/pump/Score"), 15, "a model score in DDATA")
+        # Tag values are metrics too, read through the sink's BridgeView.
+        await until(lambda: host.scored("Tags/pressure") and host.scored("Tags/flow"), 5, "tag values")
         started = time.monotonic()
         await host.send(cmd="rebirth", group=GROUP, node=EDGE)
         await until(lambda: len(host.of("NBIRTH")) >= 2 and len(host.of("DBIRTH")) >= 2, 5, "rebirth")

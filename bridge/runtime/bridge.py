@@ -47,6 +47,7 @@ class _View:
         self._adapters = bridge.adapters
         self._runners = bridge.runners
         self._scores = bridge.scores
+        self._store = bridge.store
         self._writeback = bridge.writeback
         self._started_at = bridge.started_at
 
@@ -72,6 +73,9 @@ class _View:
 
     def latest_score(self, model: str) -> Score | None:
         return self._scores.latest(model) if model in self._scores else None
+
+    def latest_reading(self, tag: str) -> Reading | None:
+        return self._store.latest(tag)
 
 
 class Bridge:

@@ -31,14 +31,14 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ParamSpec, Protocol, TypeVar, runtime_checkable
+from typing import Any, ParamSpec, TypeVar
 
 from bridge.config.sparkplug import SparkplugConfig
 from bridge.core.aio import cancel_and_wait
 from bridge.core.backoff import Backoff
 from bridge.core.errors import ConfigError
 from bridge.core.scores import Score
-from bridge.core.tags import Quality, Reading
+from bridge.core.tags import Quality
 from bridge.core.timefmt import iso
 from bridge.ports import BridgeView, SinkBase
 from bridge.sinks import sparkplug_metrics as spm
@@ -53,7 +53,7 @@ from bridge.sinks.mqtt import (
 )
 from bridge.sinks.spool import Spool
 
-__all__ = ["SparkplugSink", "SparkplugStats", "TagReadings"]
+__all__ = ["SparkplugSink", "SparkplugStats"]
 
 log = logging.getLogger("plcbridge.sparkplug")
 
@@ -62,14 +62,6 @@ T = TypeVar("T")
 
 _BATCH = 200
 NAMESPACE = "spBv1.0"
-
-
-@runtime_checkable
-class TagReadings(Protocol):
-    """A ``BridgeView`` that also gives the latest Reading of a tag: then tag values are
-    metrics too (``Tags/<tag>``). ``bridge.ports.BridgeView`` does not offer it yet."""
-
-    def latest_reading(self, tag: str) -> Reading | None: ...
 
 
 @dataclass(slots=True)
@@ -193,7 +185,7 @@ class SparkplugSink(SinkBase):
                 self._up[device] = up
                 self._queue("birth" if up else "death", device, [])
             samples += spm.health_samples(status, now)
-        if isinstance(self._view, TagReadings):
+        if self._view is not None:
             for tag in self._tags[device]:
                 reading = self._view.latest_reading(tag)
                 if reading is not None:
