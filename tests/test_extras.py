@@ -78,3 +78,14 @@ def test_with_the_packages_installed_the_same_configs_build() -> None:
     data["devices"].append(_opcua_device({"browse_path": "/2:Pump/2:Pressure"}))
     bridge = Bridge(parse_config(data))
     assert set(bridge.adapters) == {"plant", "line"}
+
+
+def test_sparkplug_without_protobuf_is_a_config_error(monkeypatch: pytest.MonkeyPatch,
+                                                      tmp_path: Path) -> None:
+    monkeypatch.setitem(sys.modules, "google.protobuf", None)
+    config = parse_config(_demo(sparkplug={"host": "127.0.0.1", "group_id": "g", "edge_node_id": "e",
+                                           "spool_dir": str(tmp_path)}))
+    with pytest.raises(ConfigError) as caught:
+        Bridge(config)
+    assert caught.value.errors == [
+        "sparkplug: [sparkplug] needs protobuf, which is not installed: pip install 'plcbridge[sparkplug]'"]

@@ -23,6 +23,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "scipy": ("scipy", "recipes"),
     "asyncua": ("asyncua", "opcua"),
     "aiomqtt": ("aiomqtt", "mqtt"),
+    "google": ("protobuf", "sparkplug"),  # google.protobuf
     "matplotlib": ("matplotlib", "bench"),
 }
 

@@ -59,11 +59,9 @@ def _sparkplug(config: Config) -> Sink:
     device of its first input tag."""
     assert config.sparkplug is not None
     _require("aiomqtt", "sparkplug")
-    try:
-        from bridge.sinks.sparkplug import SparkplugSink
-    except ModuleNotFoundError as exc:  # protobuf is not in bridge.core.extras' table
-        raise ConfigError([f"sparkplug: needs the {exc.name} package: "
-                           "pip install 'plcbridge[sparkplug]'"]) from None
+    _require("google.protobuf", "sparkplug")
+    from bridge.sinks.sparkplug import SparkplugSink
+
     owner = {tag.name: device.name for device in config.devices for tag in device.tags}
     devices = {device.name: [tag.name for tag in device.tags] for device in config.devices}
     homes = {model.name: owner[model.input_tags[0]] for model in config.models if model.input_tags}
