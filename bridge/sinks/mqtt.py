@@ -39,11 +39,10 @@ import os
 import sqlite3
 import ssl
 import time
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiomqtt
 
@@ -53,12 +52,13 @@ from bridge.core.backoff import Backoff
 from bridge.core.errors import ConfigError
 from bridge.core.scores import Score
 from bridge.core.timefmt import iso
-from bridge.ports import BridgeView, SinkBase
+from bridge.ports import BridgeView
 from bridge.sinks.mqtt_messages import MessageBuilder
 from bridge.sinks.spool import Spool
+from bridge.sinks.spooled import SpooledSink
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    pass
 
 __all__ = ["Client", "Credentials", "MqttError", "MqttSink", "MqttStats", "Will", "describe", "new_client",
            "read_password", "tls_context", "until_disconnected"]
@@ -71,8 +71,6 @@ Will = aiomqtt.Will
 
 log = logging.getLogger("plcbridge.mqtt")
 
-P = ParamSpec("P")
-T = TypeVar("T")
 
 _BATCH = 200  # messages read from the spool at a time
 
@@ -92,11 +90,12 @@ class MqttStats:
     last_error_time: float | None = None
 
 
-class MqttSink(SinkBase):
+class MqttSink(SpooledSink[MqttStats]):
     """Implements ``bridge.ports.Sink``. Construction reads the password and TLS files and
     raises ConfigError if they are unusable, so a bad setup stops ``plcbridge run`` early."""
 
     name = "mqtt"
+    _log = log
 
     def __init__(self, config: MqttConfig, *, backoff: Backoff | None = None) -> None:
         self.config = config
@@ -107,14 +106,11 @@ class MqttSink(SinkBase):
         self._tls = None if config.tls is None else tls_context(config.tls, "mqtt")
         self._backoff = backoff or Backoff(config.reconnect_min, config.reconnect_max)
         # Opened here, not in start(): an unusable spool_dir stops `plcbridge run` early, and
-        # the next sequence number is known before the first score.
-        self._spool: Spool | None = _open_spool(config)
-        self._next_seq = self._spool.next_seq
-        # Between on_score and the spool; bounded like the spool itself in case the disk stalls.
-        self._pending: deque[tuple[int, str, dict[str, Any]]] = deque()
-        self._wakeup = asyncio.Event()
-        self._stopping = False
-        self._executor: ThreadPoolExecutor | None = None
+        # the next sequence number is known before the first score. ``_pending`` (between
+        # on_score and the spool) is bounded like the spool itself in case the disk stalls.
+        spool = _open_spool(config)
+        super().__init__(spool)
+        self._next_seq = spool.next_seq
         self._task: asyncio.Task[None] | None = None
         self._down_since: float | None = None
 
@@ -237,30 +233,6 @@ class MqttSink(SinkBase):
                     await self._io(self._spool.delete, acked)
                     self.stats.queued = len(self._spool)
 
-    async def _idle(self, delay: float) -> None:
-        """Wait out a reconnect delay, still moving new messages to disk as they come."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + delay
-        while not self._stopping and (remaining := deadline - loop.time()) > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
-            self._wakeup.clear()
-            await self._flush_pending()
-
-    async def _flush_pending(self) -> None:
-        if not self._pending or self._spool is None:
-            return
-        items = list(self._pending)
-        self._pending.clear()
-        dropped = await self._io(self._spool.append, items)
-        self.stats.spooled += len(items)
-        if dropped:
-            if not self.stats.dropped:
-                log.warning("mqtt spool full (%d messages): dropping the oldest",
-                            self.config.spool_max_messages)
-            self.stats.dropped += dropped
-        self.stats.queued = len(self._spool)
-
     async def _publish_status(self, client: aiomqtt.Client, *, online: bool) -> None:
         # State, not history: retained and never spooled (the broker's will covers a crash).
         await client.publish(self._builder.prefix + "/status", _status(self.config, online),
@@ -302,12 +274,6 @@ class MqttSink(SinkBase):
             self._down_since = time.time()
         stats.last_error = text
         stats.last_error_time = time.time()
-
-    async def _io(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        assert self._executor is not None
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
-
 
 async def until_disconnected(client: aiomqtt.Client) -> None:
     # The sink subscribes to nothing, so the iterator only ever ends by raising MqttError

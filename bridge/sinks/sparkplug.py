@@ -26,12 +26,11 @@ import json
 import logging
 import sqlite3
 import time
-from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 from bridge.config.sparkplug import SparkplugConfig
 from bridge.core.aio import cancel_and_wait
@@ -40,7 +39,7 @@ from bridge.core.errors import ConfigError
 from bridge.core.scores import Score
 from bridge.core.tags import Quality
 from bridge.core.timefmt import iso
-from bridge.ports import BridgeView, SinkBase
+from bridge.ports import BridgeView
 from bridge.sinks import sparkplug_metrics as spm
 from bridge.sinks.mqtt import (
     Client,
@@ -52,13 +51,12 @@ from bridge.sinks.mqtt import (
     tls_context,
 )
 from bridge.sinks.spool import Spool
+from bridge.sinks.spooled import SpooledSink
 
 __all__ = ["SparkplugSink", "SparkplugStats"]
 
 log = logging.getLogger("plcbridge.sparkplug")
 
-P = ParamSpec("P")
-T = TypeVar("T")
 
 _BATCH = 200
 NAMESPACE = "spBv1.0"
@@ -86,8 +84,9 @@ class _HostOffline(Exception):
     """The primary host went offline: end the session (NDEATH sent) and connect again."""
 
 
-class SparkplugSink(SinkBase):
+class SparkplugSink(SpooledSink[SparkplugStats]):
     name = "sparkplug"
+    _log = log
 
     def __init__(self, config: SparkplugConfig, devices: Mapping[str, Sequence[str]],
                  models: Mapping[str, str], *, backoff: Backoff | None = None) -> None:
@@ -105,14 +104,11 @@ class SparkplugSink(SinkBase):
         self._password = read_password(config, "sparkplug")
         self._tls = None if config.tls is None else tls_context(config.tls, "sparkplug")
         self._backoff = backoff or Backoff(config.reconnect_min, config.reconnect_max)
-        self._spool: Spool | None = _open_spool(config)
-        self._next_id = self._spool.next_seq
-        self._pending: deque[tuple[int, str, dict[str, Any]]] = deque()
+        spool = _open_spool(config)
+        super().__init__(spool)
+        self._next_id = spool.next_seq
         self._up: dict[str, bool] = dict.fromkeys(devices, False)  # as last seen by on_poll
-        self._wakeup = asyncio.Event()
-        self._stopping = False
         self._view: BridgeView | None = None
-        self._executor: ThreadPoolExecutor | None = None
         self._task: asyncio.Task[None] | None = None
         # Session state, owned by the publisher task.
         self._seq = 0
@@ -369,25 +365,6 @@ class SparkplugSink(SinkBase):
         self._seq = (seq + 1) % 256
         return seq
 
-    async def _idle(self, delay: float) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + delay
-        while not self._stopping and (remaining := deadline - loop.time()) > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
-            self._wakeup.clear()
-            await self._flush_pending()
-
-    async def _flush_pending(self) -> None:
-        if not self._pending or self._spool is None:
-            return
-        items = list(self._pending)
-        self._pending.clear()
-        dropped = await self._io(self._spool.append, items)
-        self.stats.spooled += len(items)
-        self.stats.dropped += dropped
-        self.stats.queued = len(self._spool)
-
     # -- bookkeeping ------------------------------------------------------------------------
 
     def _on_connected(self, bdseq: int) -> None:
@@ -407,12 +384,6 @@ class SparkplugSink(SinkBase):
         self.stats.connected = False
         self.stats.last_error = text
         self.stats.last_error_time = time.time()
-
-    async def _io(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        assert self._executor is not None
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
-
 
 def _state_online(payload: bytes) -> bool:
     """Sparkplug 3.0 STATE is JSON ``{"online": bool, "timestamp": ms}``; 2.2 hosts send the
