@@ -48,7 +48,11 @@ def _read_text(key: str, path: Path) -> tuple[str, list[str]]:
     try:
         return decode_config(read_config_bytes(path)), []
     except ValueError as exc:
-        return "", [f"{key}: {path}: {exc}"]
+        # "KEY: cannot read PATH (why)", as bridge.api.auth words it; else "KEY: PATH: what".
+        message = str(exc)
+        if message.startswith("cannot read ("):
+            return "", [f"{key}: cannot read {path} {message[len('cannot read '):]}"]
+        return "", [f"{key}: {path}: {message}"]
 
 
 def _check_data_dir(path: Path | None) -> list[str]:

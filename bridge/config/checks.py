@@ -33,11 +33,12 @@ def check_valid_range(valid_min: float | None, valid_max: float | None, key: str
         raise ValueError(f"{key}min: {valid_min} is greater than {key}max {valid_max}")
 
 
-def check_span(address: int, registers: int) -> None:
+def check_span(address: int, registers: int, name: str | None = None) -> None:
     """A value of several registers must end inside the 65,536-register address space: a
-    float64 at 65535 would need registers 65535..65538."""
+    float64 at 65535 would need registers 65535..65538. ``name``: the tag's, for the message."""
     if address + registers > 65536:
-        raise ValueError(f"address: {address} + {registers} registers runs past 65535 "
+        what = f"tag {name!r} at " if name is not None else ""
+        raise ValueError(f"address: {what}{address} + {registers} registers runs past 65535 "
                          f"(the last start for this type is {65536 - registers})")
 
 

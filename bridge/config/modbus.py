@@ -73,7 +73,7 @@ class ModbusTagConfig(StrictModel):
             raise ValueError(f"word_order: has no meaning for {what}")
         if not info.numeric and (self.scale != 1.0 or self.offset != 0.0):
             raise ValueError(f"scale/offset: have no meaning for type {kind!r}")
-        check_span(self.address, self.registers)
+        check_span(self.address, self.registers, self.name)
         check_valid_range(self.valid_min, self.valid_max)
         return self
 
