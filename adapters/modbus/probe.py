@@ -73,8 +73,9 @@ async def read_range(device: ModbusDeviceConfig, table: str, address: int,
     """``count`` registers (or bits, as 0/1) from ``address`` on: one poll of a copy of
     ``device`` whose only tags are the range. Raises ProbeError with the device's reason."""
     kind = "bool" if table in BIT_TABLES else "uint16"
-    tags = [ModbusTagConfig(name=f"{table}[{a}]", table=table, address=a,
-                            type=None if kind == "bool" else kind)
+    # Validated like a config file's tags: the table name comes from the command line.
+    tags = [ModbusTagConfig.model_validate({"name": f"{table}[{a}]", "table": table, "address": a,
+                                            "type": None if kind == "bool" else kind})
             for a in range(address, address + count)]
     adapter = ModbusAdapter(device.model_copy(update={"tags": tags, "max_gap": 0}))
     try:

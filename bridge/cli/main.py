@@ -123,11 +123,27 @@ def _check(args: argparse.Namespace) -> int:
             print(f"  write-back ({config.writeback.mode}) to {model.writeback.device}: {targets}")
     print(f"\n{len(config.devices)} device(s), {len(config.tag_names())} tag(s), "
           f"{total} request(s) per cycle, {len(config.models)} model(s)")
+    if args.live and status == EXIT_OK:
+        status = _preflight_or_fail(args.config, config)
+        if status == EXIT_OK:
+            print("live: data directory, TLS and token files, server ports: ok")
     return status
+
+
+def _preflight_or_fail(path: str, config: Config) -> int:
+    """``check --live`` and every ``run``: what the config needs from this machine (files,
+    ports, hosts), every problem printed as a config error, before anything starts."""
+    from bridge.cli.preflight import preflight
+
+    errors = preflight(config)
+    return fail_config(path, ConfigError(errors)) if errors else EXIT_OK
 
 
 def _run(args: argparse.Namespace) -> int:
     config = load_config_or_exit(args.config)
+    # Before logging to the data directory and before the Bridge: nothing half-starts.
+    if _preflight_or_fail(args.config, config) != EXIT_OK:
+        return EXIT_INPUT
     setup_logging(args.log_level or config.bridge.log_level)
     _setup_audit(config)
     for index, device in enumerate(config.devices):
@@ -306,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate a config and print what it will do")
     check.add_argument("config")
+    check.add_argument("--live", action="store_true",
+                       help="also check this machine: data directory writable, TLS and token files "
+                            "usable, hosts resolve, server ports free (as run does before it starts)")
     check.set_defaults(func=_check)
 
     registers = sub.add_parser("registers", help="print the Modbus register map served to SCADA")

@@ -5,7 +5,10 @@ Each raises ValueError("key: message"); the config layer turns that into the key
 
 from __future__ import annotations
 
-__all__ = ["check_backoff", "check_credentials", "check_valid_range", "effective_security_mode"]
+from bridge.core.datatypes import TYPES
+
+__all__ = ["check_backoff", "check_credentials", "check_fail_safe", "check_span", "check_valid_range",
+           "effective_security_mode"]
 
 
 def check_credentials(username: str | None, password_env: str | None, password_file: object) -> None:
@@ -24,9 +27,40 @@ def check_backoff(reconnect_min: float, reconnect_max: float) -> None:
         raise ValueError(f"reconnect_max: {reconnect_max} is less than reconnect_min {reconnect_min}")
 
 
-def check_valid_range(valid_min: float | None, valid_max: float | None) -> None:
+def check_valid_range(valid_min: float | None, valid_max: float | None, key: str = "valid_") -> None:
+    """``{key}min`` not above ``{key}max`` (tags: valid_min/valid_max, targets: min/max)."""
     if valid_min is not None and valid_max is not None and valid_min > valid_max:
-        raise ValueError(f"valid_min: {valid_min} is greater than valid_max {valid_max}")
+        raise ValueError(f"{key}min: {valid_min} is greater than {key}max {valid_max}")
+
+
+def check_span(address: int, registers: int, name: str | None = None) -> None:
+    """A value of several registers must end inside the 65,536-register address space: a
+    float64 at 65535 would need registers 65535..65538. ``name``: the tag's, for the message."""
+    if address + registers > 65536:
+        what = f"tag {name!r} at " if name is not None else ""
+        raise ValueError(f"address: {what}{address} + {registers} registers runs past 65535 "
+                         f"(the last start for this type is {65536 - registers})")
+
+
+def check_fail_safe(fail_safe: float | None, data_type: str | None, low: float | None,
+                    high: float | None) -> None:
+    """The fail-safe value must be one the write path accepts (``bridge.sinks.writeback``
+    refuses anything else at run time, so the PLC would never get it): inside the target
+    type's range, an integer for an integer type, inside the configured min..max."""
+    if fail_safe is None:
+        return
+    info = TYPES.get(data_type) if data_type is not None else None
+    if info is not None and info.min is not None and info.max is not None:
+        if fail_safe != int(fail_safe):
+            raise ValueError(f"fail_safe: {fail_safe} is not an integer ({data_type} target)")
+        if not info.min <= fail_safe <= info.max:
+            raise ValueError(f"fail_safe: {fail_safe:g} is outside {data_type} range {info.min}..{info.max}")
+    elif info is not None and info.float_max is not None and abs(fail_safe) > info.float_max:
+        raise ValueError(f"fail_safe: {fail_safe} does not fit {data_type}")
+    if low is not None and fail_safe < low:
+        raise ValueError(f"fail_safe: {fail_safe} is below min {low}")
+    if high is not None and fail_safe > high:
+        raise ValueError(f"fail_safe: {fail_safe} is above max {high}")
 
 
 def effective_security_mode(policy: str, mode: str | None) -> str:

@@ -7,6 +7,9 @@ Every error names the key path and the bad value, e.g.
 
 from __future__ import annotations
 
+import os
+import stat
+import sys
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +28,8 @@ from bridge.config.servers import MetricsConfig, ModbusServerConfig, check_modbu
 from bridge.config.sparkplug import SparkplugConfig
 from bridge.core.errors import ConfigError
 
-__all__ = ["BridgeConfig", "Config", "DeviceConfig", "load_config", "parse_config"]
+__all__ = ["MAX_CONFIG_BYTES", "MAX_NESTING", "BridgeConfig", "Config", "DeviceConfig", "decode_config",
+           "load_config", "parse_config", "parse_toml", "read_config_bytes", "server_sockets"]
 
 
 def _device_protocol(value: Any) -> str:
@@ -142,8 +146,35 @@ def _check_cross_refs(config: Config) -> list[str]:
             errors.extend(_check_writeback(config, model, f"{where}.writeback"))
     errors.extend(_check_writeback_overlaps(config))
     errors.extend(_check_serial_lines(config))
+    errors.extend(_check_server_ports(config))
     errors.extend(check_modbus_server(config.modbus_server, [m.name for m in config.models],
                                       [d.name for d in config.devices]))
+    return errors
+
+
+_WILDCARDS = frozenset({"", "0.0.0.0", "::"})  # listen on every address
+
+
+def server_sockets(config: Config) -> list[tuple[str, str, int]]:
+    """``(section, host, port)`` of every socket the bridge will listen on."""
+    return [(name, section.host, section.port)
+            for name, section in (("api", config.api), ("modbus_server", config.modbus_server),
+                                  ("opcua_server", config.opcua_server))
+            if section.enabled]
+
+
+def _check_server_ports(config: Config) -> list[str]:
+    """Two of the bridge's own servers on one port: the second fails inside ``Bridge.start``
+    after the first is up. Port 0 (a free one each) never clashes; different addresses do not
+    either, unless one listens on all of them."""
+    errors = []
+    sockets = server_sockets(config)
+    for index, (name, host, port) in enumerate(sockets):
+        for other, other_host, other_port in sockets[:index]:
+            same_host = host == other_host or host in _WILDCARDS or other_host in _WILDCARDS
+            if port != 0 and port == other_port and same_host:
+                errors.append(f"{name}.port: {port} is also {other}.port on {other_host!r}: "
+                              "each server needs its own port")
     return errors
 
 
@@ -226,6 +257,9 @@ def _check_writeback_overlaps(config: Config) -> list[str]:
 
 def parse_config(data: dict[str, Any]) -> Config:
     """Validate a TOML document already parsed into a dict. Raises ConfigError."""
+    if _nesting(data) > MAX_NESTING:
+        # Before pydantic: its error reporting walks the input recursively too.
+        raise ConfigError([f"<root>: nested deeper than {MAX_NESTING} levels"])
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
@@ -236,17 +270,95 @@ def parse_config(data: dict[str, Any]) -> Config:
     return config
 
 
+# A config is a few KB; 1 MiB leaves room for thousands of tags and stops /dev/zero, a FIFO or
+# a mistyped log file from being read forever or into memory.
+MAX_CONFIG_BYTES = 1 << 20
+# The deepest real key is ~5 levels (models[0].writeback.score.address); tomllib and the
+# validators recurse, so a file of 1,000 nested arrays would end in RecursionError.
+MAX_NESTING = 32
+_BOMS = ((b"\xef\xbb\xbf", "starts with a UTF-8 byte order mark (BOM); save it as UTF-8 without BOM"),
+         (b"\xff\xfe", "is UTF-16 (byte order mark FF FE); save it as UTF-8"),
+         (b"\xfe\xff", "is UTF-16 (byte order mark FE FF); save it as UTF-8"))
+
+
+def read_config_bytes(path: Path, limit: int = MAX_CONFIG_BYTES) -> bytes:
+    """The file's bytes, if it is a regular file of at most ``limit`` bytes. Raises ValueError
+    with the reason (message without the path). Never blocks: a FIFO or device is refused by
+    its type before it is opened."""
+    try:
+        info = path.stat()
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
+        raise ValueError(f"cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+    if not stat.S_ISREG(info.st_mode):
+        what = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        raise ValueError(f"cannot read ({what})")
+    try:
+        # O_NONBLOCK: should the file be swapped for a FIFO after stat, open does not wait.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as file:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                raise ValueError("cannot read (not a regular file)")
+            data = file.read(limit + 1)
+    except OSError as exc:
+        raise ValueError(f"cannot read ({exc.strerror or exc})") from None
+    if len(data) > limit:
+        raise ValueError(f"larger than {limit} bytes: not a configuration file")
+    return data
+
+
+def decode_config(data: bytes) -> str:
+    """UTF-8 text (TOML's only encoding), or ValueError saying where and why it is not."""
+    for mark, message in _BOMS:
+        if data.startswith(mark):
+            raise ValueError(message)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ValueError(f"not UTF-8: byte 0x{data[exc.start]:02x} at line {line}, column {column} "
+                         "(save the file as UTF-8)") from None
+    if "\0" in text:
+        # TOML forbids control characters anyway; a NUL usually means a binary or UTF-16 file.
+        line = text.count("\n", 0, text.index("\0")) + 1
+        raise ValueError(f"not a text file: NUL byte at line {line}")
+    return text
+
+
+def _nesting(data: Any) -> int:
+    """Depth of nested tables and arrays, iteratively (a recursive walk is what must not fail)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth > MAX_NESTING:
+            break
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def parse_toml(text: str) -> dict[str, Any]:
+    """``tomllib.loads`` with every way it can fail as ValueError("why")."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"not valid TOML ({exc})") from None
+    except RecursionError:
+        raise ValueError(f"not valid TOML (nested deeper than {MAX_NESTING} levels)") from None
+    except ValueError:  # int("9" * 5000) raises past Python's digit limit (CVE-2020-10735)
+        raise ValueError(f"not valid TOML (an integer of more than {sys.get_int_max_str_digits()} "
+                         "digits)") from None
+
+
 def load_config(path: str | Path) -> Config:
     """Read and validate a TOML file. Raises ConfigError naming the file on any problem."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read ({exc.strerror or exc})"]) from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{path}: not valid TOML ({exc})"]) from None
+        data = parse_toml(decode_config(read_config_bytes(path)))
+    except ValueError as exc:
+        raise ConfigError([f"{path}: {exc}"]) from None
     config = parse_config(data)
     # Relative paths are relative to the config file, not to wherever the bridge was started.
     base = path.parent

@@ -16,8 +16,8 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field, model_validator
 
-from bridge.config.base import Name, StrictModel
-from bridge.config.checks import check_backoff, check_valid_range
+from bridge.config.base import Name, NotBool, StrictModel
+from bridge.config.checks import check_backoff, check_span, check_valid_range
 from bridge.core.datatypes import TYPES, DataTypeName, Order, register_count
 
 __all__ = ["BIT_TABLES", "TABLES", "ModbusDeviceConfig", "ModbusTagConfig", "Table",
@@ -138,6 +138,7 @@ class ModbusTagConfig(StrictModel):
             raise ValueError(f"word_order: has no meaning for {what}")
         if not info.numeric and (self.scale != 1.0 or self.offset != 0.0):
             raise ValueError(f"scale/offset: have no meaning for type {kind!r}")
+        check_span(self.address, self.registers, self.name)
         check_valid_range(self.valid_min, self.valid_max)
         return self
 
@@ -162,8 +163,8 @@ class ModbusDeviceConfig(StrictModel):
     serial_port: str | None = None
     baudrate: Annotated[int, Field(ge=300, le=921600)] = 19200
     parity: Literal["N", "E", "O"] = "E"
-    stopbits: Literal[1, 2] = 1
-    bytesize: Literal[7, 8] = 8
+    stopbits: Annotated[Literal[1, 2], NotBool] = 1
+    bytesize: Annotated[Literal[7, 8], NotBool] = 8
     unit_id: Annotated[int, Field(ge=0, le=255)] = 1
     address_offset: Annotated[int, Field(ge=-1, le=0)] = 0  # -1: documented one-based
     poll_interval: Annotated[float, Field(gt=0, le=86400)] = 1.0

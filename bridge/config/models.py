@@ -8,7 +8,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from bridge.config.base import Name, StrictModel
+from bridge.config.base import ConfigPath, Name, StrictModel
+from bridge.config.checks import check_fail_safe, check_span, check_valid_range
 from bridge.config.opcua import check_node_id
 from bridge.core.datatypes import Order, register_count
 
@@ -22,14 +23,6 @@ __all__ = [
 ]
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "pump_pca.onnx"
-
-
-def _fail_safe_in_range(fail_safe: float | None, low: float | None, high: float | None) -> None:
-    if fail_safe is not None:
-        if low is not None and fail_safe < low:
-            raise ValueError(f"fail_safe: {fail_safe} is below min {low}")
-        if high is not None and fail_safe > high:
-            raise ValueError(f"fail_safe: {fail_safe} is above max {high}")
 
 
 class RegisterTarget(StrictModel):
@@ -47,7 +40,9 @@ class RegisterTarget(StrictModel):
 
     @model_validator(mode="after")
     def _check_fail_safe(self) -> RegisterTarget:
-        _fail_safe_in_range(self.fail_safe, self.min, self.max)
+        check_span(self.address, self.registers)
+        check_valid_range(self.min, self.max, key="")
+        check_fail_safe(self.fail_safe, self.type, self.min, self.max)
         return self
 
     @property
@@ -70,7 +65,9 @@ class NodeTarget(StrictModel):
 
     @model_validator(mode="after")
     def _check_fail_safe(self) -> NodeTarget:
-        _fail_safe_in_range(self.fail_safe, self.min, self.max)
+        # The node's DataType is known only once connected: the adapter checks the encoding.
+        check_valid_range(self.min, self.max, key="")
+        check_fail_safe(self.fail_safe, None, self.min, self.max)
         return self
 
 
@@ -107,7 +104,7 @@ class ModelConfig(StrictModel):
     """One anomaly model and the tags that feed it."""
 
     name: Name
-    file: Path | None = None
+    file: ConfigPath | None = None
     inputs: list[str] | dict[str, str]
     max_age: Annotated[float, Field(gt=0)] | None = None
     threshold: float | None = None

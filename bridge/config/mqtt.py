@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import re
 import socket
-from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from bridge.config.base import StrictModel
+from bridge.config.base import ConfigPath, NotBool, StrictModel
 from bridge.config.checks import check_backoff, check_credentials
 
 __all__ = ["MqttConfig", "MqttTlsConfig"]
@@ -20,9 +19,9 @@ _PREFIX = re.compile(r"^[^/+#$\x00][^+#\x00]*$")
 
 
 class MqttTlsConfig(StrictModel):
-    ca_file: Path | None = None  # None: the system's trust store
-    cert_file: Path | None = None  # client certificate (mutual TLS)
-    key_file: Path | None = None
+    ca_file: ConfigPath | None = None  # None: the system's trust store
+    cert_file: ConfigPath | None = None  # client certificate (mutual TLS)
+    key_file: ConfigPath | None = None
     insecure: bool = False  # skip certificate and host name checks: test benches only
 
     @model_validator(mode="after")
@@ -40,9 +39,9 @@ class MqttConfig(StrictModel):
     topic_prefix: Annotated[str, Field(min_length=1, max_length=200)] | None = None
     username: Annotated[str, Field(min_length=1)] | None = None
     password_env: Annotated[str, Field(min_length=1)] | None = None
-    password_file: Path | None = None
+    password_file: ConfigPath | None = None
     tls: MqttTlsConfig | None = None
-    qos: Literal[0, 1, 2] = 1
+    qos: Annotated[Literal[0, 1, 2], NotBool] = 1
     keepalive: Annotated[int, Field(ge=5, le=3600)] = 60
     timeout: Annotated[float, Field(gt=0, le=300)] = 10.0  # connect and per-publish acknowledgement
     reconnect_min: Annotated[float, Field(gt=0, le=600)] = 0.5
@@ -52,7 +51,7 @@ class MqttConfig(StrictModel):
     summary_every: Annotated[int, Field(ge=1, le=1_000_000)] = 60
     summary_interval: Annotated[float, Field(gt=0, le=86400)] = 60.0
     scores: bool = False
-    spool_dir: Path
+    spool_dir: ConfigPath
     spool_max_messages: Annotated[int, Field(ge=1, le=10_000_000)] = 100_000
 
     @field_validator("topic_prefix")

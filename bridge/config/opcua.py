@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from bridge.config.base import Name, StrictModel
+from bridge.config.base import ConfigPath, Name, StrictModel
 from bridge.config.checks import (
     check_backoff,
     check_credentials,
@@ -133,17 +132,17 @@ class OpcuaDeviceConfig(StrictModel):
     max_nodes_per_read: Annotated[int, Field(ge=0, le=100_000)] = 0
     security_policy: OpcuaSecurityPolicy = "None"
     security_mode: Literal["None", "Sign", "SignAndEncrypt"] | None = None
-    certificate: Path | None = None
-    private_key: Path | None = None
-    server_certificate: Path | None = None
-    trusted_servers: Path | None = None
+    certificate: ConfigPath | None = None
+    private_key: ConfigPath | None = None
+    server_certificate: ConfigPath | None = None
+    trusted_servers: ConfigPath | None = None
     trust_on_first_use: bool = False
     application_uri: Annotated[str, Field(min_length=1)] = "urn:plcbridge:client"
     username: str | None = None
     password_env: str | None = None
-    password_file: Path | None = None
-    user_certificate: Path | None = None
-    user_private_key: Path | None = None
+    password_file: ConfigPath | None = None
+    user_certificate: ConfigPath | None = None
+    user_private_key: ConfigPath | None = None
     tags: list[OpcuaTagConfig] = Field(default_factory=list)
 
     @field_validator("endpoint")

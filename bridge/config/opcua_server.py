@@ -11,12 +11,11 @@ client certificates it accepts: a folder of trusted client certificates, or expl
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from bridge.config.base import StrictModel
+from bridge.config.base import ConfigPath, StrictModel
 from bridge.config.checks import check_credentials, effective_security_mode
 from bridge.config.opcua import OpcuaSecurityPolicy
 
@@ -35,9 +34,9 @@ class OpcuaServerConfig(StrictModel):
     refresh_interval: Annotated[float, Field(ge=0.05, le=60)] = 1.0
     security_policy: OpcuaSecurityPolicy = "None"
     security_mode: Literal["Sign", "SignAndEncrypt"] | None = None  # default SignAndEncrypt
-    certificate: Path | None = None  # the server's application certificate (DER or PEM)
-    private_key: Path | None = None
-    trusted_clients: Path | None = None  # folder of client certificates accepted (DER or PEM)
+    certificate: ConfigPath | None = None  # the server's application certificate (DER or PEM)
+    private_key: ConfigPath | None = None
+    trusted_clients: ConfigPath | None = None  # folder of client certificates accepted (DER or PEM)
     accept_any_client_certificate: bool = False
     allow_anonymous: bool = True
     # Hostile or broken clients: connections at once (when full, a new one closes the oldest
@@ -47,7 +46,7 @@ class OpcuaServerConfig(StrictModel):
     max_message_size: Annotated[int, Field(ge=65536, le=64 * 1024 * 1024)] = 1024 * 1024
     username: str | None = None
     password_env: str | None = None
-    password_file: Path | None = None
+    password_file: ConfigPath | None = None
 
     @model_validator(mode="after")
     def _check(self) -> OpcuaServerConfig:

@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from bridge.config.base import StrictModel
+from bridge.config.base import ConfigPath, StrictModel
 
 __all__ = ["ApiConfig", "BridgeSection", "StorageSection", "WritebackPolicyConfig"]
 
@@ -20,11 +19,11 @@ class ApiConfig(StrictModel):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
     score_history: Annotated[int, Field(ge=1, le=1_000_000)] = 3600
-    tokens_file: Path | None = None
+    tokens_file: ConfigPath | None = None
     tokens_env: str | None = None
     allow_anonymous_remote: bool = False
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
+    tls_cert: ConfigPath | None = None
+    tls_key: ConfigPath | None = None
     cors_origins: list[str] = Field(default_factory=list)
     max_body_bytes: Annotated[int, Field(ge=1024, le=512 * 1024 * 1024)] = 1024 * 1024
     # Idle and slow clients (each holds a descriptor): connections at once, seconds to send a
@@ -48,7 +47,7 @@ class ApiConfig(StrictModel):
 
 
 class StorageSection(StrictModel):
-    data_dir: Path | None = None
+    data_dir: ConfigPath | None = None
     retention_days: Annotated[float, Field(gt=0, le=3650)] = 30.0
     flush_interval: Annotated[float, Field(gt=0, le=60)] = 1.0
 

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import re
 import socket
-from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
 
-from bridge.config.base import StrictModel
+from bridge.config.base import ConfigPath, StrictModel
 from bridge.config.checks import check_backoff, check_credentials
 from bridge.config.mqtt import MqttTlsConfig
 
@@ -31,7 +30,7 @@ class SparkplugConfig(StrictModel):
     client_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
     username: Annotated[str, Field(min_length=1)] | None = None
     password_env: Annotated[str, Field(min_length=1)] | None = None
-    password_file: Path | None = None
+    password_file: ConfigPath | None = None
     tls: MqttTlsConfig | None = None
     keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
     timeout: Annotated[float, Field(gt=0, le=300)] = 10.0  # connect and per-publish
@@ -45,7 +44,7 @@ class SparkplugConfig(StrictModel):
     deadband: Annotated[float, Field(ge=0)] = 0.0  # report-by-exception: smallest change sent
     # Per-metric deadbands by metric name, e.g. {"Tags/flow" = 0.5, "Models/pump/Score" = 0.01}.
     deadbands: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
-    spool_dir: Path
+    spool_dir: ConfigPath
     spool_max_messages: Annotated[int, Field(ge=1, le=10_000_000)] = 100_000
 
     @field_validator("group_id", "edge_node_id", "primary_host_id")
