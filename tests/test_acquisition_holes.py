@@ -4,7 +4,10 @@ remembers the hole, re-plans around it and tries it again on a slow schedule."""
 
 from __future__ import annotations
 
+import asyncio
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +18,7 @@ from tests.modbus_servers import Unit, tcp_server
 from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(30)
+ROOT = Path(__file__).resolve().parent.parent
 
 # Holding 0-9 served except 5; tags at 0-4, 6, 7: the default max_gap merges them into 0..7.
 HOLED = Unit(holding={a: 100 + a for a in range(10) if a != 5})
@@ -85,3 +89,22 @@ async def test_a_tag_inside_a_hole_is_isolated_and_retried_slowly() -> None:
             assert len(adapter.plan) == 1  # merged again
         finally:
             await adapter.close()
+
+
+async def test_run_check_only_prints_the_learned_plan(tmp_path: Path) -> None:
+    async with tcp_server({1: HOLED}) as server:
+        config = tmp_path / "holed.toml"
+        tags = "\n".join(f'[[devices.tags]]\nname = "r{a}"\naddress = {a}\ntype = "uint16"' for a in
+                         (0, 1, 2, 3, 4, 6, 7))
+        config.write_text(f'[api]\nenabled = false\n\n[[devices]]\nname = "holed"\nhost = "127.0.0.1"\n'
+                          f'port = {server.port}\ntimeout = 1.0\nretries = 0\n{tags}\n')
+        # The CLI in its own process; this loop keeps serving the device meanwhile.
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bridge.cli", "run", str(config), "--check-only",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=ROOT)
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    text = out.decode()
+    assert proc.returncode == 0, text
+    assert ("device holed: learned unreadable holding 5..5; reads now: holding 0..4 (5 registers): "
+            "r0, r1, r2, r3, r4; holding 6..7 (2 registers): r6, r7") in text
+    assert "device holed: ok, 7 tags read" in text

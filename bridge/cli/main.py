@@ -202,6 +202,10 @@ async def _connect_once(bridge: Any) -> int:
             continue
         finally:
             await adapter.close()
+        status = adapter.status
+        if status.holes:  # Modbus: the plan learned around refused registers
+            print(f"device {name}: learned unreadable {', '.join(status.holes)}; reads now: "
+                  f"{'; '.join(status.read_plan)}")
         bad = [r for r in readings if r.quality.value != "good"]
         if bad:
             failed += 1
