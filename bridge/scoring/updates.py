@@ -227,7 +227,7 @@ class ModelUpdater:
             shadow.freeze(self._speed)
             failure = verdict(shadow.rule, shadow.comparison)
             if failure is None:
-                await self._promote(shadow, f"passed the rule after {shadow.observed_s:g} s")
+                await self._promote(shadow, f"passed the rule after {shadow.observed_s:.1f} s")
             else:
                 await self._reject(shadow, failure)
             return shadow
