@@ -56,7 +56,8 @@ def _shadow_config(sim: SimulatorHandle, data_dir: Path | None, rule: ShadowRule
 
 
 @pytest_asyncio.fixture
-async def api(sim: SimulatorHandle, tmp_path: Path) -> AsyncIterator[tuple[Bridge, httpx.AsyncClient, _Recorder]]:
+async def api(sim: SimulatorHandle,
+              tmp_path: Path) -> AsyncIterator[tuple[Bridge, httpx.AsyncClient, _Recorder]]:
     bridge = Bridge(_shadow_config(sim, tmp_path / "data", RULE), speed=SPEED)
     recorder = _Recorder()
     bridge.sinks.append(recorder)
@@ -83,16 +84,23 @@ async def _decided(client: httpx.AsyncClient) -> dict[str, Any]:
     return body
 
 
+async def _stage(bridge: Bridge, client: httpx.AsyncClient, tmp_path: Path,
+                 **contract: Any) -> tuple[str, httpx.Response]:
+    """Stage a variant of the shipped model in shadow once scoring runs: (active version, reply)."""
+    await until(lambda: _valid_run(bridge), 20, "a valid window")
+    original = bridge.runners["pump"].detector.version
+    data = _variant(tmp_path, contract["version"], **contract)
+    staged = await client.put("/api/v1/models/pump", params={"mode": "shadow"}, content=data)
+    assert staged.status_code == 200, staged.text
+    return original, staged
+
+
 async def test_passing_shadow_is_promoted_after_the_period_and_active_scores_untouched(
         api: tuple[Bridge, httpx.AsyncClient, _Recorder], tmp_path: Path) -> None:
     bridge, client, recorder = api
-    await until(lambda: _valid_run(bridge), 20, "a valid window")
-    original = bridge.runners["pump"].detector.version
     # The same graph, a little less eager (threshold 1.2 instead of 1.0): it can only flag
     # fewer windows than the active model, so its FAR on the active's normal windows is 0.
-    data = _variant(tmp_path, "calm", version="2.0-shadow", threshold=1.2)
-    staged = await client.put("/api/v1/models/pump", params={"mode": "shadow"}, content=data)
-    assert staged.status_code == 200, staged.text
+    original, staged = await _stage(bridge, client, tmp_path, version="2.0-shadow", threshold=1.2)
     assert staged.json()["status"] == "staged in shadow"
     assert staged.json()["version"] == original and staged.json()["shadow_version"] == "2.0-shadow"
     running = (await client.get("/api/v1/models/pump/shadow")).json()
@@ -125,7 +133,8 @@ async def test_passing_shadow_is_promoted_after_the_period_and_active_scores_unt
     await until(lambda: bridge.storage is not None and len(bridge.storage.events(limit=50)) >= 2, 5,
                 "the events on disk")
     listed = (await client.get("/api/v1/events")).json()
-    assert [e["kind"] for e in listed if e["kind"].startswith("shadow")] == ["shadow-start", "shadow-promoted"]
+    kinds = [e["kind"] for e in listed if e["kind"].startswith("shadow")]
+    assert kinds == ["shadow-start", "shadow-promoted"]
     assert listed[-1]["detail"]["rollout"]["shadow_id"] == shadow["id"]
     # Rolled back: recorded as a result too.
     assert (await client.post("/api/v1/models/pump/rollback")).status_code == 200
@@ -135,10 +144,8 @@ async def test_passing_shadow_is_promoted_after_the_period_and_active_scores_unt
 async def test_shadow_that_flags_too_much_is_rejected_and_the_old_model_keeps_scoring(
         api: tuple[Bridge, httpx.AsyncClient, _Recorder], tmp_path: Path) -> None:
     bridge, client, recorder = api
-    await until(lambda: _valid_run(bridge), 20, "a valid window")
-    original = bridge.runners["pump"].detector.version
-    data = _variant(tmp_path, "eager", version="3.0-eager", threshold=0.0001)
-    assert (await client.put("/api/v1/models/pump?mode=shadow", content=data)).status_code == 200
+    # The same graph flagging everything: FAR 1 on the active model's normal windows.
+    original, _ = await _stage(bridge, client, tmp_path, version="3.0-eager", threshold=0.0001)
     shadow = (await _decided(client))["shadow"]
     print("rejected shadow:", json.dumps(shadow))
     assert shadow["state"] == "rejected" and "the rule allows 0.05" in shadow["reason"], shadow
@@ -228,7 +235,8 @@ async def test_operator_promotes_or_rejects_early(sim: SimulatorHandle, tmp_path
     await bridge.stop()
 
 
-async def test_restart_resumes_the_shadow_and_never_promotes_twice(sim: SimulatorHandle, tmp_path: Path) -> None:
+async def test_restart_resumes_the_shadow_and_never_promotes_twice(sim: SimulatorHandle,
+                                                                  tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     state = data_dir / "models" / "shadow" / "pump.json"
     first = Bridge(_shadow_config(sim, data_dir, LONG), speed=SPEED)
@@ -262,7 +270,8 @@ async def test_restart_resumes_the_shadow_and_never_promotes_twice(sim: Simulato
     await third.stop()
 
 
-async def test_restart_in_the_middle_of_a_promotion_finishes_it_once(sim: SimulatorHandle, tmp_path: Path) -> None:
+async def test_restart_in_the_middle_of_a_promotion_finishes_it_once(sim: SimulatorHandle,
+                                                                    tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     folder = data_dir / "models" / "shadow"
     first = Bridge(_shadow_config(sim, data_dir, LONG), speed=SPEED)

@@ -214,10 +214,15 @@ class ModelUpdater:
             return None
         score = runner.score_window(window)
         shadow.comparison.add(active, score)
-        if shadow.elapsed(self._speed) >= shadow.rule.period_s:
-            await self.decide(name)
-        elif self.folder is not None and time.monotonic() - self._saved.get(name, 0.0) >= SAVE_EVERY:
-            await self._save(shadow)
+        try:
+            if shadow.elapsed(self._speed) >= shadow.rule.period_s:
+                await self.decide(name)
+            elif self.folder is not None and time.monotonic() - self._saved.get(name, 0.0) >= SAVE_EVERY:
+                await self._save(shadow)
+        except RolloutConflict:
+            pass  # an operator decided while this cycle waited for the lock
+        except Exception:  # a full disk must not fail the scoring job; a restart resolves it
+            log.exception("shadow step failed model=%s id=%s", name, shadow.id)
         return score
 
     async def decide(self, name: str) -> Shadow:
