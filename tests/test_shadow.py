@@ -311,7 +311,15 @@ async def test_restart_rejects_a_shadow_that_cannot_resume(sim: SimulatorHandle,
     assert shadow.state == "rejected" and "could not resume after a restart" in shadow.reason
     assert second.runners["pump"].detector.version == "1.0.0"
     assert [e["kind"] for e in second.events] == ["shadow-rejected"]
+    await second.updater.stage("pump", _variant(tmp_path, "y", version="Y"), "test")
     await second.stop()
+    # The active model changed while the bridge was down: the comparison was against another.
+    (data_dir / "models" / "pump.onnx").write_bytes(_variant(tmp_path, "z", version="Z"))
+    third = Bridge(_shadow_config(sim, data_dir, LONG), speed=SPEED)
+    shadow = third.updater.shadows["pump"]
+    assert shadow.state == "rejected" and "the active model changed across a restart" in shadow.reason
+    assert third.runners["pump"].detector.version == "Z"
+    await third.stop()
 
 
 async def test_folder_drop_stages_a_shadow(sim: SimulatorHandle, tmp_path: Path) -> None:

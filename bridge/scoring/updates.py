@@ -275,7 +275,7 @@ class ModelUpdater:
         # slot (one atomic rename), then "promoted". A restart in between finds "promoting"
         # and finishes (file still parked) or only records it (file gone): never twice.
         shadow.freeze(self._speed)
-        shadow.state = "promoting"
+        shadow.state, shadow.reason = "promoting", reason  # a restart finishes it with the reason
         await self._save(shadow)
         name = shadow.model
         old, runner = self._runners[name], self._shadow_runners.pop(name)
@@ -364,7 +364,9 @@ class ModelUpdater:
         if not path.is_file():
             self._settle(shadow, "rejected", "the shadow model file was missing after a restart")
             return
-        if active.detector.version != shadow.active_version:
+        if shadow.state == "running" and active.detector.version != shadow.active_version:
+            # (Not for "promoting": a stop between the two renames of ``_keep`` leaves the
+            # config's model active, and finishing the promotion is still right.)
             path.unlink(missing_ok=True)
             self._settle(shadow, "rejected", f"the active model changed across a restart (now "
                                              f"{active.detector.version}, staged against "
