@@ -7,8 +7,9 @@ import json
 import logging
 import math
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -28,7 +29,9 @@ from bridge.api.schemas import (
     ModelHealth,
     ModelInfo,
     ModelScore,
+    ModelShadow,
     MqttStatus,
+    ShadowStatus,
     TagReading,
     WritebackHealth,
     hide_paths,
@@ -40,6 +43,8 @@ from bridge.core.errors import ModelContractError
 from bridge.core.tags import Reading
 from bridge.core.timefmt import iso
 from bridge.runtime.bridge import Bridge
+from bridge.scoring.shadow import verdict
+from bridge.scoring.updates import RolloutConflict
 
 __all__ = ["create_app"]
 
@@ -191,7 +196,19 @@ def create_app(bridge: Bridge, tokens: TokenSet | None = None) -> FastAPI:
             previous_version=bridge.updater.previous_version(name),
             # Relative to data_dir: the operator knows where that is, a client need not.
             folder=None if folder is None or data_dir is None else folder.relative_to(data_dir).as_posix(),
+            shadow_version=shadow.version if (shadow := running_shadow(name)) else None,
         )
+
+    def running_shadow(name: str) -> Any:
+        shadow = bridge.updater.shadows.get(name)
+        return shadow if shadow is not None and shadow.state == "running" else None
+
+    def shadow_view(name: str) -> ModelShadow:
+        runner = runner_or_404(name)
+        shadow = bridge.updater.shadows.get(name)
+        status = None if shadow is None else ShadowStatus.of(
+            shadow, bridge.speed, verdict(shadow.rule, shadow.comparison))
+        return ModelShadow(model=name, active_version=runner.detector.version, shadow=status)
 
     admin = [Depends(require_scope(tokens, "admin"))]
 
@@ -199,19 +216,60 @@ def create_app(bridge: Bridge, tokens: TokenSet | None = None) -> FastAPI:
              responses=_errors(400, 404, 413, 422),
              openapi_extra={"requestBody": {"required": True, "content": {
                  "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
-    async def upload_model(name: str, request: Request) -> ModelChange:
-        """Replace a model with the uploaded ONNX file (raw body, at most ``max_body_bytes``).
-        It is validated first; a refused upload changes nothing and the reply says why."""
+    async def upload_model(name: str, request: Request,
+                           mode: Annotated[Literal["install", "shadow"], Query(
+                               description="``install``: swap it in now. ``shadow``: run it "
+                                           "beside the active model, writing nothing, until "
+                                           "the ``[models.shadow]`` rule (or an operator) "
+                                           "promotes or rejects it; see ``.../shadow``.")] = "install",
+                           ) -> ModelChange:
+        """Replace a model with the uploaded ONNX file (raw body, at most ``max_body_bytes``),
+        or stage it in shadow (``mode=shadow``). It is validated first; a refused upload
+        changes nothing and the reply says why."""
         runner_or_404(name)
         data = await request.body()
         if not data:
             raise HTTPException(400, "empty body: send the ONNX file as the request body")
         try:
-            await bridge.updater.install(name, data, "upload")
+            if mode == "shadow":
+                await bridge.updater.stage(name, data, "upload")
+            else:
+                await bridge.updater.install(name, data, "upload")
         except ModelContractError as exc:
             reason = hide_paths(str(exc))  # it names the upload's temporary file
             raise HTTPException(422, f"model refused, the current one stays: {reason}") from None
-        return ModelChange(**model_info(name).model_dump(), status="installed")
+        except RolloutConflict as exc:
+            raise HTTPException(409, str(exc)) from None
+        return ModelChange(**model_info(name).model_dump(),
+                           status="staged in shadow" if mode == "shadow" else "installed")
+
+    @api.get("/api/v1/models/{name}/shadow", response_model=ModelShadow, responses=_errors(404))
+    async def model_shadow(name: str) -> ModelShadow:
+        """The model staged in shadow (running, else the last decided) and how it compares
+        with the active model so far."""
+        return shadow_view(name)
+
+    @api.post("/api/v1/models/{name}/shadow/promote", dependencies=admin,
+              response_model=ModelShadow, responses=_errors(404, 409))
+    async def promote_shadow(name: str) -> ModelShadow:
+        """Promote the running shadow now, whatever the rule says so far (rollback kept)."""
+        return await decide_shadow(name, bridge.updater.promote)
+
+    @api.post("/api/v1/models/{name}/shadow/reject", dependencies=admin,
+              response_model=ModelShadow, responses=_errors(404, 409))
+    async def reject_shadow(name: str, reason: Annotated[str, Query(
+            max_length=200, description="Recorded with the result.")] = "") -> ModelShadow:
+        """Reject the running shadow now; the active model goes on unchanged."""
+        why = f"rejected by the operator: {reason}" if reason else "rejected by the operator"
+        return await decide_shadow(name, lambda model: bridge.updater.reject(model, why))
+
+    async def decide_shadow(name: str, action: Callable[[str], Awaitable[Any]]) -> ModelShadow:
+        runner_or_404(name)
+        try:
+            await action(name)
+        except RolloutConflict as exc:
+            raise HTTPException(409, str(exc)) from None
+        return shadow_view(name)
 
     @api.post("/api/v1/models/{name}/rollback", dependencies=admin, response_model=ModelChange,
               responses=_errors(404, 409))

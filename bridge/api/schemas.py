@@ -26,11 +26,13 @@ from bridge.core.timefmt import finite, iso, iso_or_none
 if TYPE_CHECKING:
     from bridge.core.scores import Score
     from bridge.ports import DeviceStatus
+    from bridge.scoring.shadow import Shadow
     from bridge.sinks.writeback import ModelWriteback
 
 __all__ = [
     "DeviceHealth", "ErrorDetail", "Event", "EventDetail", "Health", "Live", "ModelChange",
-    "ModelHealth", "ModelInfo", "ModelScore", "MqttStatus", "TagReading", "WritebackHealth",
+    "ModelHealth", "ModelInfo", "ModelScore", "ModelShadow", "MqttStatus", "RolloutDetail",
+    "ShadowComparison", "ShadowRule", "ShadowStatus", "TagReading", "WritebackHealth",
     "hide_paths", "public_name", "scrub_paths",
 ]
 
@@ -252,12 +254,95 @@ class ModelInfo(Schema):
     folder: str | None = Field(description="Where accepted uploads are kept, relative to "
                                            "``[storage] data_dir``; null without a data_dir "
                                            "(uploads then last until restart).")
+    shadow_version: str | None = Field(None, description="Version of the model running in shadow "
+                                                         "beside this one; null if none runs.")
 
 
 class ModelChange(ModelInfo):
-    """The model in use after an upload or a rollback."""
+    """The model in use after an upload or a rollback (``shadow_version``: a staged upload)."""
 
-    status: Literal["installed", "rolled back"] = Field(description="What was done.")
+    status: Literal["installed", "rolled back", "staged in shadow"] = Field(
+        description="What was done.")
+
+
+# -- /api/v1/models/{name}/shadow ------------------------------------------------------------
+
+
+class ShadowComparison(Schema):
+    """The shadow against the active model over the windows both scored. There is no ground
+    truth on the box: ``far`` is the shadow's flag rate on the windows the active model called
+    normal, its would-be false alarm rate on this bridge's own recent normal data."""
+
+    windows: int = Field(description="Windows both models scored.")
+    skipped: int = Field(description="Cycles not compared: window not valid, or a model did not "
+                                     "score it.")
+    active_flags: int = Field(description="Compared windows the active model flagged.")
+    shadow_flags: int = Field(description="Compared windows the shadow flagged (would-be alarms).")
+    agreement: float | None = Field(description="Share of compared windows with the same verdict; "
+                                                "null before the first.")
+    active_normal: int = Field(description="Compared windows the active model called normal.")
+    shadow_flags_on_normal: int = Field(description="Of those, windows the shadow flagged.")
+    far: float | None = Field(description="``shadow_flags_on_normal / active_normal``; null "
+                                          "while ``active_normal`` is 0.")
+    correlation: float | None = Field(description="Pearson correlation of the two scores; null "
+                                                  "before two windows or for a constant score.")
+    shadow_inference_ms_mean: float | None = Field(description="Mean ONNX Runtime time of the "
+                                                               "shadow per window, ms.")
+    shadow_inference_ms_max: float = Field(description="Longest ONNX Runtime time of the shadow, ms.")
+
+
+class ShadowRule(Schema):
+    """``[models.shadow]`` as it applies to this shadow."""
+
+    period_s: float = Field(description="Seconds of observation before the rule decides.")
+    min_windows: int = Field(description="Compared windows needed; fewer is a rejection.")
+    max_far: float = Field(description="Highest ``far`` that passes.")
+    min_agreement: float = Field(description="Lowest ``agreement`` that passes (0: not checked).")
+
+
+ShadowStateName = Literal["running", "promoting", "promoted", "rejected"]
+
+
+class ShadowStatus(Schema):
+    """A model staged in shadow: running, or how it ended."""
+
+    id: str = Field(description="Names this rollout in every result and event.")
+    version: str = Field(description="Version of the shadow model.")
+    active_version: str = Field(description="Version of the active model it is compared with.")
+    source: str = Field(description="Where it came from: ``upload``, a folder drop...")
+    state: ShadowStateName = Field(description="``running``; ``promoting`` (being swapped in); "
+                                               "``promoted`` or ``rejected`` once decided.")
+    staged_at: Time = _time("When it was staged")
+    decided_at: Time | None = _time("When it was promoted or rejected")
+    observed_s: float = Field(description="Seconds observed so far (across restarts).")
+    remaining_s: float = Field(description="Seconds until the rule decides; 0 once decided.")
+    passing: bool = Field(description="The rule would promote it with the figures so far.")
+    failing_reason: str = Field(description="Why the rule would reject it now; empty when passing.")
+    reason: str = Field(description="Why it was promoted or rejected; empty while it runs.")
+    rule: ShadowRule
+    comparison: ShadowComparison
+
+    @classmethod
+    def of(cls, shadow: Shadow, speed: float, failing: str | None) -> ShadowStatus:
+        observed = shadow.elapsed(speed)
+        running = shadow.state == "running"
+        return cls(id=shadow.id, version=shadow.version, active_version=shadow.active_version,
+                   source=hide_paths(shadow.source), state=shadow.state,
+                   staged_at=iso(shadow.staged_at), decided_at=iso_or_none(shadow.decided_at),
+                   observed_s=round(observed, 3),
+                   remaining_s=round(max(0.0, shadow.rule.period_s - observed), 3) if running else 0.0,
+                   passing=failing is None, failing_reason=failing or "", reason=shadow.reason,
+                   rule=ShadowRule(**shadow.rule.model_dump()),
+                   comparison=ShadowComparison(**shadow.comparison.figures()))
+
+
+class ModelShadow(Schema):
+    """The shadow of one model: the one running, else the last decided one."""
+
+    model: str = Field(description="Model name.")
+    active_version: str = Field(description="Version of the active model.")
+    shadow: ShadowStatus | None = Field(description="Null when no shadow was staged (or kept "
+                                                    "since the last restart without a data_dir).")
 
 
 class ModelScore(Schema):
@@ -288,24 +373,51 @@ class EventDetail(Schema):
         description="Share of the score per feature at the event; empty if the model gives none.")
 
 
+class Rollout(Schema):
+    shadow_id: str | None = Field(description="The shadow rollout; null for a rollback.")
+    version: str = Field(description="The model version the result is about (the shadow's, or "
+                                     "the one a rollback restored).")
+    active_version: str = Field(description="The active model's version when it happened.")
+    source: str = Field(description="Where the model came from (``upload``, a folder drop, "
+                                    "``rollback``).")
+    state: str = Field(description="``running``, ``promoted``, ``rejected`` or ``rolled back``.")
+    reason: str = Field(description="Why it was promoted or rejected.")
+    comparison: ShadowComparison | None = Field(description="The figures at the time; null for "
+                                                            "a rollback.")
+
+
+class RolloutDetail(Schema):
+    rollout: Rollout
+
+
 class Event(Schema):
     id: int | None = Field(description="Database id, increasing; null when events are kept "
                                        "in memory only (no ``[storage] data_dir``).")
     model: str = Field(description="Model name.")
     time: Time = Field(description="Time of the score that started or ended the anomaly; RFC 3339 "
                                    "UTC with milliseconds.")
-    kind: Literal["anomaly-start", "anomaly-end"] = Field(description="What happened.")
-    score: float | None = Field(description="The score at the event.")
-    threshold: float = Field(description="Threshold in force at the event.")
-    detail: EventDetail
+    kind: Literal["anomaly-start", "anomaly-end", "shadow-start", "shadow-promoted",
+                  "shadow-rejected", "model-rolled-back"] = Field(
+        description="What happened: an anomaly started or ended, or a model rollout result "
+                    "(a shadow staged, promoted or rejected; a rollback).")
+    score: float | None = Field(description="The score at the event; null for a rollout.")
+    threshold: float = Field(description="Threshold in force at the event (of the model the "
+                                         "rollout is about).")
+    detail: EventDetail | RolloutDetail = Field(
+        description="Feature contributions for an anomaly event; the rollout for a rollout result.")
 
     @classmethod
     def of(cls, row: Mapping[str, Any]) -> Event:
         """From an event as ``Bridge.events`` or ``EventStore.events`` hold it."""
         detail = row.get("detail") or {}
+        rollout = detail.get("rollout")
         return cls(id=row.get("id"), model=row["model"], time=iso(row["time"]), kind=row["kind"],
                    score=finite(row["score"]), threshold=float(row["threshold"]),
-                   detail=EventDetail(contributions=_finite_map(detail.get("contributions")) or {}))
+                   detail=EventDetail(contributions=_finite_map(detail.get("contributions")) or {})
+                   if rollout is None else RolloutDetail(rollout=Rollout(
+                       **{**rollout, "source": hide_paths(rollout["source"]),
+                          "comparison": None if rollout["comparison"] is None
+                          else ShadowComparison(**rollout["comparison"])})))
 
 
 def _finite_map(values: Mapping[str, float] | None) -> dict[str, float | None] | None:

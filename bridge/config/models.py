@@ -19,6 +19,7 @@ __all__ = [
     "ModelWritebackConfig",
     "NodeTarget",
     "RegisterTarget",
+    "ShadowRuleConfig",
     "Target",
 ]
 
@@ -100,6 +101,20 @@ class ModelWritebackConfig(StrictModel):
         return {key: target for key, target in found.items() if target is not None}
 
 
+class ShadowRuleConfig(StrictModel):
+    """When a model staged in shadow beside the active one is promoted or rejected."""
+
+    # Seconds of observation (at the bridge's own pace) before the rule decides.
+    period_s: Annotated[float, Field(gt=0, le=90 * 86400)] = 3600.0
+    # Windows both models must have scored by then; fewer is a rejection (no evidence).
+    min_windows: Annotated[int, Field(ge=1)] = 100
+    # The shadow's flag rate on windows the active model called normal: its would-be false
+    # alarm rate on this bridge's own recent normal data.
+    max_far: Annotated[float, Field(ge=0, le=1)] = 0.01
+    # Share of windows where both models reached the same verdict; 0 does not check it.
+    min_agreement: Annotated[float, Field(ge=0, le=1)] = 0.0
+
+
 class ModelConfig(StrictModel):
     """One anomaly model and the tags that feed it."""
 
@@ -109,6 +124,7 @@ class ModelConfig(StrictModel):
     max_age: Annotated[float, Field(gt=0)] | None = None
     threshold: float | None = None
     writeback: ModelWritebackConfig | None = None
+    shadow: ShadowRuleConfig = Field(default_factory=ShadowRuleConfig)
 
     @property
     def input_tags(self) -> list[str]:

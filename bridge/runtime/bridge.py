@@ -147,8 +147,10 @@ class Bridge:
         # Write-back first: it is the sink that can hold a line's safety state, and at stop it
         # leaves fail-safe values while the adapters are still open.
         self.sinks: list[Sink] = [self.writeback, *build_sinks(config, self.view)]
+        # Last: after a restart the updater may resume a shadow or finish its promotion, which
+        # swaps a runner and records an event.
         self.updater = ModelUpdater(self.store, self.runners, self.replace_runner,
-                                    folder=models_folder, speed=speed)
+                                    folder=models_folder, speed=speed, on_event=self.record_event)
 
     @property
     def writebacks(self) -> Mapping[str, ModelWriteback]:
@@ -253,7 +255,9 @@ class Bridge:
 
     async def score_model(self, name: str) -> Score:
         self._track_job()
-        score = self.runners[name].step()
+        runner = self.runners[name]
+        window = runner.windows.sample()
+        score = runner.score_window(window)
         self.scores.put(score)
         if self.storage is not None:
             self.storage.add_score(score)
@@ -263,6 +267,9 @@ class Bridge:
                 sink.on_score(score)
             except Exception:  # one failing sink never stops scoring or the others
                 log.exception("sink failed sink=%s model=%s", sink.name, name)
+        # A shadow scores the same window only now, after the active Score reached the sinks,
+        # so its inference never delays them; its own Score goes nowhere but the comparison.
+        await self.updater.observe(name, window, score)
         return score
 
     def _track_events(self, score: Score) -> None:
@@ -279,9 +286,12 @@ class Bridge:
             self._anomalous[score.model] = score.anomaly
         if kind is None:
             return
-        event: dict[str, Any] = {"model": score.model, "time": score.time, "kind": kind,
-                                 "score": score.score, "threshold": score.threshold,
-                                 "detail": {"contributions": score.contributions or {}}}
+        self.record_event({"model": score.model, "time": score.time, "kind": kind,
+                           "score": score.score, "threshold": score.threshold,
+                           "detail": {"contributions": score.contributions or {}}})
+
+    def record_event(self, event: dict[str, Any]) -> None:
+        """Keep an event (anomaly start/end, a rollout result) for the API and a publisher."""
         self.events.append(event)
         del self.events[:-1000]  # bounded; the durable record is self.storage
         if self.storage is not None:
@@ -376,6 +386,7 @@ class Bridge:
                 await asyncio.wait(running, timeout=timeout / 3)
             self._scheduler.shutdown(wait=False)
             self._scheduler = None
+        await self.updater.save_shadows()  # a running shadow resumes where it was
         if started:
             # Write-back waits for the writes in flight, then writes the fail-safe values: it
             # gets two thirds, as both had a third each before write-back became a sink.

@@ -126,17 +126,37 @@ function renderTags(tags) {
 function renderEvents(events) {
   const newest = events.slice().reverse();
   replaceRows("events", newest.map((e) => {
-    const contributions = Object.entries((e.detail && e.detail.contributions) || {})
+    const rollout = e.detail && e.detail.rollout;
+    const contributions = rollout ? rolloutText(rollout) : Object.entries((e.detail && e.detail.contributions) || {})
       .sort((a, b) => b[1] - a[1]).slice(0, 3)
       .map(([name, value]) => `${name} ${number(value, 2)}`).join(", ");
     return row([
       { text: day(e.time), title: e.time }, e.model,
-      badge(e.kind, e.kind === "anomaly-start" ? "bad" : "good"),
+      badge(e.kind, e.kind === "anomaly-start" || e.kind === "shadow-rejected" ? "bad" : "good"),
       { text: number(e.score), className: "num" }, { text: number(e.threshold), className: "num" },
       contributions,
     ]);
   }));
   document.getElementById("no-events").hidden = events.length > 0;
+}
+
+// A rollout result (shadow staged, promoted, rejected; a rollback): version, reason, figures.
+function rolloutText(r) {
+  const c = r.comparison;
+  const figures = c ? ` (windows ${c.windows}, FAR ${number(c.far, 3)}, agreement ${number(c.agreement, 3)})` : "";
+  return `version ${r.version}${r.reason ? ": " + r.reason : ""}${figures}`;
+}
+
+async function refreshShadow(model) {
+  const view = await api(`/models/${encodeURIComponent(model.name)}/shadow`);
+  const card = document.querySelector(`.model[data-model="${CSS.escape(model.name)}"]`);
+  const s = view.shadow;
+  if (!card) return;
+  card.querySelector(".shadow").textContent = !s ? "" : s.state === "running"
+    ? `shadow ${s.version}: ${Math.round(s.remaining_s)} s left, ` +
+      `windows ${s.comparison.windows}, FAR ${number(s.comparison.far, 3)}, ` +
+      (s.passing ? "passing" : `failing: ${s.failing_reason}`)
+    : `last shadow ${s.version} ${s.state}: ${s.reason}`;
 }
 
 function ensureModelCards(models) {
@@ -150,7 +170,7 @@ function ensureModelCards(models) {
     canvas.dataset.points = "0";
     canvas.setAttribute("role", "img");
     canvas.setAttribute("aria-label", `score of model ${m.name} against its threshold`);
-    card.append(title, canvas);
+    card.append(title, el("div", "", "shadow muted"), canvas);
     return card;
   }));
 }
@@ -319,6 +339,7 @@ async function refresh() {
     renderTags(tags);
     renderEvents(events);
     await Promise.all(state.models.map(refreshScores));
+    await Promise.all(state.models.map(refreshShadow));
     state.refreshes += 1;
     document.body.dataset.refreshes = String(state.refreshes);
     status.textContent = "updated " + new Date().toISOString().slice(11, 19) + " UTC";
