@@ -4,6 +4,7 @@ and the bridge stops in one order (scheduler, sinks with write-back's fail-safe,
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Mapping
 from typing import Any
 
@@ -119,3 +120,20 @@ async def test_stop_order_is_scheduler_then_sinks_then_adapters(sim: SimulatorHa
     # before the adapters too.
     assert log == ["sink stopped", "adapter plant closed, window_valid=0",
                    "adapter plc closed, window_valid=0"]
+
+
+async def test_a_sink_that_cannot_start_stops_the_bridge_with_fail_safe_values(sim: SimulatorHandle) -> None:
+    config = _config(sim.port, sim.port, "on", {})
+    with socket.socket() as taken:  # a port someone took after the pre-flight check
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = config.model_copy(update={"modbus_server": config.modbus_server.model_copy(
+            update={"enabled": True, "host": "127.0.0.1", "port": port})})
+        bridge = Bridge(config, speed=10)
+        assert sim.holding(102) == [0]  # not the anomaly fail-safe (1) yet
+        with pytest.raises(OSError):
+            await bridge.start()
+    # Stopped, not half-started: no scheduler, adapters closed, and the PLC got its fail-safe.
+    assert bridge._scheduler is None
+    assert sim.holding(102) == [1] and sim.holding(104) == [0]

@@ -339,8 +339,15 @@ class Bridge:
                               id="storage:flush", max_instances=1, coalesce=True)
         scheduler.start()
         self._scheduler = scheduler
-        for sink in self.sinks:
-            await sink.start(self.view)
+        try:
+            for sink in self.sinks:
+                await sink.start(self.view)
+        except BaseException:
+            # A sink that cannot start (a port taken since the pre-flight check) must not leave
+            # a half-started bridge: stop what runs, leave the fail-safe values, then report.
+            log.error("a sink failed to start: stopping the bridge")
+            await self.stop()
+            raise
         # Everything built so far (config, plans, models, the app) lives as long as the bridge:
         # keep it out of the collector's generations, so full collections stay short at
         # hundreds of devices (measured: ~130 ms -> ~45 ms per full collection at 100 devices).
