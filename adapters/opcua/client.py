@@ -58,6 +58,7 @@ from bridge.config import NodeTarget, OpcuaDeviceConfig
 from bridge.config.opcua import NAMESPACE_URI_IN_PATH, path_with_indexes
 from bridge.core.backoff import Backoff
 from bridge.core.errors import DeviceExceptionError, DeviceTimeoutError, NotConnectedError
+from bridge.core.files import read_text_file
 from bridge.core.tags import Reading, bad
 from bridge.ports import DeviceStatus, OnReadings
 
@@ -191,11 +192,9 @@ class OpcuaAdapter:
             return value
         assert config.password_file is not None
         try:
-            return config.password_file.read_text(encoding="utf-8").rstrip("\r\n")
-        except OSError as exc:
-            raise OpcuaConnectError(self.name, "authentication",
-                                    f"cannot read password_file {config.password_file} "
-                                    f"({exc.strerror or exc})") from None
+            return read_text_file("password_file", config.password_file).rstrip("\r\n")
+        except ValueError as exc:
+            raise OpcuaConnectError(self.name, "authentication", str(exc)) from None
 
     async def _open(self) -> None:
         """Open a session (raises OpcuaConnectError). Bounded by about twice ``timeout``."""

@@ -57,6 +57,7 @@ from adapters.opcua.session import stop_server
 from bridge.config.opcua_server import OpcuaServerConfig
 from bridge.core.aio import cancel_and_wait
 from bridge.core.errors import ConfigError
+from bridge.core.files import read_text_file
 from bridge.core.scores import Score
 from bridge.ports import BridgeView, SinkBase
 
@@ -138,10 +139,9 @@ def _password(config: OpcuaServerConfig) -> str | None:
         return value
     assert config.password_file is not None
     try:
-        return config.password_file.read_text(encoding="utf-8").rstrip("\r\n")
-    except OSError as exc:
-        raise ConfigError([f"opcua_server.password_file: cannot read {config.password_file} "
-                           f"({exc.strerror or exc})"]) from None
+        return read_text_file("opcua_server.password_file", config.password_file).rstrip("\r\n")
+    except ValueError as exc:
+        raise ConfigError([str(exc)]) from None
 
 
 def _load_trusted(folder: Path) -> set[bytes]:

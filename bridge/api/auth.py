@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bridge.core.errors import ConfigError
+from bridge.core.files import read_text_file
 
 __all__ = ["SCOPES", "TokenSet", "load_tokens", "parse_tokens"]
 
@@ -84,9 +85,9 @@ def load_tokens(tokens_file: Path | None, tokens_env: str | None) -> TokenSet:
     entries: list[_Entry] = []
     if tokens_file is not None:
         try:
-            text = tokens_file.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError([f"api.tokens_file: cannot read {tokens_file} ({exc.strerror})"]) from None
+            text = read_text_file("api.tokens_file", tokens_file)
+        except ValueError as exc:
+            raise ConfigError([str(exc)]) from None
         entries += _parse(text, "api.tokens_file", separator_commas=False)
     if tokens_env is not None:
         value = os.environ.get(tokens_env)

@@ -18,8 +18,10 @@ import ssl
 import tempfile
 from pathlib import Path
 
-from bridge.config import Config, decode_config, read_config_bytes, server_sockets
+from bridge.config import Config, server_sockets
+from bridge.config.loader import MAX_CONFIG_BYTES
 from bridge.core.errors import ConfigError
+from bridge.core.files import read_text_file
 
 __all__ = ["preflight"]
 
@@ -43,16 +45,12 @@ def preflight(config: Config) -> list[str]:
 
 
 def _read_text(key: str, path: Path) -> tuple[str, list[str]]:
-    """The file's text, or the reason it cannot be used: the same rules as the config file
-    itself (a regular file, bounded, UTF-8), so a FIFO or a binary file cannot hang the start."""
+    """The file's text, or the reason it cannot be used (``bridge.core.files``: a regular
+    file, bounded, UTF-8), so a FIFO or a binary file cannot hang the start."""
     try:
-        return decode_config(read_config_bytes(path)), []
+        return read_text_file(key, path, MAX_CONFIG_BYTES), []
     except ValueError as exc:
-        # "KEY: cannot read PATH (why)", as bridge.api.auth words it; else "KEY: PATH: what".
-        message = str(exc)
-        if message.startswith("cannot read ("):
-            return "", [f"{key}: cannot read {path} {message[len('cannot read '):]}"]
-        return "", [f"{key}: {path}: {message}"]
+        return "", [str(exc)]
 
 
 def _check_data_dir(path: Path | None) -> list[str]:

@@ -7,8 +7,6 @@ Every error names the key path and the bad value, e.g.
 
 from __future__ import annotations
 
-import os
-import stat
 import sys
 import tomllib
 from collections.abc import Sequence
@@ -27,6 +25,7 @@ from bridge.config.sections import ApiConfig, BridgeSection, StorageSection, Wri
 from bridge.config.servers import MetricsConfig, ModbusServerConfig, check_modbus_server
 from bridge.config.sparkplug import SparkplugConfig
 from bridge.core.errors import ConfigError
+from bridge.core.files import decode_text, read_regular_file
 
 __all__ = ["MAX_CONFIG_BYTES", "MAX_NESTING", "BridgeConfig", "Config", "DeviceConfig", "decode_config",
            "load_config", "parse_config", "parse_toml", "read_config_bytes", "server_sockets"]
@@ -276,53 +275,19 @@ MAX_CONFIG_BYTES = 1 << 20
 # The deepest real key is ~5 levels (models[0].writeback.score.address); tomllib and the
 # validators recurse, so a file of 1,000 nested arrays would end in RecursionError.
 MAX_NESTING = 32
-_BOMS = ((b"\xef\xbb\xbf", "starts with a UTF-8 byte order mark (BOM); save it as UTF-8 without BOM"),
-         (b"\xff\xfe", "is UTF-16 (byte order mark FF FE); save it as UTF-8"),
-         (b"\xfe\xff", "is UTF-16 (byte order mark FE FF); save it as UTF-8"))
-
 
 def read_config_bytes(path: Path, limit: int = MAX_CONFIG_BYTES) -> bytes:
-    """The file's bytes, if it is a regular file of at most ``limit`` bytes. Raises ValueError
-    with the reason (message without the path). Never blocks: a FIFO or device is refused by
-    its type before it is opened."""
+    """The config file's bytes (``bridge.core.files.read_regular_file``: a regular file, at
+    most ``limit`` bytes); ValueError with the reason."""
     try:
-        info = path.stat()
-    except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
-        raise ValueError(f"cannot read ({getattr(exc, 'strerror', None) or exc})") from None
-    if not stat.S_ISREG(info.st_mode):
-        what = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
-        raise ValueError(f"cannot read ({what})")
-    try:
-        # O_NONBLOCK: should the file be swapped for a FIFO after stat, open does not wait.
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-        with os.fdopen(fd, "rb") as file:
-            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
-                raise ValueError("cannot read (not a regular file)")
-            data = file.read(limit + 1)
-    except OSError as exc:
-        raise ValueError(f"cannot read ({exc.strerror or exc})") from None
-    if len(data) > limit:
-        raise ValueError(f"larger than {limit} bytes: not a configuration file")
-    return data
+        return read_regular_file(path, limit)
+    except ValueError as exc:
+        if str(exc).startswith("larger than"):
+            raise ValueError(f"{exc}: not a configuration file") from None
+        raise
 
 
-def decode_config(data: bytes) -> str:
-    """UTF-8 text (TOML's only encoding), or ValueError saying where and why it is not."""
-    for mark, message in _BOMS:
-        if data.startswith(mark):
-            raise ValueError(message)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise ValueError(f"not UTF-8: byte 0x{data[exc.start]:02x} at line {line}, column {column} "
-                         "(save the file as UTF-8)") from None
-    if "\0" in text:
-        # TOML forbids control characters anyway; a NUL usually means a binary or UTF-16 file.
-        line = text.count("\n", 0, text.index("\0")) + 1
-        raise ValueError(f"not a text file: NUL byte at line {line}")
-    return text
+decode_config = decode_text  # TOML's only encoding is UTF-8
 
 
 def _nesting(data: Any) -> int:

@@ -50,6 +50,7 @@ from bridge.config.mqtt import MqttConfig, MqttTlsConfig
 from bridge.core.aio import cancel_and_wait
 from bridge.core.backoff import Backoff
 from bridge.core.errors import ConfigError
+from bridge.core.files import read_text_file
 from bridge.core.scores import Score
 from bridge.core.timefmt import iso
 from bridge.ports import BridgeView
@@ -344,10 +345,9 @@ def read_password(config: Credentials, section: str) -> str | None:
         return value
     if config.password_file is not None:
         try:
-            return config.password_file.read_text(encoding="utf-8").rstrip("\r\n")
-        except OSError as exc:
-            raise ConfigError([f"{section}.password_file: cannot read {config.password_file} "
-                               f"({exc.strerror})"]) from None
+            return read_text_file(f"{section}.password_file", config.password_file).rstrip("\r\n")
+        except ValueError as exc:
+            raise ConfigError([str(exc)]) from None
     return None
 
 
