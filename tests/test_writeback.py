@@ -36,8 +36,8 @@ def _score(value: float | None, anomaly: bool = False, valid: bool = True) -> Sc
 
 
 @pytest.mark.parametrize(("target", "value", "message"), [
-    (RegisterTarget(address=1), -1.0, "outside 0..65535"),
-    (RegisterTarget(address=1), 65536.0, "outside 0..65535"),
+    (RegisterTarget(address=1), -1.0, "outside uint16 range 0..65535"),
+    (RegisterTarget(address=1), 65536.0, "outside uint16 range 0..65535"),
     (RegisterTarget(address=1, type="int16"), 0.5, "not an integer"),
     (RegisterTarget(address=1, type="float32"), float("nan"), "not finite"),
     (RegisterTarget(address=1, type="float32"), 1e39, "does not fit float32"),

@@ -5,7 +5,7 @@ Each raises ValueError("key: message"); the config layer turns that into the key
 
 from __future__ import annotations
 
-from bridge.core.datatypes import TYPES
+from bridge.core.datatypes import range_problem
 
 __all__ = ["check_backoff", "check_credentials", "check_fail_safe", "check_span", "check_valid_range",
            "effective_security_mode"]
@@ -49,14 +49,9 @@ def check_fail_safe(fail_safe: float | None, data_type: str | None, low: float |
     type's range, an integer for an integer type, inside the configured min..max."""
     if fail_safe is None:
         return
-    info = TYPES.get(data_type) if data_type is not None else None
-    if info is not None and info.min is not None and info.max is not None:
-        if fail_safe != int(fail_safe):
-            raise ValueError(f"fail_safe: {fail_safe} is not an integer ({data_type} target)")
-        if not info.min <= fail_safe <= info.max:
-            raise ValueError(f"fail_safe: {fail_safe:g} is outside {data_type} range {info.min}..{info.max}")
-    elif info is not None and info.float_max is not None and abs(fail_safe) > info.float_max:
-        raise ValueError(f"fail_safe: {fail_safe} does not fit {data_type}")
+    problem = range_problem(data_type, fail_safe)
+    if problem is not None:
+        raise ValueError(f"fail_safe: {fail_safe:g} {problem}")
     if low is not None and fail_safe < low:
         raise ValueError(f"fail_safe: {fail_safe} is below min {low}")
     if high is not None and fail_safe > high:

@@ -17,6 +17,7 @@ __all__ = [
     "DataTypeInfo",
     "DataTypeName",
     "Order",
+    "range_problem",
     "register_count",
 ]
 
@@ -92,3 +93,20 @@ def register_count(data_type: str, length: int | None = None) -> int:
     ``length`` is its register count."""
     info = TYPES[data_type]
     return (length or 1) if info.registers == 0 else info.registers
+
+
+def range_problem(data_type: str | None, value: float) -> str | None:
+    """Why ``value`` cannot be stored as ``data_type`` (worded to follow "value X "), or None.
+    The one rule for both sides of a write: the config check of a fail-safe value and the
+    write-back check of every value at run time, so a value ``check`` accepts is written."""
+    info = TYPES.get(data_type) if data_type is not None else None
+    if info is None:
+        return None
+    if info.min is not None and info.max is not None:
+        if value != int(value):
+            return f"is not an integer ({data_type} target)"
+        if not info.min <= value <= info.max:
+            return f"is outside {data_type} range {info.min}..{info.max}"
+    elif info.float_max is not None and abs(value) > info.float_max:
+        return f"does not fit {data_type}"
+    return None

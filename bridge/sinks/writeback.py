@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from bridge.config import ModelWritebackConfig, NodeTarget, RegisterTarget, Target
-from bridge.core.datatypes import TYPES
+from bridge.core.datatypes import TYPES, range_problem
 from bridge.core.errors import PlcBridgeError, WriteRefusedError
 from bridge.core.scores import Score
 from bridge.core.timefmt import iso
@@ -50,14 +50,9 @@ def check_value(key: str, target: Target, value: float) -> None:
     where = f"{key} ({place(target)}, {kind})"
     if not math.isfinite(value):
         raise WriteRefusedError(f"{where}: value {value!r} is not finite")
-    info = TYPES.get(kind)
-    if info is not None and info.min is not None and info.max is not None:
-        if value != int(value):
-            raise WriteRefusedError(f"{where}: value {value!r} is not an integer")
-        if not info.min <= value <= info.max:
-            raise WriteRefusedError(f"{where}: value {value!r} outside {info.min}..{info.max}")
-    elif info is not None and info.float_max is not None and abs(value) > info.float_max:
-        raise WriteRefusedError(f"{where}: value {value!r} does not fit {kind}")
+    problem = range_problem(kind, value)
+    if problem is not None:
+        raise WriteRefusedError(f"{where}: value {value!r} {problem}")
     if target.min is not None and value < target.min:
         raise WriteRefusedError(f"{where}: value {value!r} below configured min {target.min}")
     if target.max is not None and value > target.max:
