@@ -47,7 +47,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 import aiomqtt
 
 from bridge.config.mqtt import MqttConfig, MqttTlsConfig
-from bridge.core.aio import cancel_and_wait
 from bridge.core.backoff import Backoff
 from bridge.core.errors import ConfigError
 from bridge.core.files import read_text_file
@@ -112,7 +111,6 @@ class MqttSink(SpooledSink[MqttStats]):
         spool = _open_spool(config)
         super().__init__(spool)
         self._next_seq = spool.next_seq
-        self._task: asyncio.Task[None] | None = None
         self._down_since: float | None = None
 
     # -- Sink protocol ----------------------------------------------------------------------
@@ -141,28 +139,6 @@ class MqttSink(SpooledSink[MqttStats]):
             self._pending.popleft()
             self.stats.dropped += 1
         self._wakeup.set()
-
-    async def stop(self, timeout: float = 3.0) -> None:
-        """Send what is spooled while connected, for at most ``timeout`` seconds; what is left
-        stays in the spool for the next start."""
-        self._stopping = True
-        self._wakeup.set()
-        if self._task is not None:
-            done, _ = await asyncio.wait({self._task}, timeout=timeout)
-            if not done:
-                await cancel_and_wait(self._task)
-            elif not self._task.cancelled() and self._task.exception() is not None:
-                log.error("mqtt publisher failed", exc_info=self._task.exception())
-            self._task = None
-        if self._executor is not None:
-            if self._spool is not None:
-                await self._flush_pending()
-                await self._io(self._spool.close)
-            self._executor.shutdown(wait=False)
-            self._executor = None
-        elif self._spool is not None:  # never started: nothing pending, nothing in flight
-            self._spool.close()
-        self._spool = None
 
     def status(self) -> dict[str, Any]:
         """Counters for /api/v1/health."""

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 from bridge.config.sparkplug import SparkplugConfig
-from bridge.core.aio import cancel_and_wait
 from bridge.core.backoff import Backoff
 from bridge.core.errors import ConfigError
 from bridge.core.scores import Score
@@ -109,7 +108,6 @@ class SparkplugSink(SpooledSink[SparkplugStats]):
         self._next_id = spool.next_seq
         self._up: dict[str, bool] = dict.fromkeys(devices, False)  # as last seen by on_poll
         self._view: BridgeView | None = None
-        self._task: asyncio.Task[None] | None = None
         # Session state, owned by the publisher task.
         self._seq = 0
         self._born: set[str] = set()
@@ -140,26 +138,6 @@ class SparkplugSink(SpooledSink[SparkplugStats]):
         home = self._homes.get(score.model)
         if home is not None:
             self._observe(home, spm.model_samples(score))
-
-    async def stop(self, timeout: float = 3.0) -> None:
-        self._stopping = True
-        self._wakeup.set()
-        if self._task is not None:
-            done, _ = await asyncio.wait({self._task}, timeout=timeout)
-            if not done:
-                await cancel_and_wait(self._task)
-            elif not self._task.cancelled() and self._task.exception() is not None:
-                log.error("sparkplug publisher failed", exc_info=self._task.exception())
-            self._task = None
-        if self._executor is not None:
-            if self._spool is not None:
-                await self._flush_pending()
-                await self._io(self._spool.close)
-            self._executor.shutdown(wait=False)
-            self._executor = None
-        elif self._spool is not None:
-            self._spool.close()
-        self._spool = None
 
     def status(self) -> dict[str, Any]:
         body = asdict(self.stats)

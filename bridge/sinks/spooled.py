@@ -12,6 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar
 
+from bridge.core.aio import cancel_and_wait
 from bridge.ports import SinkBase
 from bridge.sinks.spool import Spool
 
@@ -44,6 +45,29 @@ class SpooledSink(SinkBase, Generic[StatsT]):
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._executor: ThreadPoolExecutor | None = None
+        self._task: asyncio.Task[None] | None = None  # the publisher, started by start()
+
+    async def stop(self, timeout: float = 3.0) -> None:
+        """Send what is spooled while connected, for at most ``timeout`` seconds; what is left
+        stays in the spool for the next start."""
+        self._stopping = True
+        self._wakeup.set()
+        if self._task is not None:
+            done, _ = await asyncio.wait({self._task}, timeout=timeout)
+            if not done:
+                await cancel_and_wait(self._task)
+            elif not self._task.cancelled() and self._task.exception() is not None:
+                self._log.error("%s publisher failed", self.name, exc_info=self._task.exception())
+            self._task = None
+        if self._executor is not None:
+            if self._spool is not None:
+                await self._flush_pending()
+                await self._io(self._spool.close)
+            self._executor.shutdown(wait=False)
+            self._executor = None
+        elif self._spool is not None:  # never started: nothing pending, nothing in flight
+            self._spool.close()
+        self._spool = None
 
     async def _idle(self, delay: float) -> None:
         """Wait out a reconnect delay, still moving new messages to disk as they come."""
