@@ -13,6 +13,7 @@ import asyncio
 import json
 import math
 import os
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,13 @@ from pydantic import ValidationError
 
 from adapters.opcua.alarms import alarm_message, top_contributions
 from adapters.opcua.server import OpcuaServerSink
+from adapters.sim.modbus import start_simulator
+from bridge.cli.demo import demo_config
 from bridge.config.opcua_server import OpcuaServerConfig
 from bridge.core.scores import Score
 from bridge.runtime.bridge import Bridge
 from tests import test_opcua_sink_interop as interop
+from tests.opcua_servers import CLIENT_URI
 from tests.test_opcua_sink_interop import (
     NODE,
     NS_URI,
@@ -56,6 +60,7 @@ T0 = 1_767_225_600.0
 CONTRIBUTIONS = {"pressure": 6.1, "flow": 2.2, "vibration": 0.9, "temperature": 0.8}
 START_MESSAGE = "anomaly on pump: pressure 61 %, flow 22 %, vibration 9 %"
 ALARM_CONDITION_TYPE = f"ns=0;i={ua.ObjectIds.AlarmConditionType}"
+SPEED = 10.0  # the simulated plant and the bridge, as in test_e2e
 
 
 def score(index: int, anomaly: bool, valid: bool = True) -> Score:
@@ -167,56 +172,84 @@ async def test_alarms_off_builds_no_condition(idle_bridge: Bridge) -> None:
 
 # -- node-opcua --------------------------------------------------------------------------------------
 
+class EventsClient:
+    """events.mjs as an asyncio subprocess (the loop keeps serving the sink meanwhile): its
+    stderr progress lines ("SUBSCRIBED", "EVENT <n>") as they arrive, its stdout at the end."""
+
+    def __init__(self, sink: OpcuaServerSink, folder: Path, *args: str,
+                 password: str | None = None) -> None:
+        self.args = ["--endpoint", sink.url, "--ns-uri", NS_URI, "--model", MODEL,
+                     "--pki", str(folder / "pki"), *args]
+        self.env = dict(os.environ)
+        if password is not None:
+            self.env["PLCBRIDGE_TEST_PEER_PASSWORD"] = password
+            self.args += ["--user", USER, "--password-env", "PLCBRIDGE_TEST_PEER_PASSWORD"]
+        self.lines: list[str] = []
+        self.process: asyncio.subprocess.Process | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    async def __aenter__(self) -> EventsClient:
+        assert NODE is not None
+        self.process = process = await asyncio.create_subprocess_exec(
+            NODE, str(PEER / "events.mjs"), *self.args, cwd=PEER, env=self.env,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        assert process.stdout is not None and process.stderr is not None
+
+        async def read_stderr() -> None:
+            assert process.stderr is not None
+            async for line in process.stderr:
+                self.lines.append(line.decode(errors="replace").rstrip("\n"))
+
+        self._tasks = [asyncio.create_task(process.stdout.read()),
+                       asyncio.create_task(read_stderr())]
+        await self.wait(lambda: "SUBSCRIBED" in self.lines, 15, "events.mjs subscribed")
+        return self
+
+    @property
+    def events(self) -> int:
+        return sum(line.startswith("EVENT ") for line in self.lines)
+
+    async def wait(self, done: Callable[[], bool], timeout: float, what: str) -> None:
+        assert self.process is not None
+        await until(lambda: done() or self.process is None or self.process.returncode is not None,
+                    timeout, what)
+        assert done(), f"events.mjs exited before {what}:\n" + "\n".join(self.lines)
+
+    async def finish(self) -> tuple[list[dict[str, Any]], dict[str, Any], str]:
+        """(events, summary, stderr) once events.mjs is done."""
+        assert self.process is not None
+        code = await asyncio.wait_for(self.process.wait(), 25)
+        out = (await self._tasks[0]).decode()
+        await self._tasks[1]
+        stderr = "\n".join(self.lines)
+        assert code == 0, stderr
+        records = [json.loads(line) for line in out.splitlines() if line.strip()]
+        return records[:-1], records[-1]["summary"], stderr
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
+
+
 async def run_events(sink: OpcuaServerSink, folder: Path, *args: str, feed_after: list[Score],
                      bridge: Bridge, password: str | None = None,
-                     wait_events: int = 0) -> tuple[list[dict[str, Any]], dict[str, Any], str]:
-    """events.mjs against the sink; once it has subscribed, ``feed_after`` goes in one score at a
-    time (after ``wait_events`` events have arrived). Returns (events, summary, stderr)."""
-    assert NODE is not None
-    env = dict(os.environ)
-    extra: list[str] = []
-    if password is not None:
-        env["PLCBRIDGE_TEST_PEER_PASSWORD"] = password
-        extra = ["--user", USER, "--password-env", "PLCBRIDGE_TEST_PEER_PASSWORD"]
-    process = await asyncio.create_subprocess_exec(
-        NODE, str(PEER / "events.mjs"), "--endpoint", sink.url, "--ns-uri", NS_URI,
-        "--model", MODEL, "--pki", str(folder / "pki"), *args, *extra, cwd=PEER, env=env,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
-    assert process.stdout is not None and process.stderr is not None
-    lines: list[str] = []
-
-    async def read_stderr() -> None:
-        assert process.stderr is not None
-        async for line in process.stderr:
-            lines.append(line.decode(errors="replace").rstrip("\n"))
-
-    stderr_task = asyncio.create_task(read_stderr())
-    stdout_task = asyncio.create_task(process.stdout.read())
-    try:
-        await until(lambda: "SUBSCRIBED" in lines or process.returncode is not None, 15,
-                    "events.mjs subscribed")
-        await until(lambda: f"EVENT {wait_events}" in lines or wait_events == 0
-                    or process.returncode is not None, 10, f"{wait_events} events first")
+                     ) -> tuple[list[dict[str, Any]], dict[str, Any], str]:
+    """events.mjs against the sink; once it has subscribed, ``feed_after`` goes in one score
+    at a time, each valid one once the event before it has arrived."""
+    async with EventsClient(sink, folder, *args, password=password) as client:
         for item in feed_after:
-            count = sum(line.startswith("EVENT ") for line in lines)
+            count = client.events
             feed(bridge, sink, item)
             if item.window_valid:  # an event is expected: wait for it before the next
-                await until(lambda c=count: sum(x.startswith("EVENT ") for x in lines) > c  # type: ignore[misc]
-                            or process.returncode is not None, 10, "the next event")
+                await client.wait(lambda c=count: client.events > c,  # type: ignore[misc]
+                                  10, "the next event")
             else:
                 await asyncio.sleep(0.2)
-        code = await asyncio.wait_for(process.wait(), 25)
-        out = (await stdout_task).decode()
-        await stderr_task
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    stderr = "\n".join(lines)
-    assert code == 0, stderr
-    records = [json.loads(line) for line in out.splitlines() if line.strip()]
-    return records[:-1], records[-1]["summary"], stderr
+        return await client.finish()
 
 
 def assert_alarm(event: dict[str, Any], ns: int, active: bool, severity: int,
@@ -295,3 +328,89 @@ async def test_node_opcua_anonymous_acknowledge_is_refused(
     assert summary["acks"][0]["status"] == "BadUserAccessDenied", stderr
     assert events[0]["AckedState.Id"] is False
     assert sink.alarms is not None and sink.alarms.acknowledged == 0
+
+
+async def test_asyncua_user_acknowledges_with_the_latest_event_id(idle_bridge: Bridge,
+                                                                   certs: Certs) -> None:
+    """Acknowledgement on: an unknown EventId and a second acknowledgement are refused; an
+    unacknowledged anomaly stays retained after it ends until it is acknowledged."""
+    sink = await serve(idle_bridge, alarm_acknowledgement=True,
+                       **secure_options(certs, "Basic256Sha256", "SignAndEncrypt"))
+    client = Client(sink.url, timeout=5)
+    client.application_uri = CLIENT_URI
+    client.set_user(USER)
+    client.set_password(PASSWORD)
+    await client.set_security_string(f"Basic256Sha256,SignAndEncrypt,{certs.client_pem},"
+                                     f"{certs.client_key},{certs.server_cert}")
+    async with client:
+        events = Events()
+        subscription = await client.create_subscription(20, events)
+        await subscription.subscribe_alarms_and_conditions(
+            client.nodes.server, client.get_node(ua.ObjectIds.AlarmConditionType))
+        feed(idle_bridge, sink, score(1, True))
+        feed(idle_bridge, sink, score(2, False))
+        await until(lambda: len(events.items) == 2, 5, "start and end")
+        start, end = events.items
+        assert getattr(start, "AckedState/Id") is False and start.Retain is True
+        assert getattr(end, "ActiveState/Id") is False and end.Retain is True  # not acked yet
+        alarm = client.get_node(end.NodeId)
+
+        async def acknowledge(event_id: bytes) -> None:
+            await alarm.call_method(
+                ua.NodeId(ua.ObjectIds.AcknowledgeableConditionType_Acknowledge),
+                ua.Variant(event_id, ua.VariantType.ByteString),
+                ua.Variant(ua.LocalizedText("checked the pump"), ua.VariantType.LocalizedText))
+
+        with pytest.raises(ua.uaerrors.BadEventIdUnknown):
+            await acknowledge(b"not an event of this condition")
+        await acknowledge(end.EventId)
+        await until(lambda: len(events.items) == 3, 5, "the acknowledged event")
+        acked = events.items[2]
+        assert getattr(acked, "AckedState/Id") is True and acked.Retain is False
+        assert acked.ClientUserId == USER and acked.Comment.Text == "checked the pump"
+        with pytest.raises(ua.uaerrors.BadConditionBranchAlreadyAcked):
+            await acknowledge(acked.EventId)
+    assert sink.alarms is not None and sink.alarms.acknowledged == 1
+
+
+@needs_node
+@pytest.mark.timeout(60)
+async def test_node_opcua_alarm_list_follows_a_fault_on_the_simulated_plant(
+        certs: Certs, tmp_path: Path) -> None:
+    """The whole way: simulator → Modbus → bridge → model → sink → node-opcua. Cavitation is
+    injected once the model scores valid windows: an active alarm naming inputs; the fault is
+    cleared: the alarm goes inactive."""
+    sim = await start_simulator("127.0.0.1", 0, seed=11, step=0.01, speed=SPEED)
+    bridge = Bridge(demo_config(sim.port, api_port=0), speed=SPEED)
+    sink = OpcuaServerSink(OpcuaServerConfig.model_validate(
+        {"enabled": True, "port": 0, "refresh_interval": 0.1}))
+    bridge.sinks.append(sink)
+    pki(tmp_path, certs)
+    try:
+        await bridge.start()
+        async with EventsClient(sink, tmp_path, "--count", "2", "--seconds", "40",
+                                "--timeout", "45") as client:
+            def valid() -> bool:
+                latest = bridge.scores.latest(MODEL)
+                return latest is not None and latest.window_valid and not latest.anomaly
+
+            await until(valid, 20, "a valid, normal window")
+            await sim.inject("cavitation")
+            await client.wait(lambda: client.events == 1, 15, "the anomaly-start event")
+            await sim.clear()
+            await client.wait(lambda: client.events == 2, 30, "the anomaly-end event")
+            events, _, stderr = await client.finish()
+    finally:
+        await bridge.stop()
+        await sim.stop()
+    ns = sink.node_id("plcbridge").NamespaceIndex
+    start, end = events
+    assert start["EventType"] == end["EventType"] == ALARM_CONDITION_TYPE
+    assert start["ConditionId"] == end["ConditionId"] == f"ns={ns};s=Models.pump.Alarm"
+    assert (start["ActiveState.Id"], end["ActiveState.Id"]) == (True, False), stderr
+    assert (start["Severity"], end["Severity"]) == (700, 100)
+    inputs = bridge.runners[MODEL].detector.contract.inputs
+    named = start["Message"].removeprefix("anomaly on pump: ").split(", ")
+    assert start["Message"].startswith("anomaly on pump: ")
+    assert 1 <= len(named) <= 3 and all(part.rsplit(" ", 2)[0] in inputs for part in named), start
+    assert end["Message"] == "anomaly on pump ended"

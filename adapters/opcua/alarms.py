@@ -153,8 +153,12 @@ class Alarms:
     """The sink's alarm conditions: built into a server, fed Scores, sent by the update task."""
 
     def __init__(self, config: OpcuaServerConfig, node_id: Callable[[str], ua.NodeId],
-                 qname: Callable[[str], ua.QualifiedName]) -> None:
+                 qname: Callable[[str], ua.QualifiedName],
+                 refused: Callable[[str], None]) -> None:
         self.config = config
+        # A refused Acknowledge is client input like a refused Write: counted into the
+        # server's one-a-minute summary, not logged per call (a client could flood the log).
+        self._refused = refused
         self._node_id = node_id
         self._qname = qname
         self._server: Server | None = None
@@ -334,8 +338,7 @@ class Alarms:
         allowed = (self.config.alarm_acknowledgement and user is not None
                    and user.name is not None and user.name == self.config.username)
         if not allowed:
-            log.warning("opcua alarm acknowledge refused model=%s user=%s", condition.model,
-                        None if user is None else user.name)
+            self._refused("alarm acknowledge refused BadUserAccessDenied")
             return _status(ua.StatusCodes.BadUserAccessDenied)
         if len(args) != 2 or not isinstance(args[0].Value, bytes):
             return _status(ua.StatusCodes.BadInvalidArgument)

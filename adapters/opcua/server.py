@@ -25,6 +25,12 @@ checks every chunk header against the pre-Hello cap or the negotiated receive bu
 anything is buffered and evicts the oldest connection without a session when full; the
 server's transport limits are lowered to ``max_message_size``; ``_AsyncuaNoise`` turns
 asyncua's per-client log lines into one summary a minute.
+
+Alarms & Conditions (``alarms = true``, adapters/opcua/alarms.py): one AlarmConditionType
+condition per model, ``Models.<model>.Alarm``, reached from the model's folder by HasCondition;
+its events (anomaly start and end, acknowledgement) come through the Server object and the
+model's folder. ``on_score`` only queues the transition; the update task sends it after the
+scores, so an event never delays or breaks a score update.
 """
 
 from __future__ import annotations
@@ -476,7 +482,7 @@ class OpcuaServerSink(SinkBase):
                     await item.add_variable(self.node_id(f"{kind}.{name}.{variable}"), self._qname(variable),
                                             ua.Variant(initial, vtype), varianttype=vtype)
         if self.config.alarms:
-            self.alarms = Alarms(self.config, self.node_id, self._qname)
+            self.alarms = Alarms(self.config, self.node_id, self._qname, _NOISE.count)
             await self.alarms.build(server, models)
         for name, model in models.items():
             latest = view.latest_score(name)
