@@ -252,13 +252,13 @@ async def run_events(sink: OpcuaServerSink, folder: Path, *args: str, feed_after
         return await client.finish()
 
 
-def assert_alarm(event: dict[str, Any], ns: int, active: bool, severity: int,
+def assert_alarm(event: dict[str, Any], ns: int, active: bool, severity: int, last: int,
                  message: str, index: int) -> None:
     assert event["EventType"] == ALARM_CONDITION_TYPE
     assert event["SourceName"] == MODEL and event["SourceNode"] == f"ns={ns};s=Models.pump"
     assert event["ConditionId"] == f"ns={ns};s=Models.pump.Alarm"
     assert event["ConditionName"] == "Anomaly" and event["ConditionClassName"] == "Process"
-    assert event["Severity"] == event["LastSeverity"] == severity
+    assert (event["Severity"], event["LastSeverity"]) == (severity, last)
     assert event["Message"] == message
     assert event["ActiveState.Id"] is active
     assert event["ActiveState"] == ("Active" if active else "Inactive")
@@ -280,8 +280,8 @@ async def test_node_opcua_sees_anomaly_start_and_end(idle_bridge: Bridge, certs:
         feed_after=[score(1, True), score(2, False, valid=False), score(3, False)])
     ns = sink.node_id("plcbridge").NamespaceIndex
     assert len(events) == 2, stderr
-    assert_alarm(events[0], ns, True, 800, START_MESSAGE, 1)
-    assert_alarm(events[1], ns, False, 200, "anomaly on pump ended", 3)
+    assert_alarm(events[0], ns, True, 800, 200, START_MESSAGE, 1)
+    assert_alarm(events[1], ns, False, 200, 800, "anomaly on pump ended", 3)
     assert events[0]["Retain"] is True and events[1]["Retain"] is False
     assert events[0]["AckedState.Id"] is True  # acknowledgement off: nothing to acknowledge
     assert summary["acks"] == []  # so events.mjs found nothing to acknowledge

@@ -13,10 +13,11 @@ What a SCADA alarm list sees (OPC UA Part 9, the subset plcbridge implements):
   was not) and on anomaly end (a valid window that is not anomalous after one that was: an
   invalid window says nothing either way, the same rule as ``/api/v1/events`` and MQTT), with
   EventType, SourceNode/SourceName, Time (the score's window time), ReceiveTime, Message
-  naming the top three contributing inputs, Severity/LastSeverity (``alarm_severity_start``,
-  ``alarm_severity_end``), ConditionName ``Anomaly``, ConditionClass ``Process``, BranchId
-  null, Retain, EnabledState (always enabled), ActiveState, AckedState, Quality, InputNode
-  (the model's ``Anomaly`` variable) and ConditionId (select ``NodeId`` on ConditionType).
+  naming the top three contributing inputs, Severity (``alarm_severity_start``,
+  ``alarm_severity_end``) and LastSeverity (the one before), ConditionName ``Anomaly``,
+  ConditionClass ``Process``, BranchId null, Retain, EnabledState (always enabled),
+  ActiveState, AckedState, Quality, InputNode (the model's ``Anomaly`` variable) and
+  ConditionId (select ``NodeId`` on ConditionType).
 - ``ConditionRefresh`` / ``ConditionRefresh2``: RefreshStart, every retained condition, then
   RefreshEnd to the subscription that asks (asyncua's own handler cannot read its arguments).
 - ``Acknowledge`` (``alarm_acknowledgement = true``, off by default): only the configured,
@@ -250,6 +251,8 @@ class Alarms:
         _two_state(event, "ActiveState", False, "Active", "Inactive")
         _two_state(event, "AckedState", True, "Acknowledged", "Unacknowledged")
         event.Retain = False
+        # Until the first anomaly the condition is as it is after one ended.
+        event.Severity = self.config.alarm_severity_end
         return event
 
     # -- sending --------------------------------------------------------------------------------
@@ -273,8 +276,8 @@ class Alarms:
                 _two_state(event, "AckedState", condition.acked, "Acknowledged",
                            "Unacknowledged", when)
             event.Message = _text(alarm_message(score, active))
+            event.LastSeverity = event.Severity  # the one before this transition
             event.Severity = severity
-            event.LastSeverity = severity
             event.Time = when
             event.Comment = None
             event.ClientUserId = None
