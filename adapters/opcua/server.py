@@ -25,6 +25,12 @@ checks every chunk header against the pre-Hello cap or the negotiated receive bu
 anything is buffered and evicts the oldest connection without a session when full; the
 server's transport limits are lowered to ``max_message_size``; ``_AsyncuaNoise`` turns
 asyncua's per-client log lines into one summary a minute.
+
+Alarms & Conditions (``alarms = true``, adapters/opcua/alarms.py): one AlarmConditionType
+condition per model, ``Models.<model>.Alarm``, reached from the model's folder by HasCondition;
+its events (anomaly start and end, acknowledgement) come through the Server object and the
+model's folder. ``on_score`` only queues the transition; the update task sends it after the
+scores, so an event never delays or breaks a score update.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ from asyncua.server.user_managers import UserManager
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from adapters.opcua.alarms import Alarms, CallerRuleset
 from adapters.opcua.session import stop_server
 from bridge.config.opcua_server import OpcuaServerConfig
 from bridge.core.aio import cancel_and_wait
@@ -341,6 +348,7 @@ class OpcuaServerSink(SinkBase):
         self._pending: dict[str, Score] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self.alarms: Alarms | None = None  # built at start when config.alarms
 
     @property
     def url(self) -> str:
@@ -360,6 +368,8 @@ class OpcuaServerSink(SinkBase):
         if score.model not in self._models:
             return
         self._pending[score.model] = score  # only the latest matters to a subscriber
+        if self.alarms is not None:  # but every anomaly start and end is an alarm event
+            self.alarms.observe(score)
         self._wake.set()
 
     async def start(self, view: BridgeView) -> None:
@@ -424,14 +434,17 @@ class OpcuaServerSink(SinkBase):
         if config.username is not None:
             tokens.append(ua.UserNameIdentityToken)
         server.set_identity_tokens(tokens)
+        # asyncua's permission rules, unchanged; the ruleset also notes the caller of a
+        # method for the alarms' Acknowledge (adapters/opcua/alarms.py).
         if config.security_policy == "None":
-            server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+            server.set_security_policy([ua.SecurityPolicyType.NoSecurity], CallerRuleset())
         else:
             assert config.certificate is not None and config.private_key is not None
             await server.load_certificate(str(config.certificate))
             await server.load_private_key(str(config.private_key))
             server.set_security_policy(
-                [_POLICIES[(config.security_policy, config.effective_security_mode)]])
+                [_POLICIES[(config.security_policy, config.effective_security_mode)]],
+                CallerRuleset())
             if self._trusted is not None:
                 server.set_certificate_validator(self._validate_client)
         self._ns = await server.register_namespace(config.namespace_uri)
@@ -468,10 +481,15 @@ class OpcuaServerSink(SinkBase):
                     # add_variable leaves AccessLevel at CurrentRead: read-only for clients.
                     await item.add_variable(self.node_id(f"{kind}.{name}.{variable}"), self._qname(variable),
                                             ua.Variant(initial, vtype), varianttype=vtype)
+        if self.config.alarms:
+            self.alarms = Alarms(self.config, self.node_id, self._qname, _NOISE.count)
+            await self.alarms.build(server, models)
         for name, model in models.items():
             latest = view.latest_score(name)
             if latest is not None:
                 self._pending[name] = latest
+                if self.alarms is not None:  # an anomaly already on is an active alarm
+                    self.alarms.observe(latest)
             else:  # the threshold and version are known before the first score
                 await self._write(server, f"Models.{name}.Threshold", model.threshold,
                                   ua.VariantType.Double)
@@ -542,4 +560,9 @@ class OpcuaServerSink(SinkBase):
                     await self._refresh_devices(server)
             except Exception:  # a bug here must not take the server down; log it each time
                 log.exception("opcua server update failed")
+            if self.alarms is not None:
+                try:  # after the scores, apart from them: an event fault never costs a score
+                    await self.alarms.send_pending()
+                except Exception:
+                    log.exception("opcua alarm event failed")
 

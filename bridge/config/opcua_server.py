@@ -44,6 +44,12 @@ class OpcuaServerConfig(StrictModel):
     max_connections: Annotated[int, Field(ge=1, le=1000)] = 32
     activation_timeout: Annotated[float, Field(ge=1, le=600)] = 10.0
     max_message_size: Annotated[int, Field(ge=65536, le=64 * 1024 * 1024)] = 1024 * 1024
+    # Alarms & Conditions: an AlarmConditionType event per model on anomaly start and end
+    # (adapters/opcua/alarms.py), severities 1..1000; acknowledgement by the configured user.
+    alarms: bool = True
+    alarm_severity_start: Annotated[int, Field(ge=1, le=1000)] = 700
+    alarm_severity_end: Annotated[int, Field(ge=1, le=1000)] = 100
+    alarm_acknowledgement: bool = False
     username: str | None = None
     password_env: str | None = None
     password_file: ConfigPath | None = None
@@ -71,6 +77,10 @@ class OpcuaServerConfig(StrictModel):
             # asyncua would accept the password in clear text on an unsecured channel.
             raise ValueError("username: needs a security_policy other than 'None' (the password "
                              "would cross the network unencrypted)")
+        if self.alarm_acknowledgement and (not self.alarms or self.username is None):
+            # Anonymous clients never acknowledge: an operator's action needs a name.
+            raise ValueError("alarm_acknowledgement: needs alarms = true and a username (only "
+                             "that authenticated user may acknowledge)")
         check_credentials(self.username, self.password_env, self.password_file)
         return self
 

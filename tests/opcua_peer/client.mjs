@@ -19,84 +19,28 @@
 // Progress goes to stderr ("SUBSCRIBED", "CHANGE <n>") so a test can feed the server in step.
 // Any failure prints "error: ..." on stderr and exits 1 (a refused login says "authentication
 // failed"); nothing within --timeout seconds (default 20) exits 3.
-import { mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { parseArgs } from "node:util";
 import {
   AttributeIds,
   BrowseDirection,
   ClientMonitoredItem,
   DataType,
-  MessageSecurityMode,
   NodeClass,
-  OPCUACertificateManager,
-  OPCUAClient,
-  SecurityPolicy,
   TimestampsToReturn,
-  UserTokenType,
 } from "node-opcua";
+import { CONNECTION_OPTIONS, fail, makeClient, setUp } from "./peer.mjs";
 
 const { values: args } = parseArgs({
   options: {
-    endpoint: { type: "string" },
-    policy: { type: "string", default: "None" },
-    mode: { type: "string", default: "None" },
-    cert: { type: "string" },
-    key: { type: "string" },
-    pki: { type: "string" },
-    "application-uri": { type: "string", default: "urn:plcbridge:client" },
-    user: { type: "string" },
-    "password-env": { type: "string" },
-    "ns-uri": { type: "string" },
-    model: { type: "string" },
+    ...CONNECTION_OPTIONS,
     device: { type: "string" },
     "subscribe-seconds": { type: "string" },
     "subscribe-count": { type: "string" },
     "write-test": { type: "boolean", default: false },
-    timeout: { type: "string", default: "20" },
   },
 });
-
-function fail(message, code = 1) {
-  console.error(`error: ${message}`);
-  process.exit(code);
-}
-process.on("unhandledRejection", (err) => fail(`unexpected: ${err?.stack ?? err}`));
-console.log = console.error; // node-opcua logs its warnings there: stdout is for the result only
-const timeout = Number(args.timeout);
-setTimeout(() => fail(`no result within ${timeout} s (hard timeout)`, 3), timeout * 1000);
-
-for (const key of ["endpoint", "ns-uri", "model", "device"]) {
-  if (!args[key]) fail(`missing --${key}`, 2);
-}
-const securityPolicy = SecurityPolicy[args.policy];
-const securityMode = MessageSecurityMode[args.mode];
-if (securityPolicy === undefined) fail(`unknown --policy ${args.policy}`, 2);
-if (securityMode === undefined) fail(`unknown --mode ${args.mode}`, 2);
-let identity = { type: UserTokenType.Anonymous };
-if (args.user) {
-  const password = process.env[args["password-env"] ?? ""];
-  if (password === undefined) fail("--user needs --password-env naming a set variable", 2);
-  identity = { type: UserTokenType.UserName, userName: args.user, password };
-}
-
-const client = OPCUAClient.create({
-  applicationName: "plcbridge-opcua-peer-client",
-  applicationUri: args["application-uri"],
-  securityPolicy,
-  securityMode,
-  certificateFile: args.cert,
-  privateKeyFile: args.key,
-  clientCertificateManager: new OPCUACertificateManager({
-    rootFolder: args.pki ?? mkdtempSync(join(tmpdir(), "plcbridge-peer-pki-")),
-    automaticallyAcceptUnknownCertificate: false,
-    disableFileWatchers: true,
-  }),
-  endpointMustExist: false,
-  connectionStrategy: { maxRetry: 0, initialDelay: 100, maxDelay: 200 }, // fail, don't retry
-  requestedSessionTimeout: 30000,
-});
+setUp(args, ["endpoint", "ns-uri", "model", "device"]);
+const { client, identity } = makeClient(args, "plcbridge-opcua-peer-client");
 
 async function step(what, action) {
   try {
