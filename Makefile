@@ -22,9 +22,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check bridge adapters bench models
 	$(BIN)/mypy bridge adapters bench models
 
-# The hostile-input suites with many more cases than `make test` runs (FUZZ_CASES each).
+# The fuzz targets (config files, Modbus frames, OPC UA chunks, HTTP) with many more cases
+# than `make test` runs (FUZZ_CASES per target).
 fuzz: $(STAMP)
-	FUZZ_CASES=5000 $(BIN)/python -m pytest -q -p no:cacheprovider -k fuzz tests/test_hostile_modbus.py tests/test_hostile_opcua.py tests/test_hostile_api.py
+	FUZZ_CASES=5000 $(BIN)/python -m pytest -q -p no:cacheprovider -k fuzz tests/test_hostile_modbus.py tests/test_hostile_opcua.py tests/test_hostile_api.py tests/test_fuzz_config.py
 
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[test,bench]'
