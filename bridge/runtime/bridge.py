@@ -146,7 +146,8 @@ class Bridge:
         self.view = _View(self)
         # Write-back first: it is the sink that can hold a line's safety state, and at stop it
         # leaves fail-safe values while the adapters are still open.
-        self.sinks: list[Sink] = [self.writeback, *build_sinks(config, self.view)]
+        self.sinks: list[Sink] = [self.writeback, *build_sinks(
+            config, self.view, lambda name, data, source: self.updater.install(name, data, source))]
         self.updater = ModelUpdater(self.store, self.runners, self.replace_runner,
                                     folder=models_folder, speed=speed)
 
