@@ -322,3 +322,89 @@ async def test_three_bridges_install_once_through_kill9_and_broker_restart(
         await tap.stop()
         await fleet.stop()
         await sim.stop()
+
+
+async def _publish(port: int, topic: str, payload: bytes) -> None:
+    async with aiomqtt.Client("127.0.0.1", port, identifier="fleet-test-publisher") as client:
+        await client.publish(topic, payload, qos=1, retain=True)
+
+
+async def test_malformed_or_mismatched_fleet_model_is_refused_and_the_old_model_keeps_scoring(
+        tmp_path: Path, broker: Broker) -> None:
+    from adapters.sim.modbus import start_simulator
+    from bridge.cli.demo import demo_config
+    from bridge.config.fleet import FleetConfig
+    from bridge.runtime.bridge import Bridge
+
+    sim = await start_simulator("127.0.0.1", 0, seed=7, step=0.01, speed=10)
+    config = demo_config(sim.port, api_port=0)
+    config = config.model_copy(update={
+        "storage": config.storage.model_copy(update={"data_dir": tmp_path / "data"}),
+        "fleet": FleetConfig(host="127.0.0.1", port=broker.port, bridge_id="b0", reconnect_min=0.1,
+                             reconnect_max=0.5)})
+    bridge = Bridge(config, speed=10)
+    tap = Tap(broker.port)
+    # A well-formed PCA model whose contract does not fit [[models]] pump (3 inputs, not 5).
+    small = site_csv(tmp_path / "small.csv", 200, 1, 0.0)
+    assert main(["train", str(small), "--kind", "pca", "--inputs", "flow,pressure,current",
+                 "--export-stats", str(tmp_path / "small.json")]) == 0
+    assert main(["train", "--kind", "pca", "--from-stats", str(tmp_path / "small.json"), "--name", "pump",
+                 "--out", str(tmp_path / "small.onnx")]) == 0
+    try:
+        await tap.start()
+        await bridge.start()
+        before = bridge.runners["pump"].detector
+
+        async def scoring(after: int) -> bool:
+            latest = bridge.scores.latest("pump")
+            return latest is not None and latest.window_valid and bridge.runners["pump"].scored > after
+
+        await until(lambda: scoring(0), 20, "valid scores")
+        for bad, why in ((b"\x00not an onnx model", "not a loadable ONNX model"),
+                         ((tmp_path / "small.onnx").read_bytes(), "the model contract expects")):
+            sha = hashlib.sha256(bad).hexdigest()
+            await _publish(broker.port, f"{PREFIX}/pump/model", bad)
+            await until(lambda: (r := _result(tap, 0)) is not None and r["sha256"] == sha, 10,  # noqa: B023
+                        "the bridge's verdict")
+            result = _result(tap, 0)
+            assert result is not None and result["status"] == "refused" and result["reason"], result
+            assert why in result["reason"], result
+            assert bridge.runners["pump"].detector is before
+            scored = bridge.runners["pump"].scored
+            await until(lambda: scoring(scored), 10, "the old model to keep scoring")  # noqa: B023
+        assert not (tmp_path / "data" / "models" / "pump.onnx").exists()
+        status = next(s for s in bridge.sinks if s.name == "fleet").status()
+        assert status is not None and status["refused"] == 2 and status["installed"] == 0
+    finally:
+        await tap.stop()
+        await bridge.stop()
+        await sim.stop()
+
+
+async def test_merge_refuses_mismatched_or_too_few_sites_and_publishes_nothing(
+        tmp_path: Path, broker: Broker) -> None:
+    tap = Tap(broker.port)
+    await tap.start()
+    sites = _sites(tmp_path)
+    base = ["--model", "pump", "--broker", f"127.0.0.1:{broker.port}"]
+    # One site only, three required: exit 1 after --wait.
+    await _run_cli("fleet", "publish-stats", str(sites[0]), "--bridge-id", "site0", *base)
+    proc = await _cli("fleet", "merge", *base, "--min-sites", "3", "--wait", "1",
+                      "--out", str(tmp_path / "m.onnx"))
+    stdout, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 1 and b"1 sites" in stdout
+    # A second site with another window: refused, naming the site.
+    await _run_cli("fleet", "publish-stats", str(sites[1]), "--bridge-id", "site1", "--window", "6", *base)
+    proc = await _cli("fleet", "merge", *base, "--min-sites", "2", "--out", str(tmp_path / "m.onnx"))
+    _, stderr = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2 and b"site site1" in stderr, stderr
+    # Statistics carrying anything more than statistics (here: rows) are refused too.
+    body = json.loads(tap.latest(f"{PREFIX}/pump/stats/site0") or b"{}")
+    body["values"] = [[1.0, 2.0, 3.0, 4.0, 5.0]]
+    await _publish(broker.port, f"{PREFIX}/pump/stats/site1", json.dumps(body).encode())
+    proc = await _cli("fleet", "merge", *base, "--min-sites", "2", "--out", str(tmp_path / "m.onnx"))
+    _, stderr = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2 and b"unexpected keys values" in stderr, stderr
+    await tap.stop()
+    assert not (tmp_path / "m.onnx").exists()
+    assert not any(t.endswith("/model") for t, _ in tap.messages)
