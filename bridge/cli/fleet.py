@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from bridge.cli.common import EXIT_FAILED, EXIT_OK, fail, fail_config, load_config_or_exit
@@ -43,26 +44,38 @@ def _publish_stats(args: argparse.Namespace) -> int:
     require_extra("aiomqtt", "fleet publish-stats")
     from bridge.ml.fleet import stats_payload
     from bridge.ml.train import TrainOptions
-    from bridge.sinks.fleet import MqttError, publish_retained, topics
+    from bridge.sinks.fleet import publish_retained, topic
 
     inputs = tuple(s.strip() for s in args.inputs.split(",")) if args.inputs else None
     opts = TrainOptions(kind="pca", inputs=inputs, window=args.window, period=args.period,
                         train_rows=args.train_rows, max_age=args.max_age)
-    try:
+
+    def body() -> int:
         topic_level(args.model)
         config = _broker(args, "stats")
         payload = stats_payload(load_csv(args.data), opts)
-        topic = topics.stats(config.topic_prefix, args.model, config.effective_bridge_id)
-        asyncio.run(publish_retained(config, [(topic, payload)]))
+        where = topic(config.topic_prefix, args.model, "stats", config.effective_bridge_id)
+        asyncio.run(publish_retained(config, [(where, payload)]))
+        print(f"published {where}: {len(payload)} bytes of statistics, no raw data")
+        return EXIT_OK
+
+    return _guarded(args, "publish-stats", body)
+
+
+def _guarded(args: argparse.Namespace, command: str, body: Callable[[], int]) -> int:
+    """``body()``, with bad input exit 2 (one line naming the culprit) and a broker that cannot
+    be reached exit 1 (worth retrying)."""
+    from bridge.sinks.fleet import MqttError
+
+    try:
+        return body()
     except ConfigError as exc:
         return fail_config(args.config or "fleet", exc)
     except (DataError, ValueError) as exc:
         return fail(str(exc))
     except MqttError as exc:
-        print(f"fleet publish-stats: {exc}", flush=True)
+        print(f"fleet {command}: {exc}", flush=True)
         return EXIT_FAILED
-    print(f"published {topic}: {len(payload)} bytes of statistics, no raw data")
-    return EXIT_OK
 
 
 def _merge(args: argparse.Namespace) -> int:
@@ -70,19 +83,20 @@ def _merge(args: argparse.Namespace) -> int:
     require_extra("scipy", "fleet merge")
     from bridge.ml.fleet import card_payload, merge_payloads
     from bridge.ml.train import TrainOptions
-    from bridge.sinks.fleet import MqttError, collect_retained, publish_retained, sha256, topics
+    from bridge.sinks.fleet import collect_retained, publish_retained, sha256, topic
 
     opts = TrainOptions(kind="pca", target_far=args.target_far, margin=args.margin, name=args.model)
-    try:
+
+    def body() -> int:
         opts.check()
         topic_level(args.model)
         if args.out.exists() and not args.force:
             return fail(f"{args.out}: exists (use --force to overwrite)")
         config = _broker(args, "merge")
         prefix = config.topic_prefix
-        found = asyncio.run(collect_retained(config, topics.stats(prefix, args.model, "+"),
+        found = asyncio.run(collect_retained(config, topic(prefix, args.model, "stats", "+"),
                                              min_count=args.min_sites, wait=args.wait))
-        sites = {topic.rsplit("/", 1)[-1]: payload for topic, payload in found.items()}
+        sites = {name.rsplit("/", 1)[-1]: payload for name, payload in found.items()}
         if len(sites) < args.min_sites:
             print(f"fleet merge: {len(sites)} sites published statistics for {args.model} "
                   f"({', '.join(sorted(sites)) or 'none'}) within {args.wait:g} s; --min-sites is "
@@ -94,22 +108,17 @@ def _merge(args: argparse.Namespace) -> int:
         card = card_payload(result, sorted(sites), digest)
         if not args.no_publish:
             # The card first: whoever sees the model can then look up what it is.
-            asyncio.run(publish_retained(config, [(topics.card(prefix, args.model), card),
-                                                  (topics.model(prefix, args.model), data)]))
-    except ConfigError as exc:
-        return fail_config(args.config or "fleet", exc)
-    except (DataError, ValueError) as exc:
-        return fail(str(exc))
-    except MqttError as exc:
-        print(f"fleet merge: {exc}", flush=True)
-        return EXIT_FAILED
-    c = result.contract
-    where = ("kept local (--no-publish)" if args.no_publish
-             else f"published on {topics.model(prefix, args.model)}")
-    print(f"wrote {result.path} and {result.card}: {len(sites)} sites ({', '.join(sorted(sites))}), "
-          f"{result.rows} rows, {result.fit_windows} windows, threshold {c.threshold:.6g} (analytic, "
-          f"target FAR {100 * opts.target_far:g} %), sha256 {digest}; {where}")
-    return EXIT_OK
+            asyncio.run(publish_retained(config, [(topic(prefix, args.model, "card"), card),
+                                                  (topic(prefix, args.model, "model"), data)]))
+        where = ("kept local (--no-publish)" if args.no_publish
+                 else "published on " + topic(prefix, args.model, "model"))
+        print(f"wrote {result.path} and {result.card}: {len(sites)} sites ({', '.join(sorted(sites))}), "
+              f"{result.rows} rows, {result.fit_windows} windows, threshold "
+              f"{result.contract.threshold:.6g} (analytic, target FAR {100 * opts.target_far:g} %), "
+              f"sha256 {digest}; {where}")
+        return EXIT_OK
+
+    return _guarded(args, "merge", body)
 
 
 def _broker_args(p: argparse.ArgumentParser) -> None:

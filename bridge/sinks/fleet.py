@@ -48,7 +48,7 @@ from bridge.core.timefmt import iso
 from bridge.ports import BridgeView, SinkBase
 from bridge.sinks.mqtt import Client, MqttError, Will, describe, new_client, read_password, tls_context
 
-__all__ = ["FleetSink", "Install", "MqttError", "collect_retained", "publish_retained", "sha256", "topics"]
+__all__ = ["FleetSink", "Install", "MqttError", "collect_retained", "publish_retained", "sha256", "topic"]
 
 log = logging.getLogger("plcbridge.fleet")
 
@@ -60,26 +60,9 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-class topics:  # a namespace of topic builders, lower case as read like constants
-    @staticmethod
-    def stats(prefix: str, model: str, bridge: str) -> str:
-        return f"{prefix}/{model}/stats/{bridge}"
-
-    @staticmethod
-    def model(prefix: str, model: str) -> str:
-        return f"{prefix}/{model}/model"
-
-    @staticmethod
-    def card(prefix: str, model: str) -> str:
-        return f"{prefix}/{model}/card"
-
-    @staticmethod
-    def result(prefix: str, model: str, bridge: str) -> str:
-        return f"{prefix}/{model}/result/{bridge}"
-
-    @staticmethod
-    def status(prefix: str, bridge: str) -> str:
-        return f"{prefix}/status/{bridge}"
+def topic(prefix: str, *levels: str) -> str:
+    """``prefix/level/...``, e.g. ``topic(F, M, "stats", B)`` or ``topic(F, "status", B)``."""
+    return "/".join((prefix, *levels))
 
 
 def _client(config: FleetConfig, password: str | None, online: bool | None = None) -> Client:
@@ -87,7 +70,7 @@ def _client(config: FleetConfig, password: str | None, online: bool | None = Non
     status = json.dumps({"online": False, "client_id": config.effective_client_id}).encode()
     # The bridge's will is its retained status; a one-shot command's will is not retained.
     return new_client(config, password, tls, "plcbridge.fleet.client",
-                      Will(topics.status(config.topic_prefix, config.effective_bridge_id), status,
+                      Will(topic(config.topic_prefix, "status", config.effective_bridge_id), status,
                            qos=1, retain=online is not None))
 
 
@@ -188,11 +171,11 @@ class FleetSink(SinkBase):
             try:
                 async with _client(self.config, self._password, online=True) as client:
                     self.connected, attempt = True, 0
-                    await client.publish(topics.status(prefix, self.bridge_id),
+                    await client.publish(topic(prefix, "status", self.bridge_id),
                                          json.dumps({"online": True, "time": iso(time.time())}).encode(),
                                          qos=1, retain=True, timeout=self.config.timeout)
                     for model in self.models:
-                        await client.subscribe(topics.model(prefix, model), qos=1)
+                        await client.subscribe(topic(prefix, model, "model"), qos=1)
                     log.info("fleet connected broker=%s:%d models=%s", self.config.host,
                              self.config.effective_port, ",".join(self.models))
                     async for message in client.messages:
@@ -200,7 +183,7 @@ class FleetSink(SinkBase):
                         model = str(message.topic).split("/")[-2]
                         if isinstance(payload, bytes) and payload and model in self.models:
                             result = await self._handle(model, payload)
-                            await client.publish(topics.result(prefix, model, self.bridge_id),
+                            await client.publish(topic(prefix, model, "result", self.bridge_id),
                                                  json.dumps(result).encode(), qos=1, retain=True,
                                                  timeout=self.config.timeout)
             except MqttError as exc:
