@@ -40,7 +40,8 @@ GROUP, EDGE = "plant1", "bridge1"
 needs_peers = [
     pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed"),
     pytest.mark.skipif(NODE is None, reason="node is not installed"),
-    pytest.mark.skipif(not (PEER / "node_modules" / "sparkplug-payload").exists(),
+    # host.js needs both packages (a partial node_modules must skip, not fail).
+    pytest.mark.skipif(not all((PEER / "node_modules" / p).exists() for p in ("sparkplug-payload", "mqtt")),
                        reason="run: npm ci --prefix tests/sparkplug_peer"),
 ]
 

@@ -24,6 +24,7 @@ from bridge.cli.common import (
     load_config_or_exit,
     setup_logging,
 )
+from bridge.cli.fleet import add_fleet
 from bridge.cli.models import add_commands
 from bridge.cli.probe import add_probe
 from bridge.config import DEFAULT_MODEL, Config, ModbusDeviceConfig, ModbusTagConfig, OpcuaDeviceConfig
@@ -377,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_commands(sub)
     add_probe(sub)
+    add_fleet(sub)
     for command in sub.choices.values():  # `plcbridge COMMAND --help` states them too
         command.epilog = EXIT_STATUS_HELP
         command.formatter_class = argparse.RawDescriptionHelpFormatter

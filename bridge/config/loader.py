@@ -16,6 +16,7 @@ from typing import Annotated, Any
 from pydantic import Discriminator, Field, Tag, ValidationError
 
 from bridge.config.base import StrictModel
+from bridge.config.fleet import FleetConfig
 from bridge.config.modbus import ModbusDeviceConfig, ModbusTagConfig
 from bridge.config.models import ModelConfig, NodeTarget, RegisterTarget
 from bridge.config.mqtt import MqttConfig
@@ -55,6 +56,7 @@ class Config(StrictModel):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     mqtt: MqttConfig | None = None
     sparkplug: SparkplugConfig | None = None
+    fleet: FleetConfig | None = None
     devices: list[DeviceConfig] = Field(default_factory=list)
     models: list[ModelConfig] = Field(default_factory=list)
 

@@ -146,7 +146,9 @@ class Bridge:
         self.view = _View(self)
         # Write-back first: it is the sink that can hold a line's safety state, and at stop it
         # leaves fail-safe values while the adapters are still open.
-        self.sinks: list[Sink] = [self.writeback, *build_sinks(config, self.view)]
+        # A fleet model installs through the updater built just below (late-bound callback).
+        self.sinks: list[Sink] = [self.writeback, *build_sinks(
+            config, self.view, lambda name, data, source: self.updater.install(name, data, source))]
         # Last: after a restart the updater may resume a shadow or finish its promotion, which
         # swaps a runner and records an event.
         self.updater = ModelUpdater(self.store, self.runners, self.replace_runner,

@@ -7,7 +7,7 @@ loads asyncua (~25 MB) and a bridge without ``[mqtt]`` runs without aiomqtt inst
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from bridge.config import Config, ModbusDeviceConfig, OpcuaDeviceConfig
 from bridge.core.errors import ConfigError
@@ -19,9 +19,11 @@ __all__ = ["AdapterFactory", "build_sinks"]
 AdapterFactory = Callable[[ModbusDeviceConfig | OpcuaDeviceConfig], Adapter]
 
 
-def build_sinks(config: Config, view: BridgeView) -> list[Sink]:
+def build_sinks(config: Config, view: BridgeView,
+                install: Callable[[str, bytes, str], Awaitable[object]] | None = None) -> list[Sink]:
     """The configured sinks other than write-back, in a fixed order. Raises ConfigError when
-    a sink's files, secrets or library are unusable, before anything connects."""
+    a sink's files, secrets or library are unusable, before anything connects. ``install`` is
+    the model updater's install (the fleet sink installs models through it)."""
     sinks: list[Sink] = []
     if config.modbus_server.enabled:
         from adapters.modbus.server import ModbusServerSink
@@ -39,6 +41,12 @@ def build_sinks(config: Config, view: BridgeView) -> list[Sink]:
         sinks.append(MqttSink(config.mqtt))  # ConfigError: password env/file, TLS files, spool_dir
     if config.sparkplug is not None:
         sinks.append(_sparkplug(config))
+    if config.fleet is not None and install is not None:
+        _require("aiomqtt", "fleet")
+        from bridge.sinks.fleet import FleetSink
+
+        sinks.append(FleetSink(config.fleet, install, [m.name for m in config.models],
+                               config.storage.data_dir))  # ConfigError: secrets, TLS, fleet.models
     if config.metrics.enabled:
         from bridge.sinks.prometheus import PrometheusMetrics  # prometheus-client only if asked
 
