@@ -37,13 +37,19 @@ NODE = shutil.which("node")
 FAST = Backoff(initial=0.05, maximum=0.2)
 GROUP, EDGE = "plant1", "bridge1"
 
-needs_peers = [
-    pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed"),
-    pytest.mark.skipif(NODE is None, reason="node is not installed"),
+
+def _missing_peer() -> str | None:
+    if MOSQUITTO is None:
+        return "mosquitto is not installed"
+    if NODE is None:
+        return "node is not installed"
     # host.js needs both packages (a partial node_modules must skip, not fail).
-    pytest.mark.skipif(not all((PEER / "node_modules" / p).exists() for p in ("sparkplug-payload", "mqtt")),
-                       reason="run: npm ci --prefix tests/sparkplug_peer"),
-]
+    if not all((PEER / "node_modules" / p).exists() for p in ("sparkplug-payload", "mqtt")):
+        return "run: npm ci --prefix tests/sparkplug_peer"
+    return None
+
+
+needs_peers = pytest.mark.skipif(_missing_peer() is not None, reason=_missing_peer() or "")
 
 
 def sp_config(port: int, spool: Path, **extra: Any) -> SparkplugConfig:
@@ -157,6 +163,7 @@ async def host(broker: Broker) -> AsyncIterator[Host]:
         await peer.stop()
 
 
+@needs_peers
 @pytest.mark.timeout(20)
 async def test_births_aliases_seq_and_rebirth_decode_with_tahu(
         broker: Broker, host: Host, tmp_path: Path) -> None:
@@ -196,6 +203,7 @@ async def test_births_aliases_seq_and_rebirth_decode_with_tahu(
           f"rebirth answered in {rebirth_s:.2f} s")
 
 
+@needs_peers
 @pytest.mark.timeout(20)
 async def test_primary_host_offline_spools_then_sends_in_order(
         broker: Broker, host: Host, tmp_path: Path) -> None:
@@ -250,6 +258,7 @@ async def _run_bridge(config: Path) -> asyncio.subprocess.Process:
         stderr=asyncio.subprocess.DEVNULL, env=env)
 
 
+@needs_peers
 @pytest.mark.timeout(30)
 async def test_ndeath_will_when_the_bridge_is_killed_and_a_new_bdseq_after_restart(
         broker: Broker, host: Host, tmp_path: Path) -> None:
