@@ -34,7 +34,9 @@ def _train(args: argparse.Namespace) -> int:
     opts = TrainOptions(kind=args.kind, inputs=inputs, window=args.window, period=args.period,
                         seed=args.seed, target_far=args.target_far, margin=args.margin,
                         calib_fraction=args.calib_fraction, train_rows=args.train_rows,
-                        max_age=args.max_age, name=args.name)
+                        max_age=args.max_age, name=args.name, features=args.features,
+                        threshold=args.threshold, persist=args.persist, drift_limit=args.drift_limit,
+                        folds=args.folds)
     try:
         opts.check()
         if args.out.exists() and not args.force:
@@ -45,7 +47,10 @@ def _train(args: argparse.Namespace) -> int:
     c = result.contract
     print(f"wrote {result.path} ({result.path.stat().st_size} bytes) and {result.card}")
     print(f"  {c.kind}: {len(c.inputs)} inputs, window {c.window_length} x {c.period:g} s, "
-          f"threshold {c.threshold:.6g} (target FAR {100 * opts.target_far:g} %)")
+          f"threshold {c.threshold:.6g} (target FAR {100 * opts.target_far:g} %, {opts.threshold})")
+    if result.expected_far is not None:
+        print(f"  expected false-alarm rate on normal data like the training part: "
+              f"{100 * result.expected_far:g} % of windows (check with plcbridge evaluate on normal data)")
     print(f"  rows {result.rows}, bad rows dropped {result.bad_rows}, fit windows {result.fit_windows}, "
           f"calibration windows {result.calib_windows}, invalid windows dropped {result.dropped_windows}")
     for line in result.guard_lines():
@@ -62,9 +67,11 @@ def _train_federated(args: argparse.Namespace) -> int:
     if args.export_stats is not None and args.from_stats:
         return fail("--export-stats and --from-stats: use one or the other")
     inputs = tuple(s.strip() for s in args.inputs.split(",")) if args.inputs else None
-    opts = TrainOptions(kind="pca", inputs=inputs, window=args.window, period=args.period, seed=args.seed,
-                        target_far=args.target_far, margin=args.margin, train_rows=args.train_rows,
-                        max_age=args.max_age, name=args.name)
+    # Statistics merge exactly only for the level front end (linear in the window mean).
+    opts = TrainOptions(kind="pca", inputs=inputs, window=args.window or 5, period=args.period,
+                        seed=args.seed,
+                        target_far=args.target_far or 0.01, margin=args.margin, train_rows=args.train_rows,
+                        max_age=args.max_age, name=args.name, features="level", threshold="margin", persist=1)
     try:
         opts.check()
         if args.export_stats is not None:
@@ -245,11 +252,26 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--from-stats", type=Path, nargs="+", default=None, metavar="STATS.json",
                    help="pca: merge several sites' statistics into one model (no DATA)")
     p.add_argument("--inputs", help="comma-separated columns, in model order (default: all signals)")
-    p.add_argument("--window", type=int, default=5, help="window length in samples (default 5)")
+    p.add_argument("--window", type=int, default=0,
+                   help="window length in samples (default: the kind's recipe, pca 20, others 5)")
     p.add_argument("--period", type=float, default=1.0, help="seconds between samples (default 1)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--target-far", type=float, default=0.01,
-                   help="false-alarm rate the threshold is calibrated for, as a fraction (default 0.01)")
+    p.add_argument("--target-far", type=float, default=0.0,
+                   help="false-alarm rate the threshold is calibrated for, as a fraction "
+                   "(default: pca 0.05, others 0.01)")
+    p.add_argument("--features", choices=("level", "dynamic"), default="",
+                   help="window features: level (mean per input) or dynamic (level where it holds still, "
+                   "dispersion, trailing-baseline residual); default: pca dynamic, others level")
+    p.add_argument("--drift-limit", type=float, default=0.5,
+                   help="dynamic: keep an input's level when its training block means stay within this "
+                   "many within-block sd (default 0.5)")
+    p.add_argument("--threshold", choices=("margin", "evt"), default="",
+                   help="margin: widened held-out quantile; evt: Pareto tail of cross-fitted scores "
+                   "over the whole training part (default: pca evt, others margin)")
+    p.add_argument("--folds", type=int, default=4, help="evt: cross-fitting blocks (default 4)")
+    p.add_argument("--persist", type=int, default=0,
+                   help="alarm only when this many consecutive windows exceed the threshold (in the "
+                   "model; default: pca 3, others 1)")
     p.add_argument("--margin", type=float, default=None,
                    help="threshold = median + MARGIN x (quantile - median); default per kind")
     p.add_argument("--calib-fraction", type=float, default=0.25,
