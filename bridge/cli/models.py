@@ -36,7 +36,7 @@ def _train(args: argparse.Namespace) -> int:
                         calib_fraction=args.calib_fraction, train_rows=args.train_rows,
                         max_age=args.max_age, name=args.name, features=args.features,
                         threshold=args.threshold, persist=args.persist, drift_limit=args.drift_limit,
-                        folds=args.folds)
+                        folds=args.folds, guard_sd=args.guard_sd)
     try:
         opts.check()
         if args.out.exists() and not args.force:
@@ -119,6 +119,10 @@ def _print_report(report: object) -> None:
     print(f"{'total':<40} {t.rows:>6} {t.f1:6.3f} {t.precision:6.3f} {t.recall:6.3f} "
           f"{t.far:7.2f} {t.mar:7.2f} {delay}")
     print(f"segments missed: {report.missed()} of {sum(len(f.segments) for f in report.files)}")
+    if report.stated_far is not None:
+        print(f"false-alarm rate on the normal rows: {t.far:.2f} %, train stated "
+              f"{100 * report.stated_far:g} % ({'held' if report.far_held() else 'NOT held'}: "
+              "within 2x is held)")
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -269,6 +273,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                    help="margin: widened held-out quantile; evt: Pareto tail of cross-fitted scores "
                    "over the whole training part (default: pca evt, others margin)")
     p.add_argument("--folds", type=int, default=4, help="evt: cross-fitting blocks (default 4)")
+    p.add_argument("--guard-sd", type=float, default=0.0,
+                   help="dynamic: an input whose level was dropped as drifting still alarms when its "
+                   "window mean leaves the training mean by this many sd (default 0: off)")
     p.add_argument("--persist", type=int, default=0,
                    help="alarm only when this many consecutive windows exceed the threshold (in the "
                    "model; default: pca 3, others 1)")

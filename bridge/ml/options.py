@@ -54,6 +54,8 @@ class TrainOptions:
     folds: int = 4  # evt: contiguous cross-fitting blocks over the training part
     # Alarm minimum duration: the score is the min over this many consecutive windows (in the graph).
     persist: int = 0  # 0: the recipe's
+    # dynamic: a drifting input (no level feature) still alarms past this many training sd; 0: off.
+    guard_sd: float = 0.0
 
     def __post_init__(self) -> None:
         # Fill what was left at 0 / "" from the kind's recipe (an unknown kind fails in check()).
@@ -88,6 +90,8 @@ class TrainOptions:
             raise ValueError(f"--drift-limit {self.drift_limit}: must be >= 0")
         if self.threshold not in METHODS:
             raise ValueError(f"--threshold {self.threshold!r}: not one of {', '.join(METHODS)}")
+        if not self.guard_sd >= 0:
+            raise ValueError(f"--guard-sd {self.guard_sd}: must be >= 0 (0: off)")
         if not 1 <= self.persist <= 60:
             raise ValueError(f"--persist {self.persist}: must be in 1..60 windows")
         if not 2 <= self.folds <= 10:

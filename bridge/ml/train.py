@@ -149,6 +149,7 @@ def train(table: Table, out: Path, opts: TrainOptions) -> TrainResult:
         "target_far": opts.target_far,
         "seed": opts.seed,
         "persist": opts.persist,
+        "guard_sd": opts.guard_sd,
     }
 
     def fit(rows: np.ndarray, wins: np.ndarray) -> tuple[Front, Part]:
@@ -157,7 +158,8 @@ def train(table: Table, out: Path, opts: TrainOptions) -> TrainResult:
 
     def draft_scores(front: Front, part: Part, wins: np.ndarray) -> np.ndarray:
         # Scored by the real graph in onnxruntime: the numbers the bridge will see.
-        draft = assemble(front, part, _contract(name, opts, inputs, part, 0.0, training), doc, opts.persist)
+        draft = assemble(front, part, _contract(name, opts, inputs, part, 0.0, training), doc,
+                         opts.persist, opts.guard_sd)
         return _score(draft.SerializeToString(deterministic=True), rep.windows[wins])
 
     if opts.threshold == "evt":
@@ -190,7 +192,7 @@ def train(table: Table, out: Path, opts: TrainOptions) -> TrainResult:
     # differ (drift in the recording), worth knowing before deploying.
     training["fit_windows_flagged"] = round(share, 4)
     contract = _contract(name, opts, inputs, part, threshold, training)
-    model = assemble(front, part, contract, doc, opts.persist)
+    model = assemble(front, part, contract, doc, opts.persist, opts.guard_sd)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(model.SerializeToString(deterministic=True))
     result = TrainResult(out, out.with_suffix(".md"), contract, n_rows, rep.bad_rows,
@@ -211,8 +213,6 @@ def _layout(opts: TrainOptions, inputs: Sequence[str], rows: np.ndarray) -> tupl
     """The dynamic front end's features, chosen from the training part alone (never labels)."""
     if opts.features == "level":
         return None, ["Features: window mean of each z-scored input (level front end)"]
-    from bridge.ml.heads.graph import GUARD_SD
-
     shift = drift(rows)
     layout = Layout(len(inputs), level_stable(rows, opts.drift_limit))
     slow = [f"`{inputs[j]}` ({shift[j]:.2f} sd)" for j in range(len(inputs)) if j not in layout.levels]
@@ -224,8 +224,10 @@ def _layout(opts: TrainOptions, inputs: Sequence[str], rows: np.ndarray) -> tupl
         + (", ".join(f"`{inputs[j]}`" for j in layout.levels) or "none"),
         "Level dropped as drifting over the training part (block-mean range / within-block sd): "
         + (", ".join(slow) or "none")
-        + (f"; each still alarms when its window mean leaves the training mean by {GUARD_SD:g} training "
-           "sd (gross-level guard)" if slow else "")]
+        + (f"; each still alarms when its window mean leaves the training mean by {opts.guard_sd:g} "
+           "training sd (gross-level guard)" if slow and opts.guard_sd else
+           "; a sustained level shift of these inputs shows only while it is inside the window "
+           "(residual), not after (--guard-sd adds a gross-level alarm)" if slow else "")]
 
 
 def _usable_inputs(table: Table, inputs: tuple[str, ...], fit: np.ndarray,

@@ -26,9 +26,6 @@ IR_VERSION = 8
 # Floor on a standard deviation: a signal constant in the training data (a quantised flow
 # that never moved) must not divide by zero; 1e-6 of a unit still flags any later movement.
 SD_FLOOR = 1e-6
-# Training sds beyond which a drifting input's level alarms anyway (``assemble``). Set a priori,
-# not from SKAB labels: well past the 7-17 sd the slowest anomaly-free drift reaches in 2.6 h.
-GUARD_SD = 25.0
 
 
 def const(name: str, value: np.ndarray | float | Sequence[int], dtype: type = np.float32) -> onnx.TensorProto:
@@ -120,7 +117,7 @@ class Part:
 
 
 def assemble(front: Front, part: Part, contract: ModelContract, doc: str,
-             persist: int = 1) -> onnx.ModelProto:
+             persist: int = 1, guard_sd: float = 0.0) -> onnx.ModelProto:
     """Front + head + contract -> a checked model with a dynamic batch dimension.
 
     ``persist`` > 1: the window holds ``persist`` overlapping sub-windows of
@@ -142,11 +139,13 @@ def assemble(front: Front, part: Part, contract: ModelContract, doc: str,
         h_nodes.append(helper.make_node("MatMul", ["h_contrib", "f_to_input"], ["contrib"]))
         h_inits.append(const("f_to_input", to_input))
     drifting = front.layout.drifting if front.layout is not None else ()
-    if drifting and contract.threshold > 0:
-        # Gross-level guard: an input whose level feature was dropped as drifting still alarms
-        # when its window mean leaves the training mean by GUARD_SD training sd (a pipe that
-        # empties is not drift). Scaled so |z| = GUARD_SD lands exactly on the threshold; left
-        # out of the draft (threshold 0) so it cannot move the calibration.
+    if drifting and guard_sd > 0 and contract.threshold > 0:
+        # Gross-level guard (opt-in): an input whose level feature was dropped as drifting still
+        # alarms when its window mean leaves the training mean by guard_sd training sd (a pipe
+        # that empties is not drift). Off by default: on anomaly-free the thermocouple drifts
+        # 40 training sd in 2.6 h, so no fixed number of sd separates drift from a gross fault.
+        # Scaled so |z| = guard_sd lands exactly on the threshold; left out of the draft
+        # (threshold 0) so it cannot move the calibration.
         n = helper.make_node
         h_nodes = [_rename(node, "score", "g_head") for node in h_nodes]
         h_nodes += [n("ReduceMean", ["f_z"], ["g_mean"], axes=[1], keepdims=0),
@@ -156,7 +155,7 @@ def assemble(front: Front, part: Part, contract: ModelContract, doc: str,
                     n("Mul", ["g_max", "g_scale"], ["g_score"]),
                     n("Max", ["g_head", "g_score"], ["score"])]
         h_inits += [const("g_inputs", list(drifting), np.int64),
-                    const("g_scale", contract.threshold / GUARD_SD)]
+                    const("g_scale", contract.threshold / guard_sd)]
     if persist > 1:
         pre, post, p_inits = _persist_nodes(persist, length, part.contrib, n_f)
         h_nodes = [_rename(_rename(node, "score", "p_scores"), "contrib", "p_contribs") for node in h_nodes]
