@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -12,12 +13,34 @@ import pytest
 from bridge.ml.dataset import load_csv
 from bridge.ml.evaluate import evaluate_table
 from bridge.ml.features import DISPERSION_FLOOR, Layout, drift, dynamic_features, level_stable
+from bridge.ml.options import DYNAMIC_RECIPE
+from bridge.ml.replay import replay
 from bridge.ml.threshold import blocked_folds, evt_threshold, margin_threshold
 from bridge.ml.train import TrainOptions, train
 from bridge.scoring.detector import Detector
 from tests.test_train_evaluate import T0, normal_csv, write_csv
 
 DYNAMIC = {"features": "dynamic", "threshold": "evt"}
+
+
+def test_gross_level_guard_flags_a_level_shift_on_a_drifting_input(tmp_path: Path) -> None:
+    # A random-walk flow: the dynamic pca drops its level as drifting, so a sustained drop of
+    # 10 (well over 8 training sd) in whole windows is seen only with the guard.
+    table = load_csv(normal_csv(tmp_path / "n.csv", rows=400))
+    opts = TrainOptions(kind="pca", seed=3, **DYNAMIC_RECIPE)  # type: ignore[arg-type]
+    plain = train(table, tmp_path / "plain.onnx", opts)
+    guarded = train(table, tmp_path / "guard.onnx", dataclasses.replace(opts, guard_sd=8.0))
+    assert plain.contract.training["level_inputs"] == guarded.contract.training["level_inputs"]
+    assert "flow" not in plain.contract.training["level_inputs"]
+    rep = replay(table, plain.contract.inputs, length=plain.contract.window_length, period=1.0)
+    normal = rep.windows[rep.valid]
+    faulty = normal[-20:].copy()
+    faulty[:, :, 0] -= 10.0
+    p, g = Detector(plain.path), Detector(guarded.path)
+    assert (g.score_batch(faulty) >= g.threshold).all()
+    assert not (p.score_batch(faulty) >= p.threshold).all()
+    # The guard changes nothing on the normal windows.
+    assert ((g.score_batch(normal) >= g.threshold) == (p.score_batch(normal) >= p.threshold)).all()
 
 
 # ----------------------------------------------------------------- feature transforms by hand
@@ -200,8 +223,9 @@ def test_evaluate_shows_whether_the_stated_far_held(tmp_path: Path,
     parser = argparse.ArgumentParser()
     add_commands(parser.add_subparsers())
     model = tmp_path / "m.onnx"
-    args = parser.parse_args(["train", str(data), "--kind", "pca", "--train-rows", "400",
-                              "--out", str(model)])
+    args = parser.parse_args(["train", str(data), "--kind", "pca", "--train-rows", "400", "--out", str(model),
+                              "--features", "dynamic", "--threshold", "evt", "--window", "20",
+                              "--persist", "3", "--target-far", "0.05"])
     assert args.func(args) == 0
     assert "expected false-alarm rate on normal data like the training part: 5 %" in capsys.readouterr().out
     args = parser.parse_args(["evaluate", str(model), str(data), "--test-from", "400"])

@@ -257,28 +257,28 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                    help="pca: merge several sites' statistics into one model (no DATA)")
     p.add_argument("--inputs", help="comma-separated columns, in model order (default: all signals)")
     p.add_argument("--window", type=int, default=0,
-                   help="window length in samples (default: the kind's recipe, pca 20, others 5)")
+                   help="window length in samples (default 5)")
     p.add_argument("--period", type=float, default=1.0, help="seconds between samples (default 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--target-far", type=float, default=0.0,
                    help="false-alarm rate the threshold is calibrated for, as a fraction "
-                   "(default: pca 0.05, others 0.01)")
+                   "(default 0.01)")
     p.add_argument("--features", choices=("level", "dynamic"), default="",
                    help="window features: level (mean per input) or dynamic (level where it holds still, "
-                   "dispersion, trailing-baseline residual); default: pca dynamic, others level")
+                   "dispersion, trailing-baseline residual); default level")
     p.add_argument("--drift-limit", type=float, default=0.5,
                    help="dynamic: keep an input's level when its training block means stay within this "
                    "many within-block sd (default 0.5)")
     p.add_argument("--threshold", choices=("margin", "evt"), default="",
                    help="margin: widened held-out quantile; evt: Pareto tail of cross-fitted scores "
-                   "over the whole training part (default: pca evt, others margin)")
+                   "over the whole training part (default margin)")
     p.add_argument("--folds", type=int, default=4, help="evt: cross-fitting blocks (default 4)")
     p.add_argument("--guard-sd", type=float, default=0.0,
                    help="dynamic: an input whose level was dropped as drifting still alarms when its "
                    "window mean leaves the training mean by this many sd (default 0: off)")
     p.add_argument("--persist", type=int, default=0,
                    help="alarm only when this many consecutive windows exceed the threshold (in the "
-                   "model; default: pca 3, others 1)")
+                   "model; default 1)")
     p.add_argument("--margin", type=float, default=None,
                    help="threshold = median + MARGIN x (quantile - median); default per kind")
     p.add_argument("--calib-fraction", type=float, default=0.25,
