@@ -239,3 +239,12 @@ def test_evaluate_shows_whether_the_stated_far_held(tmp_path: Path,
     # accuracy over many is test_evt_threshold_holds_its_far_on_synthetic_normal_scores).
     verdict = "held" if report.far_held() else "NOT held"
     assert f"{report.total.far:.2f} %, train stated 5 % ({verdict}" in out
+
+
+def test_dynamic_recipe_rebuilds_byte_identical(tmp_path: Path) -> None:
+    data = normal_csv(tmp_path / "n.csv", rows=400)
+    opts = TrainOptions(kind="pca", seed=7, guard_sd=8.0, **DYNAMIC_RECIPE)  # type: ignore[arg-type]
+    a = train(load_csv(data), tmp_path / "a.onnx", opts)
+    b = train(load_csv(data), tmp_path / "b.onnx", opts)
+    assert a.path.read_bytes() == b.path.read_bytes()
+    assert a.card.read_text().replace("a.onnx", "b.onnx") == b.card.read_text()
