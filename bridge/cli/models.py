@@ -34,7 +34,9 @@ def _train(args: argparse.Namespace) -> int:
     opts = TrainOptions(kind=args.kind, inputs=inputs, window=args.window, period=args.period,
                         seed=args.seed, target_far=args.target_far, margin=args.margin,
                         calib_fraction=args.calib_fraction, train_rows=args.train_rows,
-                        max_age=args.max_age, name=args.name)
+                        max_age=args.max_age, name=args.name, features=args.features,
+                        threshold=args.threshold, persist=args.persist, drift_limit=args.drift_limit,
+                        folds=args.folds, guard_sd=args.guard_sd)
     try:
         opts.check()
         if args.out.exists() and not args.force:
@@ -45,7 +47,10 @@ def _train(args: argparse.Namespace) -> int:
     c = result.contract
     print(f"wrote {result.path} ({result.path.stat().st_size} bytes) and {result.card}")
     print(f"  {c.kind}: {len(c.inputs)} inputs, window {c.window_length} x {c.period:g} s, "
-          f"threshold {c.threshold:.6g} (target FAR {100 * opts.target_far:g} %)")
+          f"threshold {c.threshold:.6g} (target FAR {100 * opts.target_far:g} %, {opts.threshold})")
+    if result.expected_far is not None:
+        print(f"  expected false-alarm rate on normal data like the training part: "
+              f"{100 * result.expected_far:g} % of windows (check with plcbridge evaluate on normal data)")
     print(f"  rows {result.rows}, bad rows dropped {result.bad_rows}, fit windows {result.fit_windows}, "
           f"calibration windows {result.calib_windows}, invalid windows dropped {result.dropped_windows}")
     for line in result.guard_lines():
@@ -62,9 +67,11 @@ def _train_federated(args: argparse.Namespace) -> int:
     if args.export_stats is not None and args.from_stats:
         return fail("--export-stats and --from-stats: use one or the other")
     inputs = tuple(s.strip() for s in args.inputs.split(",")) if args.inputs else None
-    opts = TrainOptions(kind="pca", inputs=inputs, window=args.window, period=args.period, seed=args.seed,
-                        target_far=args.target_far, margin=args.margin, train_rows=args.train_rows,
-                        max_age=args.max_age, name=args.name)
+    # Statistics merge exactly only for the level front end (linear in the window mean).
+    opts = TrainOptions(kind="pca", inputs=inputs, window=args.window or 5, period=args.period,
+                        seed=args.seed,
+                        target_far=args.target_far or 0.01, margin=args.margin, train_rows=args.train_rows,
+                        max_age=args.max_age, name=args.name, features="level", threshold="margin", persist=1)
     try:
         opts.check()
         if args.export_stats is not None:
@@ -112,6 +119,10 @@ def _print_report(report: object) -> None:
     print(f"{'total':<40} {t.rows:>6} {t.f1:6.3f} {t.precision:6.3f} {t.recall:6.3f} "
           f"{t.far:7.2f} {t.mar:7.2f} {delay}")
     print(f"segments missed: {report.missed()} of {sum(len(f.segments) for f in report.files)}")
+    if report.stated_far is not None:
+        print(f"false-alarm rate on the normal rows: {t.far:.2f} %, train stated "
+              f"{100 * report.stated_far:g} % ({'held' if report.far_held() else 'NOT held'}: "
+              "within 2x is held)")
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -245,11 +256,29 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--from-stats", type=Path, nargs="+", default=None, metavar="STATS.json",
                    help="pca: merge several sites' statistics into one model (no DATA)")
     p.add_argument("--inputs", help="comma-separated columns, in model order (default: all signals)")
-    p.add_argument("--window", type=int, default=5, help="window length in samples (default 5)")
+    p.add_argument("--window", type=int, default=0,
+                   help="window length in samples (default 5)")
     p.add_argument("--period", type=float, default=1.0, help="seconds between samples (default 1)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--target-far", type=float, default=0.01,
-                   help="false-alarm rate the threshold is calibrated for, as a fraction (default 0.01)")
+    p.add_argument("--target-far", type=float, default=0.0,
+                   help="false-alarm rate the threshold is calibrated for, as a fraction "
+                   "(default 0.01)")
+    p.add_argument("--features", choices=("level", "dynamic"), default="",
+                   help="window features: level (mean per input) or dynamic (level where it holds still, "
+                   "dispersion, trailing-baseline residual); default level")
+    p.add_argument("--drift-limit", type=float, default=0.5,
+                   help="dynamic: keep an input's level when its training block means stay within this "
+                   "many within-block sd (default 0.5)")
+    p.add_argument("--threshold", choices=("margin", "evt"), default="",
+                   help="margin: widened held-out quantile; evt: Pareto tail of cross-fitted scores "
+                   "over the whole training part (default margin)")
+    p.add_argument("--folds", type=int, default=4, help="evt: cross-fitting blocks (default 4)")
+    p.add_argument("--guard-sd", type=float, default=0.0,
+                   help="dynamic: an input whose level was dropped as drifting still alarms when its "
+                   "window mean leaves the training mean by this many sd (default 0: off)")
+    p.add_argument("--persist", type=int, default=0,
+                   help="alarm only when this many consecutive windows exceed the threshold (in the "
+                   "model; default 1)")
     p.add_argument("--margin", type=float, default=None,
                    help="threshold = median + MARGIN x (quantile - median); default per kind")
     p.add_argument("--calib-fraction", type=float, default=0.25,

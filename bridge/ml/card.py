@@ -54,13 +54,7 @@ def write_card(result: TrainResult, opts: TrainOptions) -> None:
         "",
         "## Threshold",
         "",
-        f"Held-out normal part: the windows entirely after the fit rows ({result.calib_windows} windows). "
-        f"Threshold = median + {opts.effective_margin:g} x (quantile {1 - opts.target_far:g} - median) "
-        "of their scores "
-        f"= {result.calib_median:.4g} + {opts.effective_margin:g} x ({result.calib_quantile:.4g} - "
-        f"{result.calib_median:.4g}) = **{c.threshold:.6g}**. The stated target is a false-alarm rate of "
-        f"{100 * opts.target_far:g} % of windows on data like the held-out part; the margin pays for a "
-        "held-out part that is short and for slow drift after it.",
+        *_threshold_lines(result, opts),
         "",
         "## Limits",
         "",
@@ -73,3 +67,20 @@ def write_card(result: TrainResult, opts: TrainOptions) -> None:
         "",
     ]
     result.card.write_text("\n".join(lines), encoding="utf-8")
+
+
+def _threshold_lines(result: TrainResult, opts: TrainOptions) -> list[str]:
+    c = result.contract
+    if opts.threshold == "evt":
+        return [f"Threshold = {result.threshold_how} = **{c.threshold:.6g}**. Expected false-alarm rate on "
+                f"normal data like the training part: **{100 * opts.target_far:g} % of windows** (what "
+                "`plcbridge evaluate` on normal data should show; slow drift beyond the training part "
+                "raises it)."]
+    return [
+        f"Held-out normal part: the windows entirely after the fit rows ({result.calib_windows} windows). "
+        f"Threshold = median + {opts.effective_margin:g} x (quantile {1 - opts.target_far:g} - median) "
+        "of their scores "
+        f"= {result.calib_median:.4g} + {opts.effective_margin:g} x ({result.calib_quantile:.4g} - "
+        f"{result.calib_median:.4g}) = **{c.threshold:.6g}**. The stated target is a false-alarm rate of "
+        f"{100 * opts.target_far:g} % of windows on data like the held-out part; the margin pays for a "
+        "held-out part that is short and for slow drift after it."]

@@ -25,7 +25,7 @@ from bridge.ml.detection import Counts, Segment, count, segments
 from bridge.ml.replay import replay
 from bridge.scoring.detector import Detector
 
-__all__ = ["FileResult", "Report", "evaluate", "evaluate_table", "latency_us", "plot"]
+__all__ = ["FileResult", "Report", "evaluate", "evaluate_table", "latency_us", "plot", "stated_far"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,11 @@ class Report:
     model: Path
     threshold: float
     files: list[FileResult]
+    stated_far: float | None = None  # the FAR train stated (fraction; evt thresholds only)
+
+    def far_held(self) -> bool | None:
+        """Whether the realised FAR on the normal rows is within 2x the stated one (None: none stated)."""
+        return None if self.stated_far is None else self.total.far <= 2 * 100 * self.stated_far
 
     @property
     def total(self) -> Counts:
@@ -66,7 +71,8 @@ class Report:
 
     def as_dict(self) -> dict[str, Any]:
         delays = self.delays()
-        return {"model": str(self.model), "threshold": self.threshold,
+        return {"model": str(self.model), "threshold": self.threshold, "stated_far": self.stated_far,
+                "far_held": self.far_held(),
                 "total": {**self.total.as_dict(), "segments": sum(len(f.segments) for f in self.files),
                           "segments_missed": self.missed(),
                           "mean_delay_s": statistics.fmean(delays) if delays else None,
@@ -98,7 +104,14 @@ def evaluate(model: Path | str, data: Sequence[Path | str], *, test_from: int = 
     detector = Detector(model)
     files = [evaluate_table(detector, load_csv(p), test_from=test_from, max_age=max_age)
              for p in track(list(data), "evaluating")]
-    return Report(Path(model), detector.threshold, files)
+    return Report(Path(model), detector.threshold, files, stated_far(detector))
+
+
+def stated_far(detector: Detector) -> float | None:
+    """The false-alarm rate ``train`` stated for the model: its target, for an evt threshold."""
+    t = detector.contract.training
+    far = t.get("target_far")
+    return float(far) if t.get("threshold_method") == "evt" and isinstance(far, int | float) else None
 
 
 def latency_us(detector: Detector, window: np.ndarray, repeat: int = 2000) -> tuple[float, float]:

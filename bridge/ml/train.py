@@ -27,9 +27,11 @@ from bridge.core.contract import ModelContract
 from bridge.core.extras import require_extra
 from bridge.ml.card import write_card
 from bridge.ml.dataset import DataError, Table
+from bridge.ml.features import DRIFT_BLOCKS, Layout, drift, level_stable
 from bridge.ml.guards import InputProblem, bad_row_reasons, input_problems, min_rows
 from bridge.ml.options import KINDS, TrainOptions, TrainResult
 from bridge.ml.replay import replay
+from bridge.ml.threshold import blocked_folds, evt_threshold, margin_threshold
 
 __all__ = ["KINDS", "STATS_FORMAT", "TrainOptions", "TrainResult", "export_stats", "train",
            "train_from_stats"]
@@ -76,7 +78,7 @@ def _contract(name: str, opts: TrainOptions, inputs: Sequence[str], part: Any, t
         name=name,
         kind=part.kind,
         inputs=tuple(inputs),
-        window_length=opts.window,
+        window_length=opts.window_length,
         period=opts.period,
         normalization="z-score per signal, window mean, standardised per feature; all fitted on the "
         "training rows and embedded in the graph; raw engineering units in",
@@ -94,7 +96,7 @@ def train(table: Table, out: Path, opts: TrainOptions) -> TrainResult:
     (MissingExtraError without the recipes extra)."""
     opts.check()
     _require(opts.kind)
-    from bridge.ml.heads.graph import assemble, fit_front
+    from bridge.ml.heads.graph import Front, Part, assemble, fit_front
 
     if opts.train_rows is not None:
         table = table.head(opts.train_rows)
@@ -102,7 +104,7 @@ def train(table: Table, out: Path, opts: TrainOptions) -> TrainResult:
     if not inputs:
         raise DataError(f"{table.path}: no signal columns to train on")
     n_rows = len(table)
-    need = min_rows(opts.window, opts.calib_fraction, MIN_FIT_WINDOWS, MIN_CALIB_WINDOWS)
+    need = min_rows(opts.window_length, opts.calib_fraction, MIN_FIT_WINDOWS, MIN_CALIB_WINDOWS)
     if n_rows < need:
         raise DataError(
             f"{table.path}: {n_rows} rows are too few for --window {opts.window} (--calib-fraction "
@@ -114,11 +116,13 @@ def train(table: Table, out: Path, opts: TrainOptions) -> TrainResult:
     # The graph runs in float32: fit on the same float32 numbers it will see, so the fitted
     # means and spreads describe what is scored (float64 only for the arithmetic of the fit).
     values = table.select(inputs).astype(np.float32).astype(np.float64)
-    rep = replay(table, inputs, length=opts.window, period=opts.period, max_age=opts.max_age)
+    # With --persist, the contract's window also holds the persist - 1 samples before the newest
+    # sub-window (bridge.ml.heads.graph.assemble); the front end is fitted on sub-windows.
+    rep = replay(table, inputs, length=opts.window_length, period=opts.period, max_age=opts.max_age)
     # A row's window holds it and the rows before it: a calibration window must start after
     # the fit part to be held out, so skip the first window-1 rows of the calibration part.
     fit_rows = rep.valid & (row < n_fit)
-    calib_rows = rep.valid & (row >= n_fit + opts.window - 1)
+    calib_rows = rep.valid & (row >= n_fit + opts.window_length - 1)
     bad_reasons = bad_row_reasons(table.good, values, inputs)
     if fit_rows.sum() < MIN_FIT_WINDOWS or calib_rows.sum() < MIN_CALIB_WINDOWS:
         why = ", ".join(f"{k} {n}" for k, n in bad_reasons.items()) or "none"
@@ -126,46 +130,104 @@ def train(table: Table, out: Path, opts: TrainOptions) -> TrainResult:
             f"{table.path}: {int(fit_rows.sum())} valid fit windows and {int(calib_rows.sum())} "
             f"calibration windows from {n_rows} rows ({rep.bad_rows} bad: {why}); need at least "
             f"{MIN_FIT_WINDOWS} and {MIN_CALIB_WINDOWS}: record longer or fix the bad inputs")
-    good_rows = (row < n_fit) & table.good & ~np.isnan(values).any(axis=1)
-    front, a = fit_front(values[good_rows], rep.windows[fit_rows].astype(np.float64))  # float32 windows
-    part = _head(opts.kind)(a, opts.seed)
+    usable = table.good & ~np.isnan(values).any(axis=1)
+    layout, feature_lines = _layout(opts, inputs, values[usable])
+    windows = rep.windows[:, -opts.window:, :].astype(np.float64)  # float32 numbers the graph sees
+    doc = f"plcbridge {opts.kind} {RECIPE_VERSION}"
+    name = opts.name or f"{opts.kind}_{table.path.stem}"
     training: dict[str, Any] = {
         "source": str(table.path),
         "rows": n_rows,
         "bad_rows_dropped": rep.bad_rows,
         "bad_row_reasons": bad_reasons,
         "dropped_inputs": {p.name: p.reason for p in dropped},
+        "features": opts.features,
+        **({} if layout is None else {"level_inputs": [inputs[j] for j in layout.levels]}),
         "time_range": [float(table.times[0]), float(table.times[-1])],
         "sha256": table.sha256(inputs),
-        "fit_rows": n_fit,
-        "fit_windows": int(fit_rows.sum()),
-        "calibration_windows": int(calib_rows.sum()),
+        "threshold_method": opts.threshold,
         "target_far": opts.target_far,
-        "margin": opts.effective_margin,
         "seed": opts.seed,
+        "persist": opts.persist,
+        "guard_sd": opts.guard_sd,
     }
-    doc = f"plcbridge {opts.kind} {RECIPE_VERSION}"
-    name = opts.name or f"{opts.kind}_{table.path.stem}"
-    # Build once to score the held-out part with the real graph, then again with the threshold.
-    draft = assemble(front, part, _contract(name, opts, inputs, part, 0.0, training), doc)
-    draft_bytes = draft.SerializeToString(deterministic=True)
-    calib = _score(draft_bytes, rep.windows[calib_rows])
-    median = float(np.median(calib))
-    quantile = float(np.quantile(calib, 1.0 - opts.target_far))
-    threshold = median + opts.effective_margin * (quantile - median)
-    share = _check_own_windows(table, _score(draft_bytes, rep.windows[fit_rows]), threshold, opts)
+
+    def fit(rows: np.ndarray, wins: np.ndarray) -> tuple[Front, Part]:
+        front, a = fit_front(values[rows & usable], windows[wins], layout)
+        return front, _head(opts.kind)(a, opts.seed)
+
+    def draft_scores(front: Front, part: Part, wins: np.ndarray) -> np.ndarray:
+        # Scored by the real graph in onnxruntime: the numbers the bridge will see.
+        draft = assemble(front, part, _contract(name, opts, inputs, part, 0.0, training), doc,
+                         opts.persist, opts.guard_sd)
+        return _score(draft.SerializeToString(deterministic=True), rep.windows[wins])
+
+    if opts.threshold == "evt":
+        # Held-out scores over the whole training part by blocked cross-fitting, then the final
+        # model on all of it (bridge.ml.threshold).
+        held_scores = []
+        for fold_fit, fold_held in blocked_folds(n_rows, opts.folds, opts.window_length - 1):
+            if (rep.valid & fold_fit).sum() < MIN_FIT_WINDOWS or not (rep.valid & fold_held).any():
+                continue  # a block too short for a window: it adds no held-out score
+            front, part = fit(fold_fit, rep.valid & fold_fit)
+            held_scores.append(draft_scores(front, part, rep.valid & fold_held))
+        fit_rows = rep.valid.copy()
+        front, part = fit(np.ones(n_rows, dtype=bool), fit_rows)
+        pooled = np.concatenate(held_scores)
+        if len(pooled) < MIN_CALIB_WINDOWS:
+            raise DataError(f"{table.path}: {len(pooled)} cross-fitted held-out windows from {n_rows} rows; "
+                            f"--threshold evt needs at least {MIN_CALIB_WINDOWS}: record longer or use "
+                            "--threshold margin")
+        fitted = evt_threshold(pooled, opts.target_far)
+        training |= {"fit_rows": n_rows, "folds": opts.folds}
+    else:
+        front, part = fit(row < n_fit, fit_rows)
+        fitted = margin_threshold(draft_scores(front, part, calib_rows), opts.target_far,
+                                  opts.effective_margin)
+        training |= {"fit_rows": n_fit, "margin": opts.effective_margin}
+    training |= {"fit_windows": int(fit_rows.sum()), "calibration_windows": fitted.n_scores}
+    threshold = fitted.threshold
+    share = _check_own_windows(table, draft_scores(front, part, fit_rows), threshold, opts)
     # Shown in the card: a share well above the target FAR means the fit and calibration parts
     # differ (drift in the recording), worth knowing before deploying.
     training["fit_windows_flagged"] = round(share, 4)
     contract = _contract(name, opts, inputs, part, threshold, training)
-    model = assemble(front, part, contract, doc)
+    model = assemble(front, part, contract, doc, opts.persist, opts.guard_sd)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(model.SerializeToString(deterministic=True))
     result = TrainResult(out, out.with_suffix(".md"), contract, n_rows, rep.bad_rows,
-                         int(fit_rows.sum()), int(calib_rows.sum()), int((~rep.valid).sum()),
-                         quantile, median, list(part.card), dropped, bad_reasons)
+                         int(fit_rows.sum()), fitted.n_scores, int((~rep.valid).sum()),
+                         fitted.quantile, fitted.median, [*feature_lines, *part.card], dropped, bad_reasons,
+                         threshold_how=fitted.how, expected_far=_expected_far(opts))
     write_card(result, opts)
     return result
+
+
+def _expected_far(opts: TrainOptions) -> float | None:
+    """The false-alarm rate train states: the target itself for ``evt``; for ``margin`` the widened
+    quantile's rate is not known (only bounded above by the target)."""
+    return opts.target_far if opts.threshold == "evt" else None
+
+
+def _layout(opts: TrainOptions, inputs: Sequence[str], rows: np.ndarray) -> tuple[Layout | None, list[str]]:
+    """The dynamic front end's features, chosen from the training part alone (never labels)."""
+    if opts.features == "level":
+        return None, ["Features: window mean of each z-scored input (level front end)"]
+    shift = drift(rows)
+    layout = Layout(len(inputs), level_stable(rows, opts.drift_limit))
+    slow = [f"`{inputs[j]}` ({shift[j]:.2f} sd)" for j in range(len(inputs)) if j not in layout.levels]
+    return layout, [
+        "Features (dynamic front end, `bridge.ml.features`): per input the log mean absolute successive "
+        "difference and the newest samples minus their trailing baseline; a level (window mean) only "
+        f"for inputs whose {DRIFT_BLOCKS} block means over the training rows stay within "
+        f"{opts.drift_limit:g} within-block sd of each other: "
+        + (", ".join(f"`{inputs[j]}`" for j in layout.levels) or "none"),
+        "Level dropped as drifting over the training part (block-mean range / within-block sd): "
+        + (", ".join(slow) or "none")
+        + (f"; each still alarms when its window mean leaves the training mean by {opts.guard_sd:g} "
+           "training sd (gross-level guard)" if slow and opts.guard_sd else
+           "; a sustained level shift of these inputs shows only while it is inside the window "
+           "(residual), not after (--guard-sd adds a gross-level alarm)" if slow else "")]
 
 
 def _usable_inputs(table: Table, inputs: tuple[str, ...], fit: np.ndarray,
@@ -280,7 +342,8 @@ def train_from_stats(paths: Sequence[Path], out: Path, opts: TrainOptions) -> Tr
     part = pca.head_from_cov(cov)
     threshold, median, quantile = pca.analytic_threshold(cov, opts.target_far, opts.effective_margin)
     window_opts = TrainOptions(kind="pca", window=int(first["window"]), period=float(first["period"]),
-                               target_far=opts.target_far, margin=opts.margin, name=opts.name)
+                               target_far=opts.target_far, margin=opts.margin, name=opts.name,
+                               features="level", threshold="margin", persist=1)
     source = f"federated: {len(sites)} sites ({', '.join(s['source']['file'] for s in sites)})"
     training: dict[str, Any] = {
         "source": source, "rows": rows.count, "fit_rows": rows.count, "fit_windows": wins.count,
