@@ -15,7 +15,7 @@ import pytest
 
 from bridge.config.fleet import selection_bucket
 from tests.mqtt_broker import MOSQUITTO, Broker
-from tests.test_fleet import Fleet, Tap, _merge, _online, _result, _run_cli, broker
+from tests.test_fleet import Fleet, Tap, _merge, _online, _result, _run_cli, broker, restart_broker
 from tests.waiting import until
 
 __all__ = ["broker"]  # the fixture, shared with tests/test_fleet.py
@@ -104,11 +104,7 @@ async def test_shadow_canary_then_fraction_through_kill9_and_broker_restart(
         # Mid-shadow: kill -9 b1, stop and restart the broker, bring b1 back.
         await asyncio.sleep(2.0)
         await fleet.kill9(1)
-        await tap.stop()
-        await broker.stop()
-        await broker.start()
-        tap = Tap(broker.port)
-        await tap.start()
+        tap = await restart_broker(tap, broker)
         await fleet.start(1)
         await until(lambda: _status(tap, 1, sha, "promoted", "rejected"), 25, "the shadow's verdict")
         promoted = _result(tap, 1)
