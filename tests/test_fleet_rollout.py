@@ -151,3 +151,32 @@ async def test_shadow_canary_then_fraction_through_kill9_and_broker_restart(
         await sim.stop()
 
 
+
+
+async def test_fleet_rollout_publishes_a_model_built_elsewhere_with_its_rollout(
+        tmp_path: Path, broker: Broker) -> None:
+    from bridge.cli import main
+
+    model = tmp_path / "elsewhere.onnx"
+    stats = tmp_path / "s.json"
+    site = _plant_sites(tmp_path)[0]
+    assert main(["train", str(site), "--kind", "pca", "--window", str(WINDOW),
+                 "--export-stats", str(stats)]) == 0
+    assert main(["train", "--kind", "pca", "--from-stats", str(stats), "--name", "pump",
+                 "--out", str(model)]) == 0
+    tap = Tap(broker.port)
+    await tap.start()
+    base = ["fleet", "rollout", "--model", "pump", "--file", str(model),
+            "--broker", f"127.0.0.1:{broker.port}"]
+    printed = await _run_cli(*base, "--bridges", "b0,b2", "--fraction", "0.5", "--shadow",
+                             "--period-s", "60")
+    sha = hashlib.sha256(model.read_bytes()).hexdigest()
+    assert sha in printed and "in shadow" in printed
+    await until(lambda: tap.latest("plcbridge/fleet/pump/model") is not None, 10, "the model")
+    await tap.stop()
+    card = json.loads(tap.latest("plcbridge/fleet/pump/card") or b"{}")
+    assert card["sha256"] == sha and tap.latest("plcbridge/fleet/pump/model") == model.read_bytes()
+    assert card["rollout"] == {"bridges": ["b0", "b2"], "fraction": 0.5, "shadow": True,
+                               "rule": {"period_s": 60.0}}
+    # A rule without --shadow is refused before anything is published.
+    assert main([*base, "--period-s", "60"]) == 2
