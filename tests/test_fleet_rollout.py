@@ -180,3 +180,37 @@ async def test_fleet_rollout_publishes_a_model_built_elsewhere_with_its_rollout(
                                "rule": {"period_s": 60.0}}
     # A rule without --shadow is refused before anything is published.
     assert main([*base, "--period-s", "60"]) == 2
+
+
+async def test_a_malformed_rollout_card_is_refused_and_nothing_is_staged(
+        tmp_path: Path, broker: Broker) -> None:
+    from adapters.sim.modbus import start_simulator
+    from bridge.cli.demo import demo_config
+    from bridge.config.fleet import FleetConfig
+    from bridge.runtime.bridge import Bridge
+    from tests.test_fleet import _publish
+
+    sim = await start_simulator("127.0.0.1", 0, seed=7, step=0.01, speed=10)
+    config = demo_config(sim.port, api_port=0)
+    config = config.model_copy(update={
+        "storage": config.storage.model_copy(update={"data_dir": tmp_path / "data"}),
+        "fleet": FleetConfig(host="127.0.0.1", port=broker.port, bridge_id="b0")})
+    bridge = Bridge(config, speed=10)
+    tap = Tap(broker.port)
+    data = b"any bytes: the rollout is refused before the model is looked at"
+    sha = hashlib.sha256(data).hexdigest()
+    try:
+        await tap.start()
+        await bridge.start()
+        before = bridge.runners["pump"].detector
+        card = {"sha256": sha, "rollout": {"fraction": 2, "shadow": True}}
+        await _publish(broker.port, "plcbridge/fleet/pump/card", json.dumps(card).encode())
+        await _publish(broker.port, "plcbridge/fleet/pump/model", data)
+        await until(lambda: _status(tap, 0, sha, "refused"), 10, "the refusal")
+        result = _result(tap, 0)
+        assert result is not None and "malformed rollout" in result["reason"], result
+        assert "pump" not in bridge.updater.shadows and bridge.runners["pump"].detector is before
+    finally:
+        await tap.stop()
+        await bridge.stop()
+        await sim.stop()
