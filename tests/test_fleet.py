@@ -102,6 +102,16 @@ class Tap:
         return next((p for t, p in reversed(self.messages) if t == topic), None)
 
 
+async def restart_broker(tap: Tap, broker: Broker) -> Tap:
+    """Stop the broker (persistence on) and bring it back; the tap that listens again."""
+    await tap.stop()
+    await broker.stop()
+    await broker.start()
+    tap = Tap(broker.port)
+    await tap.start()
+    return tap
+
+
 @pytest_asyncio.fixture
 async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
     (tmp_path / "broker").mkdir()
@@ -293,11 +303,7 @@ async def test_three_bridges_install_once_through_kill9_and_broker_restart(
         await _merge(broker.port, tmp_path / "candidate.onnx")
         sha = hashlib.sha256((tmp_path / "candidate.onnx").read_bytes()).hexdigest()
         # The rollout is under way: stop the broker (persistence on), bring it back.
-        await tap.stop()
-        await broker.stop()
-        await broker.start()
-        tap = Tap(broker.port)
-        await tap.start()
+        tap = await restart_broker(tap, broker)
         await fleet.start(1)
 
         def done() -> bool:

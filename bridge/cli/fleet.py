@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bridge.cli.common import EXIT_FAILED, EXIT_OK, fail, fail_config, load_config_or_exit
-from bridge.config.fleet import FLEET_PREFIX, FleetConfig, topic_level
+from bridge.config.fleet import FLEET_PREFIX, FleetConfig, RolloutSpec, topic_level
 from bridge.core.errors import ConfigError
 from bridge.core.extras import require_extra
 from bridge.ml.dataset import DataError, load_csv
@@ -83,7 +85,7 @@ def _merge(args: argparse.Namespace) -> int:
     require_extra("scipy", "fleet merge")
     from bridge.ml.fleet import card_payload, merge_payloads
     from bridge.ml.train import TrainOptions
-    from bridge.sinks.fleet import collect_retained, publish_retained, sha256, topic
+    from bridge.sinks.fleet import collect_retained, sha256, topic
 
     opts = TrainOptions(kind="pca", target_far=args.target_far, margin=args.margin, name=args.model)
 
@@ -105,13 +107,12 @@ def _merge(args: argparse.Namespace) -> int:
         result = merge_payloads(sites, args.out, opts)
         data = args.out.read_bytes()
         digest = sha256(data)
-        card = card_payload(result, sorted(sites), digest)
+        spec = _rollout(args)
+        card = card_payload(result, sorted(sites), digest, spec)
         if not args.no_publish:
-            # The card first: whoever sees the model can then look up what it is.
-            asyncio.run(publish_retained(config, [(topic(prefix, args.model, "card"), card),
-                                                  (topic(prefix, args.model, "model"), data)]))
+            _publish_model(config, args.model, card, data)
         where = ("kept local (--no-publish)" if args.no_publish
-                 else "published on " + topic(prefix, args.model, "model"))
+                 else f"published on {topic(prefix, args.model, 'model')} ({_describe(spec)})")
         print(f"wrote {result.path} and {result.card}: {len(sites)} sites ({', '.join(sorted(sites))}), "
               f"{result.rows} rows, {result.fit_windows} windows, threshold "
               f"{result.contract.threshold:.6g} (analytic, target FAR {100 * opts.target_far:g} %), "
@@ -119,6 +120,69 @@ def _merge(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return _guarded(args, "merge", body)
+
+
+def _rollout(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The card's rollout from the command line (None: every bridge installs at once)."""
+    rule = {key: value for key, value in (("period_s", args.period_s), ("max_far", args.max_far),
+                                          ("min_windows", args.min_windows)) if value is not None}
+    if rule and not args.shadow:
+        raise ValueError("--period-s, --max-far and --min-windows need --shadow")
+    bridges = [b.strip() for b in args.bridges.split(",") if b.strip()] if args.bridges else []
+    if not (bridges or args.fraction is not None or args.shadow):
+        return None
+    spec = RolloutSpec(bridges=bridges, fraction=args.fraction, shadow=args.shadow, rule=rule)
+    return spec.model_dump()
+
+
+def _describe(spec: dict[str, Any] | None) -> str:
+    if spec is None:
+        return "every bridge installs it"
+    who = ", ".join(filter(None, [f"bridges {','.join(spec['bridges'])}" if spec["bridges"] else "",
+                                  f"fraction {spec['fraction']:g}" if spec["fraction"] else ""]))
+    how = "in shadow" if spec["shadow"] else "installed at once"
+    return f"{who or 'every bridge'}, {how}"
+
+
+def _publish_model(config: FleetConfig, model: str, card: bytes, data: bytes) -> None:
+    from bridge.sinks.fleet import publish_retained, topic
+
+    # The card first: whoever sees the model can then look up what it is and how to take it.
+    asyncio.run(publish_retained(config, [(topic(config.topic_prefix, model, "card"), card),
+                                          (topic(config.topic_prefix, model, "model"), data)]))
+
+
+def _rollout_file(args: argparse.Namespace) -> int:
+    require_extra("aiomqtt", "fleet rollout")
+    from bridge.sinks.fleet import sha256, topic
+
+    def body() -> int:
+        topic_level(args.model)
+        data = args.file.read_bytes()
+        config = _broker(args, "rollout")
+        digest = sha256(data)
+        spec = _rollout(args)
+        card = json.dumps({"rollout": spec, "model": args.model, "sha256": digest, "bytes": len(data),
+                           "file": args.file.name}).encode()
+        _publish_model(config, args.model, card, data)
+        print(f"published {args.file} on {topic(config.topic_prefix, args.model, 'model')}: sha256 "
+              f"{digest}; {_describe(spec)}")
+        return EXIT_OK
+
+    return _guarded(args, "rollout", body)
+
+
+def _rollout_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("rollout (stated in the card; docs/fleet.md)")
+    g.add_argument("--bridges", default=None, metavar="B1,B2",
+                   help="only these bridge ids take the model (with --fraction: either)")
+    g.add_argument("--fraction", type=float, default=None,
+                   help="a share of the bridges, chosen by a hash of bridge id and model sha256")
+    g.add_argument("--shadow", action="store_true",
+                   help="stage in shadow beside the active model; promoted or rejected by the rule")
+    g.add_argument("--period-s", type=float, default=None, help="shadow rule: observation seconds")
+    g.add_argument("--max-far", type=float, default=None, help="shadow rule: highest false-alarm rate")
+    g.add_argument("--min-windows", type=int, default=None, help="shadow rule: windows compared at least")
 
 
 def _broker_args(p: argparse.ArgumentParser) -> None:
@@ -157,4 +221,11 @@ def add_fleet(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--margin", type=float, default=None, help="threshold margin (default 2 for pca)")
     p.add_argument("--no-publish", action="store_true", help="write the candidate, publish nothing")
     p.add_argument("--force", action="store_true", help="overwrite --out")
+    _rollout_args(p)
     p.set_defaults(func=_merge)
+
+    p = commands.add_parser("rollout", help="publish a model built elsewhere, with a rollout")
+    _broker_args(p)
+    p.add_argument("--file", required=True, type=Path, help="the ONNX model to publish")
+    _rollout_args(p)
+    p.set_defaults(func=_rollout_file)

@@ -6,6 +6,7 @@ what they mean in ``[mqtt]``; the section is independent of ``[mqtt]`` (its own 
 
 from __future__ import annotations
 
+import hashlib
 import re
 import socket
 from pathlib import Path
@@ -15,9 +16,10 @@ from pydantic import Field, field_validator, model_validator
 
 from bridge.config.base import StrictModel
 from bridge.config.checks import check_backoff, check_credentials
+from bridge.config.models import ShadowRuleConfig
 from bridge.config.mqtt import MqttTlsConfig
 
-__all__ = ["FLEET_PREFIX", "FleetConfig", "topic_level"]
+__all__ = ["FLEET_PREFIX", "FleetConfig", "RolloutSpec", "selection_bucket", "topic_level"]
 
 FLEET_PREFIX = "plcbridge/fleet"
 
@@ -85,3 +87,48 @@ class FleetConfig(StrictModel):
     def effective_client_id(self) -> str:
         # Not the [mqtt] sink's id: the broker would kick one of two clients sharing an id.
         return self.client_id or f"plcbridge-fleet-{self.effective_bridge_id}"
+
+
+def selection_bucket(bridge_id: str, model_sha256: str) -> float:
+    """Where a bridge falls in [0, 1) for a fraction rollout of one model: the first 8 bytes of
+    sha256("<bridge id>/<model sha256>") over 2**64. Deterministic (every bridge and the
+    operator compute the same), independent between models (a new model picks another
+    canary set), and stable when bridges join or leave (no list of the fleet is needed)."""
+    digest = hashlib.sha256(f"{bridge_id}/{model_sha256}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+class RolloutSpec(StrictModel):
+    """A rollout as the card states it (``"rollout"`` key of ``F/M/card``): which bridges take
+    the model and how. No bridges and no fraction: every bridge. Both: their union."""
+
+    bridges: list[str] = Field(default_factory=list)
+    fraction: Annotated[float, Field(gt=0, le=1)] | None = None
+    # True: stage in shadow beside the active model, promoted or rejected by the rule; False:
+    # install at once (the REST upload's path).
+    shadow: bool = False
+    # Overrides of the bridge's [models.shadow] rule (period_s, min_windows, max_far,
+    # min_agreement); what is not given is the bridge's own.
+    rule: dict[str, int | float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> RolloutSpec:
+        for name in self.bridges:
+            topic_level(name)
+        unknown = set(self.rule) - set(ShadowRuleConfig.model_fields)
+        if unknown:
+            raise ValueError(f"rule: unknown keys {', '.join(sorted(unknown))}")
+        if self.rule and not self.shadow:
+            raise ValueError("rule: only a shadow rollout has a rule")
+        return self
+
+    def selects(self, bridge_id: str, model_sha256: str) -> bool:
+        if not self.bridges and self.fraction is None:
+            return True
+        if bridge_id in self.bridges:
+            return True
+        return self.fraction is not None and selection_bucket(bridge_id, model_sha256) < self.fraction
+
+    def shadow_rule(self, base: ShadowRuleConfig) -> ShadowRuleConfig:
+        """The bridge's rule with the card's overrides (ValidationError if one is out of range)."""
+        return ShadowRuleConfig.model_validate({**base.model_dump(), **self.rule})

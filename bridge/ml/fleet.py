@@ -71,10 +71,13 @@ def merge_payloads(payloads: Mapping[str, bytes], out: Path, opts: TrainOptions)
             raise DataError(str(exc).replace(f"{tmp}/", "site ").replace(".json", "")) from None
 
 
-def card_payload(result: TrainResult, sites: list[str], sha256: str) -> bytes:
-    """What the merger states beside the model: its hash, threshold and where it came from."""
+def card_payload(result: TrainResult, sites: list[str], sha256: str,
+                 rollout: Mapping[str, Any] | None = None) -> bytes:
+    """What the merger states beside the model: its hash, threshold and where it came from, and
+    the rollout (``RolloutSpec``; None: every bridge installs it)."""
     c = result.contract
-    return json.dumps({"model": c.name, "sha256": sha256, "bytes": result.path.stat().st_size,
+    return json.dumps({"rollout": rollout,
+                       "model": c.name, "sha256": sha256, "bytes": result.path.stat().st_size,
                        "threshold": c.threshold, "inputs": list(c.inputs), "window": c.window_length,
                        "period": c.period, "sites": sites, "rows": result.rows,
                        "windows": result.fit_windows,

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from adapters import create_adapter
-from bridge.config import DEFAULT_MODEL, Config, ModbusTagConfig, OpcuaTagConfig
+from bridge.config import DEFAULT_MODEL, Config, ModbusTagConfig, OpcuaTagConfig, ShadowRuleConfig
 from bridge.core.errors import ConfigError, ModelContractError
 from bridge.core.extras import MissingExtraError
 from bridge.core.scores import Score, ScoreStore
@@ -29,7 +29,7 @@ from bridge.runtime.sinks import AdapterFactory, build_sinks
 from bridge.runtime.storage import EventStore
 from bridge.scoring.detector import Detector
 from bridge.scoring.runner import ModelRunner
-from bridge.scoring.updates import ModelUpdater
+from bridge.scoring.updates import ModelUpdater, RolloutConflict
 from bridge.sinks.writeback import ModelWriteback, WritebackSink
 
 __all__ = ["Bridge"]
@@ -146,9 +146,11 @@ class Bridge:
         self.view = _View(self)
         # Write-back first: it is the sink that can hold a line's safety state, and at stop it
         # leaves fail-safe values while the adapters are still open.
-        # A fleet model installs through the updater built just below (late-bound callback).
+        # A fleet model installs or stages through the updater built just below (late-bound
+        # callbacks).
         self.sinks: list[Sink] = [self.writeback, *build_sinks(
-            config, self.view, lambda name, data, source: self.updater.install(name, data, source))]
+            config, self.view, lambda name, data, source: self.updater.install(name, data, source),
+            stage=self._stage_for_fleet, shadow=self._shadow_rollout, events=lambda: self.events)]
         # Last: after a restart the updater may resume a shadow or finish its promotion, which
         # swaps a runner and records an event.
         self.updater = ModelUpdater(self.store, self.runners, self.replace_runner,
@@ -291,6 +293,19 @@ class Bridge:
         self.record_event({"model": score.model, "time": score.time, "kind": kind,
                            "score": score.score, "threshold": score.threshold,
                            "detail": {"contributions": score.contributions or {}}})
+
+    async def _stage_for_fleet(self, name: str, data: bytes, source: str,
+                               rule: ShadowRuleConfig | None) -> None:
+        try:
+            await self.updater.stage(name, data, source, rule)
+        except RolloutConflict as exc:
+            # The fleet sink refuses it with the reason, as a model that does not validate.
+            raise ModelContractError(str(exc)) from None
+
+    def _shadow_rollout(self, name: str) -> dict[str, Any] | None:
+        """The current or last shadow of ``name`` as a rollout result carries it."""
+        shadow = self.updater.shadows.get(name)
+        return None if shadow is None else dict(shadow.result("fleet")["detail"]["rollout"])
 
     def record_event(self, event: dict[str, Any]) -> None:
         """Keep an event (anomaly start/end, a rollout result) for the API and a publisher."""

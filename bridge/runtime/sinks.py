@@ -8,6 +8,7 @@ loads asyncua (~25 MB) and a bridge without ``[mqtt]`` runs without aiomqtt inst
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from bridge.config import Config, ModbusDeviceConfig, OpcuaDeviceConfig
 from bridge.core.errors import ConfigError
@@ -20,10 +21,12 @@ AdapterFactory = Callable[[ModbusDeviceConfig | OpcuaDeviceConfig], Adapter]
 
 
 def build_sinks(config: Config, view: BridgeView,
-                install: Callable[[str, bytes, str], Awaitable[object]] | None = None) -> list[Sink]:
+                install: Callable[[str, bytes, str], Awaitable[object]] | None = None,
+                **rollout: Any) -> list[Sink]:
     """The configured sinks other than write-back, in a fixed order. Raises ConfigError when
     a sink's files, secrets or library are unusable, before anything connects. ``install`` is
-    the model updater's install (the fleet sink installs models through it)."""
+    the model updater's install (the fleet sink installs models through it); ``rollout`` the
+    fleet sink's other updater callbacks (``stage``, ``shadow``, ``events``: FleetSink)."""
     sinks: list[Sink] = []
     if config.modbus_server.enabled:
         from adapters.modbus.server import ModbusServerSink
@@ -46,7 +49,8 @@ def build_sinks(config: Config, view: BridgeView,
         from bridge.sinks.fleet import FleetSink
 
         sinks.append(FleetSink(config.fleet, install, [m.name for m in config.models],
-                               config.storage.data_dir))  # ConfigError: secrets, TLS, fleet.models
+                               config.storage.data_dir, rules={m.name: m.shadow for m in config.models},
+                               **rollout))  # ConfigError: secrets, TLS, fleet.models
     if config.metrics.enabled:
         from bridge.sinks.prometheus import PrometheusMetrics  # prometheus-client only if asked
 
