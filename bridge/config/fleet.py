@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -17,7 +16,7 @@ from pydantic import Field, field_validator, model_validator
 from bridge.config.base import StrictModel
 from bridge.config.checks import check_backoff, check_credentials
 from bridge.config.models import ShadowRuleConfig
-from bridge.config.mqtt import MqttTlsConfig
+from bridge.config.mqtt import MqttTlsConfig, broker_port, topic_safe_hostname
 
 __all__ = ["FLEET_PREFIX", "FleetConfig", "RolloutSpec", "selection_bucket", "topic_level"]
 
@@ -75,13 +74,11 @@ class FleetConfig(StrictModel):
 
     @property
     def effective_port(self) -> int:
-        if self.port is not None:
-            return self.port
-        return 8883 if self.tls is not None else 1883
+        return broker_port(self.port, self.tls)
 
     @property
     def effective_bridge_id(self) -> str:
-        return self.bridge_id or re.sub(r"[+#/\s]", "_", socket.gethostname()) or "bridge"
+        return self.bridge_id or topic_safe_hostname()
 
     @property
     def effective_client_id(self) -> str:

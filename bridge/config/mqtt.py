@@ -72,21 +72,28 @@ class MqttConfig(StrictModel):
 
     @property
     def effective_port(self) -> int:
-        if self.port is not None:
-            return self.port
-        return 8883 if self.tls is not None else 1883
+        return broker_port(self.port, self.tls)
 
     @property
     def effective_prefix(self) -> str:
-        return self.topic_prefix or f"plcbridge/{_hostname()}"
+        return self.topic_prefix or f"plcbridge/{topic_safe_hostname()}"
 
     @property
     def effective_client_id(self) -> str:
         # Stable across restarts (a broker kicks the older of two clients with one id), and
         # different per box by default.
-        return self.client_id or f"plcbridge-{_hostname()}"
+        return self.client_id or f"plcbridge-{topic_safe_hostname()}"
 
 
-def _hostname() -> str:
-    # A host name can hold nothing that is illegal in a topic level except, in theory, "+#/".
+def topic_safe_hostname() -> str:
+    """This host's name as a topic level / id: a host name can hold nothing that is illegal in a
+    topic level except, in theory, "+#/" (and blanks)."""
     return re.sub(r"[+#/\s]", "_", socket.gethostname()) or "bridge"
+
+
+def broker_port(port: int | None, tls: MqttTlsConfig | None) -> int:
+    """The configured port, else MQTT's default for the transport: 8883 with TLS, 1883 without
+    (shared by [mqtt], [sparkplug] and [fleet])."""
+    if port is not None:
+        return port
+    return 8883 if tls is not None else 1883

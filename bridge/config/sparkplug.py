@@ -8,14 +8,13 @@ plain JSON, Sparkplug, both or neither), each with its own client id and spool.
 from __future__ import annotations
 
 import re
-import socket
 from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
 
 from bridge.config.base import ConfigPath, StrictModel
 from bridge.config.checks import check_backoff, check_credentials
-from bridge.config.mqtt import MqttTlsConfig
+from bridge.config.mqtt import MqttTlsConfig, broker_port, topic_safe_hostname
 
 __all__ = ["SparkplugConfig"]
 
@@ -63,13 +62,11 @@ class SparkplugConfig(StrictModel):
 
     @property
     def effective_port(self) -> int:
-        if self.port is not None:
-            return self.port
-        return 8883 if self.tls is not None else 1883
+        return broker_port(self.port, self.tls)
 
     @property
     def effective_edge_node_id(self) -> str:
-        return self.edge_node_id or re.sub(r"[+#/\s]", "_", socket.gethostname()) or "bridge"
+        return self.edge_node_id or topic_safe_hostname()
 
     @property
     def effective_client_id(self) -> str:
