@@ -1,9 +1,10 @@
 """Pipeline throughput: tag values/s through TagStore → WindowBuilder → Detector on one core.
 
 An in-process feeder replaces the devices so the protocol is not the limit. One cycle = T
-fresh values (a Python list, as an adapter produces them) → Readings → ``TagStore.put_many``
-→ ``ModelRunner.step`` (sample the model's 5 input tags into its window, score with the
-default model). The baseline does the same work the vectorised way: latest value, timestamp
+fresh values (a Python list, as an adapter's decoder produces them) → one ``Columns`` (what
+the Modbus adapter hands the runtime for a reply) → ``TagStore.put_many`` →
+``ModelRunner.step`` (sample the model's 5 input tags into its window, score with the default
+model). The baseline does the same work the vectorised way: latest value, timestamp
 and a history ring per tag in numpy arrays, the same window and staleness check, and a bare
 ``InferenceSession.run``. The process is pinned to one CPU for the run.
 """
@@ -19,7 +20,7 @@ import onnxruntime as ort
 
 from bench._common import Context, Result, Section
 from bridge.config import DEFAULT_MODEL, ModelConfig
-from bridge.core.tags import TagStore, good
+from bridge.core.tags import FLOAT, Columns, TagStore
 from bridge.scoring.detector import INPUT_NAME, Detector
 from bridge.scoring.runner import ModelRunner
 
@@ -36,8 +37,11 @@ def _bridge_cycle(tags: int) -> Callable[[list[float], float], object]:
     config = ModelConfig(name="pump", inputs={f: names[i] for i, f in enumerate(features)})
     runner = ModelRunner(config, detector, store, default_max_age=1e9)
 
+    columns = tuple(names)
+    kinds = np.full(tags, FLOAT, dtype=np.uint8)
+
     def cycle(values: list[float], now: float) -> object:
-        store.put_many([good(n, v, received_time=now) for n, v in zip(names, values, strict=True)])
+        store.put_many([Columns(columns, values, kinds, now)])
         return runner.step(now)
     return cycle
 

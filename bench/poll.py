@@ -1,12 +1,13 @@
-"""Poll throughput: ``ModbusAdapter.read()`` vs a raw pymodbus client issuing the same requests.
+"""Poll throughput: ``ModbusAdapter.poll()`` vs a raw pymodbus client issuing the same requests.
 
 M devices (unit ids spread over separate server processes) × N holding registers of mixed
 types, polled back to back for a fixed time. Three variants run in the same process, in turn:
 
 * raw: one ``AsyncModbusTcpClient`` per server, cycling through its devices' planned requests
   (the bridge's own plan, so both send the same bytes); no decoding.
-* bridge: one ``ModbusAdapter`` per device, each looping ``read()`` (decode, quality checks,
-  Readings); devices on one server share a line, as in production.
+* bridge: one ``ModbusAdapter`` per device, each looping ``poll()`` into a ``TagStore`` (decode,
+  quality checks, the store's columns): the runtime's own path; devices on one server share a
+  line, as in production.
 * uncoalesced: the bridge with one request per tag, i.e. without the planner.
 
 Throughput is tag registers delivered per second.
@@ -28,6 +29,7 @@ from bench._common import ROOT as _ROOT
 from bench._common import Context, Result, Section
 from bench._servers import ServerProcess, mixed_tags, servers
 from bridge.config import ModbusDeviceConfig
+from bridge.core.tags import TagStore
 
 NAME = "poll"
 TITLE = "Poll throughput"
@@ -58,16 +60,20 @@ async def _timed(workers: list[Callable[[float], Awaitable[int]]], seconds: floa
 
 
 async def _bridge_rate(adapters: list[ModbusAdapter], seconds: float) -> float:
+    store = TagStore([tag.name for adapter in adapters for tag in adapter.config.tags])
+
     def worker(adapter: ModbusAdapter) -> Callable[[float], Awaitable[int]]:
         per_read = sum(tag.registers for tag in adapter.config.tags)
+        first = adapter.config.tags[0].name
 
         async def run(deadline: float) -> int:
             done = 0
             while time.perf_counter() < deadline:
-                readings = await adapter.read()
-                if readings[0].quality.value != "good":
-                    raise RuntimeError(f"{adapter.name}: {readings[0].reason}")
+                store.put_many(await adapter.poll())
                 done += per_read
+            latest = store.latest(first)
+            if adapter.status.errors or latest is None or latest.quality.value != "good":
+                raise RuntimeError(f"{adapter.name}: {adapter.status.last_error or latest}")
             return done
         return run
 

@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from bridge.config import NodeTarget, RegisterTarget
 from bridge.core.scores import Score
-from bridge.core.tags import Reading
+from bridge.core.tags import Part, Reading
 
 __all__ = [
     "Adapter",
@@ -140,7 +140,14 @@ class Adapter(Protocol):
 
     async def connect(self) -> None: ...
 
-    async def read(self) -> list[Reading]: ...
+    async def read(self) -> list[Reading]:
+        """One Reading per tag (a convenience for tools and tests; the runtime uses ``poll``)."""
+        ...
+
+    async def poll(self) -> list[Part]:
+        """What ``read`` returns, in the form the TagStore takes cheapest: good numbers of a
+        whole reply may come as one ``Columns`` instead of a Reading each."""
+        ...
 
     async def subscribe(self, on_readings: OnReadings) -> bool:
         """Push instead of poll: True means the adapter calls ``on_readings`` with every change

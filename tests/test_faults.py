@@ -12,7 +12,7 @@ import pytest
 
 from adapters import create_adapter
 from bridge.config import parse_config
-from bridge.core.tags import Quality, Reading
+from bridge.core.tags import Part, Quality, Reading, expand
 from bridge.ports import Adapter
 from bridge.runtime.bridge import Bridge
 from tests.fault_proxy import fault_proxy
@@ -98,10 +98,13 @@ class _HangsOnce:
         await self._inner.connect()
 
     async def read(self) -> list[Reading]:
+        return expand(await self.poll())
+
+    async def poll(self) -> list[Part]:
         if not self.hung:
             self.hung = True
             await asyncio.Event().wait()
-        return await self._inner.read()
+        return await self._inner.poll()
 
     async def subscribe(self, on_readings: Any) -> bool:
         return await self._inner.subscribe(on_readings)

@@ -47,11 +47,13 @@ from bridge.core.errors import (
     DeviceTimeoutError,
     NotConnectedError,
 )
-from bridge.core.tags import Quality, Reading, bad, good
+from bridge.core.tags import Columns, Part, Quality, Reading, bad, expand, good
 from bridge.ports import DeviceStatus, OnReadings
 
 _MAX_WRITE = 123  # registers per FC16 request (Modbus limit)
 _GOOD = Quality.GOOD
+_COLUMNS_FROM = 8  # tags in a reply from which one Columns beats a Reading per tag
+_EXACT = 2**53  # ints up to this magnitude are exact in the TagStore's float64 columns
 _READ_METHODS = {"holding": "read_holding_registers", "input": "read_input_registers",
                  "coil": "read_coils", "discrete": "read_discrete_inputs"}
 
@@ -533,6 +535,10 @@ class ModbusAdapter:
 
     async def read(self) -> list[Reading]:
         """One Reading per tag, in plan order. Never raises for device faults."""
+        return expand(await self.poll())
+
+    async def poll(self) -> list[Part]:
+        """``read()`` as the runtime takes it: good numbers of a reply as Columns."""
         try:
             if self._probe_at:
                 parked = await self._probe()
@@ -547,7 +553,7 @@ class ModbusAdapter:
         async with line.lock:
             line.client.close()
 
-    async def _probe(self) -> list[Reading] | None:
+    async def _probe(self) -> list[Part] | None:
         """Breaker open: None when the unit answered a probe (poll it normally), else the bad
         Readings of a poll that did not hold the line."""
         now = time.monotonic()
@@ -587,11 +593,11 @@ class ModbusAdapter:
                         "the line stays free for the other units", self.name, self.config.line,
                         self._silent)
 
-    async def _poll(self) -> list[Reading]:
+    async def _poll(self) -> list[Part]:
         started = time.monotonic()
         if self._relearn_at and started >= self._relearn_at:
             self._forget_holes()
-        readings: list[Reading] = []
+        readings: list[Part] = []
         failures: list[_Failure] = []
         timed_out = learned = False
         for request, decoder in zip(self._plan, self._decoders, strict=True):
@@ -656,7 +662,7 @@ class ModbusAdapter:
                     await split(part, failure)
                     continue
                 answered.append(part)
-                readings.extend(self._decode_request(self._decoder(part), values, time.time()))
+                readings.extend(expand(self._decode_request(self._decoder(part), values, time.time())))
             if len(answered) == 2:
                 # Both halves read, the whole did not: the gap between them is unreadable,
                 # or (no gap) the device refuses requests this long.
@@ -691,18 +697,19 @@ class ModbusAdapter:
         self._replan()
 
     def _decode_request(self, decoder: RequestDecoder, values: list[int] | list[bool],
-                        received: float) -> list[Reading]:
-        """All tags of one reply: the compiled fast path of ``_decode``, same Readings."""
+                        received: float) -> list[Part]:
+        """All tags of one reply: the compiled fast path of ``_decode``, same values. Good
+        numbers of a reply with enough tags go out as one Columns (see bridge.core.tags)."""
         raws = decoder.raw(values)
         if raws is None:  # bits, or a register that is not 16-bit: tag by tag
             if decoder.words is None:
-                return [Reading(tag.name, bool(values[offset]), _GOOD, received)
-                        for tag, offset in decoder.tags]
+                bits = [bool(values[offset]) for _, offset in decoder.tags]
+                return self._good(decoder, bits, received)
             return [self._decode(tag, values[offset:offset + tag.registers], received)
                     for tag, offset in decoder.tags]
         special = decoder.special
-        if not special:  # every tag a plain number: one Reading each, built by map() in C
-            return list(map(Reading, decoder.names, raws, repeat(_GOOD), repeat(received)))
+        if not special:  # every tag a plain number
+            return self._good(decoder, raws, received)
         final = list(raws)
         fixups: list[tuple[int, FieldDecoder]] = []
         for i, f in zip(decoder.special_at, special, strict=True):
@@ -720,11 +727,24 @@ class ModbusAdapter:
                 final[i] = bool((final[i] >> f.bit) & 1)  # type: ignore[operator]
             else:
                 fixups.append((i, f))
-        readings = list(map(Reading, decoder.names, final, repeat(_GOOD), repeat(received)))
+        if not fixups:
+            return self._good(decoder, final, received)
+        readings: list[Part] = list(map(Reading, decoder.names, final, repeat(_GOOD), repeat(received)))
         for i, f in fixups:
             readings[i] = (self._value_problem(f, final[i], received) if f.kind == RAW  # type: ignore[arg-type]
                            else self._decode_field(f, values, received))
         return readings
+
+    @staticmethod
+    def _good(decoder: RequestDecoder, values: Sequence[float | int | bool | None],
+              received: float) -> list[Part]:
+        """Good values of every tag of a reply: one Columns, or Readings where that is cheaper
+        (a few tags: measured, a Columns costs ~8 us against ~1 us a Reading) or exact (a
+        64-bit integer beyond float64's 2**53)."""
+        if len(values) >= _COLUMNS_FROM and not any(
+                abs(values[i]) > _EXACT for i in decoder.wide_at):  # type: ignore[arg-type]
+            return [Columns(decoder.names, values, decoder.kinds, received)]  # type: ignore[arg-type]
+        return list(map(Reading, decoder.names, values, repeat(_GOOD), repeat(received)))
 
     def _decode_field(self, f: FieldDecoder, values: list[int] | list[bool], received: float) -> Reading:
         return self._decode(f.tag, values[f.offset:f.offset + f.registers], received)

@@ -26,9 +26,15 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from bridge.config import ModbusTagConfig
 from bridge.core.datatypes import TYPES, DataTypeInfo, Order
 from bridge.core.errors import DecodeError
+from bridge.core.tags import BOOL as BOOL_VALUE
+from bridge.core.tags import FLOAT as FLOAT_VALUE
+from bridge.core.tags import INT as INT_VALUE
+from bridge.core.tags import OTHER as OTHER_VALUE
 
 __all__ = [
     "BIT",
@@ -293,7 +299,8 @@ class RequestDecoder:
     ``special``. Fewer long-lived objects means cheaper full garbage collections.
     """
 
-    __slots__ = ("combined", "names", "special", "special_at", "tags", "unpackers", "words")
+    __slots__ = ("combined", "kinds", "names", "special", "special_at", "tags", "unpackers", "wide_at",
+                 "words")
 
     def __init__(self, tags: Sequence[tuple[ModbusTagConfig, int]], count: int, *, is_bits: bool,
                  byte_order: str, word_order: str) -> None:
@@ -304,9 +311,16 @@ class RequestDecoder:
         self.unpackers: tuple[tuple[struct.Struct | None, int], ...] = ()
         self.special_at: tuple[int, ...] = ()
         self.special: tuple[FieldDecoder, ...] = ()
+        # What the TagStore's columns hold per value (``bridge.core.tags``), and the 64-bit
+        # integers that may not fit float64 exactly (checked per reply; see _value_kind).
+        self.kinds = np.full(len(tags), BOOL_VALUE, dtype=np.uint8)
+        self.wide_at: tuple[int, ...] = ()
         if is_bits:
             return
         fields = [compile_field(tag, offset, byte_order, word_order) for tag, offset in tags]
+        self.kinds = np.array([_value_kind(f) for f in fields], dtype=np.uint8)
+        self.wide_at = tuple(i for i, f in enumerate(fields)
+                             if self.kinds[i] == INT_VALUE and f.registers == 4)
         keep = [(i, f) for i, f in enumerate(fields) if not f.plain]
         self.special_at = tuple(i for i, _ in keep)
         self.special = tuple(f for _, f in keep)
@@ -327,6 +341,15 @@ class RequestDecoder:
             return self.combined.unpack(data)
         return [unpack.unpack_from(data, at)[0] if unpack is not None else None
                 for unpack, at in self.unpackers]
+
+
+def _value_kind(f: FieldDecoder) -> int:
+    """How the TagStore holds this field's good value (GENERIC fields never reach it as columns)."""
+    if f.kind == BIT:
+        return BOOL_VALUE
+    if f.kind != RAW:
+        return OTHER_VALUE
+    return FLOAT_VALUE if f.check_finite else INT_VALUE
 
 
 _STRUCTS: dict[str, struct.Struct] = {}

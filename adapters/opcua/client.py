@@ -59,7 +59,7 @@ from bridge.config.opcua import NAMESPACE_URI_IN_PATH, path_with_indexes
 from bridge.core.backoff import Backoff
 from bridge.core.errors import DeviceExceptionError, DeviceTimeoutError, NotConnectedError
 from bridge.core.files import read_text_file
-from bridge.core.tags import Reading, bad
+from bridge.core.tags import Part, Reading, bad
 from bridge.ports import DeviceStatus, OnReadings
 
 __all__ = ["OpcuaAdapter", "OpcuaConnectError", "quality_of", "to_value"]
@@ -423,6 +423,10 @@ class OpcuaAdapter:
         return [bad(tag.name, reason, received_time=now) for tag in self.config.tags]
 
     # ---- poll mode
+
+    async def poll(self) -> list[Part]:
+        """``read()``: OPC UA values arrive one by one, so there are no columns to gain."""
+        return list(await self.read())
 
     async def read(self) -> list[Reading]:
         """One Reading per tag, in config order, from one batched Read (split to respect the

@@ -36,6 +36,7 @@ class WindowBuilder:
             raise ValueError("window length must be >= 1")
         self._store = store
         self.inputs = tuple(inputs)
+        self._input_rows = store.rows(self.inputs)
         self.length = length
         self.max_age = max_age
         self._rows = np.zeros((length, len(self.inputs)), dtype=np.float32)
@@ -49,7 +50,10 @@ class WindowBuilder:
         now = time.time() if now is None else now
         row = self._rows[self._head]
         problem = ""
-        for column, tag in enumerate(self.inputs):
+        numbers = self._store.latest_numbers(self._input_rows, now, self.max_age)
+        if numbers is not None:  # the usual case, without a Reading per input
+            row[:] = numbers
+        for column, tag in enumerate(() if numbers is not None else self.inputs):
             reading = self._store.latest(tag)
             if reading is None:
                 problem = problem or f"{tag}: no reading yet"
