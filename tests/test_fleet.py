@@ -237,15 +237,17 @@ def _bridge_config(tmp_path: Path, index: int, sim_port: int, broker_port: int) 
 class Fleet:
     """Three bridge processes; every incarnation's log appended to one file per bridge."""
 
-    def __init__(self, tmp_path: Path, sim_port: int, broker_port: int) -> None:
+    def __init__(self, tmp_path: Path, sim_port: int, broker_port: int, speed: float = 1.0) -> None:
         self.configs = [_bridge_config(tmp_path, i, sim_port, broker_port) for i in range(3)]
         self.procs: list[asyncio.subprocess.Process | None] = [None] * 3
+        self.speed = speed  # `run --speed`: the simulator's plant must run at the same speed
 
     def log(self, i: int) -> Path:
         return self.configs[i].parent / "bridge.log"
 
     async def start(self, i: int) -> None:
-        self.procs[i] = await _cli("run", str(self.configs[i]), "--log-level", "info", log=self.log(i))
+        self.procs[i] = await _cli("run", str(self.configs[i]), "--log-level", "info",
+                                   "--speed", str(self.speed), log=self.log(i))
 
     async def kill9(self, i: int) -> None:
         proc = self.procs[i]
