@@ -96,8 +96,10 @@ def _merge(args: argparse.Namespace) -> int:
             return fail(f"{args.out}: exists (use --force to overwrite)")
         config = _broker(args, "merge")
         prefix = config.topic_prefix
+        request = None if not args.request_stats else (
+            topic(prefix, args.model, "request-stats"), json.dumps({"from": config.client_id}).encode())
         found = asyncio.run(collect_retained(config, topic(prefix, args.model, "stats", "+"),
-                                             min_count=args.min_sites, wait=args.wait))
+                                             min_count=args.min_sites, wait=args.wait, request=request))
         sites = {name.rsplit("/", 1)[-1]: payload for name, payload in found.items()}
         if len(sites) < args.min_sites:
             print(f"fleet merge: {len(sites)} sites published statistics for {args.model} "
@@ -219,6 +221,8 @@ def add_fleet(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--wait", type=float, default=10.0, help="seconds to wait for statistics (default 10)")
     p.add_argument("--target-far", type=float, default=0.01, help="target false-alarm rate (default 0.01)")
     p.add_argument("--margin", type=float, default=None, help="threshold margin (default 2 for pca)")
+    p.add_argument("--request-stats", action="store_true",
+                   help="first ask bridges with [fleet] live_stats to publish their statistics now")
     p.add_argument("--no-publish", action="store_true", help="write the candidate, publish nothing")
     p.add_argument("--force", action="store_true", help="overwrite --out")
     _rollout_args(p)

@@ -50,6 +50,10 @@ class FleetConfig(StrictModel):
     bridge_id: Annotated[str, Field(min_length=1, max_length=100)] | None = None  # None: host name
     # The models that take fleet models (names from [[models]]); empty: every configured model.
     models: list[str] = Field(default_factory=list)
+    # Accumulate this bridge's PCA statistics from its own valid windows the active model
+    # scored normal, and publish them on F/M/stats/B (bridge.sinks.fleet_stats).
+    live_stats: bool = False
+    stats_every: Annotated[float, Field(gt=0, le=86400)] = 600.0  # seconds between publications
 
     @field_validator("bridge_id")
     @classmethod

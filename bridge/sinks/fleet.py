@@ -9,6 +9,7 @@ broker restart, with persistence) still sees the latest of each:
 ``F/M/stats/B``          a site's PCA sufficient statistics (``plcbridge fleet publish-stats``):
                          counts, means and scatter matrices of rows and window means; no rows
 ``F/M/model``            the merged candidate model, raw ONNX bytes (``plcbridge fleet merge``)
+``F/M/request-stats``    any message: bridges with ``live_stats`` publish their statistics now
 ``F/M/card``             JSON: sha256 of the model bytes, threshold, sites, counts
 ``F/M/result/B``         JSON: what bridge B did with the model of that sha256 (installed,
                          refused with the reason)
@@ -23,6 +24,11 @@ last one handled per model (installed or refused) is remembered in
 or a bridge restart is never installed twice (nor rolled back over an operator's rollback).
 A crash between the install and that record is caught too: the active model file then already
 holds those bytes, which counts as installed.
+
+With ``[fleet] live_stats`` the bridge is also a site: it accumulates the statistics of its own
+valid windows that the active model scored normal (``bridge.sinks.fleet_stats``), keeps them in
+``<data_dir>/fleet/stats-<model>.json`` and publishes them on ``F/M/stats/B`` when it connects,
+every ``stats_every`` seconds and on a request.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import ValidationError
 
 from bridge.config.fleet import FleetConfig, RolloutSpec, selection_bucket
@@ -49,6 +56,7 @@ from bridge.core.errors import ConfigError, ModelContractError
 from bridge.core.scores import Score
 from bridge.core.timefmt import iso
 from bridge.ports import BridgeView, SinkBase
+from bridge.sinks.fleet_stats import LiveStats, read_live_stats, write_live_stats
 from bridge.sinks.mqtt import Client, MqttError, Will, describe, new_client, read_password, tls_context
 
 __all__ = ["RESULTS", "FleetSink", "Install", "MqttError", "ShadowOf", "Stage", "collect_retained",
@@ -67,6 +75,10 @@ ShadowOf = Callable[[str], Mapping[str, Any] | None]
 # What F/M/result/B says, in the order a rollout can go through them.
 RESULTS = ("skipped", "refused", "installed", "staged", "promoted", "rejected", "rolled back")
 WATCH_EVERY = 0.5  # seconds between looks at a staged shadow / for a rollback
+STATS_SAVE_EVERY = 30.0  # seconds between saves of the live statistics: at most that lost to a kill -9
+# What the runtime gives the sink to see every scored window (ModelUpdater.add_window_observer).
+WindowObserver = Callable[[str, np.ndarray, Score], None]
+WatchWindows = Callable[[WindowObserver], None]
 
 
 def sha256(data: bytes) -> str:
@@ -100,10 +112,12 @@ async def publish_retained(config: FleetConfig, messages: Sequence[tuple[str, by
 
 
 async def collect_retained(config: FleetConfig, topic_filter: str, *, min_count: int, wait: float,
-                           quiet: float = 1.0) -> dict[str, bytes]:
+                           quiet: float = 1.0, request: tuple[str, bytes] | None = None) -> dict[str, bytes]:
     """The retained messages on ``topic_filter``, by topic (empty payloads, which clear a retained
-    message, are left out). Returns when ``min_count`` topics are in and nothing new came for
-    ``quiet`` seconds, or after ``wait`` seconds with whatever came."""
+    message, are left out), the latest of each. Returns when ``min_count`` topics are in and
+    nothing new came for ``quiet`` seconds, or after ``wait`` seconds with whatever came.
+    ``request`` (topic, payload) is published, not retained, once subscribed: what answers it
+    (live statistics) arrives within the quiet time and replaces the retained copy."""
     password = read_password(config, "fleet")
     found: dict[str, bytes] = {}
     loop = asyncio.get_running_loop()
@@ -111,6 +125,8 @@ async def collect_retained(config: FleetConfig, topic_filter: str, *, min_count:
     try:
         async with _client(config, password) as client:
             await client.subscribe(topic_filter, qos=1)
+            if request is not None:
+                await client.publish(*request, qos=1, timeout=config.timeout)
             messages = aiter(client.messages)
             while True:
                 left = deadline - loop.time()
@@ -149,6 +165,8 @@ class FleetSink(SinkBase):
                  shadow: ShadowOf | None = None,
                  events: Callable[[], Sequence[Mapping[str, Any]]] | None = None,
                  rules: Mapping[str, ShadowRuleConfig] | None = None,
+                 windows: WatchWindows | None = None,
+                 features: Mapping[str, tuple[Sequence[str], float | None]] | None = None,
                  backoff: Backoff | None = None) -> None:
         unknown = [m for m in config.models if m not in models]
         if unknown:
@@ -177,25 +195,96 @@ class FleetSink(SinkBase):
         self._lock = asyncio.Lock()  # one decision at a time per sink: the record is shared
         self.connected = False
         self.counts = dict.fromkeys(RESULTS, 0) | {"repeated": 0}
+        # Live statistics (``live_stats``): per model, kept beside the state record.
+        self._watch_windows = windows if config.live_stats else None
+        self._features = dict(features or {})
+        self._stats_folder = None if data_dir is None else data_dir / "fleet"
+        self._live: dict[str, LiveStats] = {}
+        if config.live_stats:
+            for model in self.models:
+                if (kept := read_live_stats(self._stats_folder, model)) is not None:
+                    self._live[model] = kept
+        self.stats_published = 0
+        self.last_error: str | None = None
 
     async def start(self, view: BridgeView | None = None) -> None:
         self._view = view
         self._tasks = [asyncio.create_task(self._run(), name="plcbridge.fleet"),
                        asyncio.create_task(self._watch(), name="plcbridge.fleet.watch")]
+        if self._watch_windows is not None:
+            self._watch_windows(self._on_window)
+            self._tasks.append(asyncio.create_task(self._stats_loop(), name="plcbridge.fleet.stats"))
 
     def on_score(self, score: Score) -> None:
-        return None  # a fleet member receives models; its statistics come from recordings
+        return None  # the statistics need the window's values: they come through _on_window
 
     async def stop(self) -> None:
         for task in self._tasks:
             await cancel_and_wait(task)
         self._tasks = []
+        await self._save_stats()
 
     def status(self) -> dict[str, Any]:
         return {"broker": f"{self.config.host}:{self.config.effective_port}", "bridge_id": self.bridge_id,
-                "connected": self.connected, **self.counts,
+                "connected": self.connected, **self.counts, "last_error": self.last_error,
                 "models": {m: {k: self._state[m].get(k) for k in ("sha256", "status")}
-                           for m in self.models if m in self._state}}
+                           for m in self.models if m in self._state},
+                "stats_published": self.stats_published,
+                "live_stats": {m: s.figures() for m, s in self._live.items()}}
+
+    # -- live statistics -------------------------------------------------------------------
+
+    def _on_window(self, model: str, values: np.ndarray, score: Score) -> None:
+        features = self._features.get(model)
+        status = None if self._view is None else self._view.models().get(model)
+        if model not in self.models or features is None or status is None:
+            return
+        inputs, max_age = features
+        stats = self._live.get(model)
+        if stats is None or not stats.fits(inputs, values.shape[0], status.period, max_age):
+            if stats is not None and stats.window_means.count:
+                # Windows of another length or period are another model's statistics: the
+                # merger would refuse the mix, so the bridge starts over rather than send it.
+                log.warning("fleet live statistics start over model=%s: window %d x %g s, was %d x %g s",
+                            model, values.shape[0], status.period, stats.window, stats.period)
+            stats = self._live[model] = LiveStats(model, tuple(inputs), values.shape[0], status.period,
+                                                  max_age)
+        stats.add(values, score)
+
+    async def _stats_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        published = loop.time()
+        while True:
+            await asyncio.sleep(min(self.config.stats_every, STATS_SAVE_EVERY))
+            await self._save_stats()
+            client = self._client
+            if client is not None and loop.time() - published >= self.config.stats_every:
+                with contextlib.suppress(MqttError):  # _run notices the lost connection
+                    await self._publish_stats(client, self.models)
+                    published = loop.time()
+
+    async def _save_stats(self) -> None:
+        if self._stats_folder is None:
+            return
+        for stats in list(self._live.values()):
+            # A copy taken in the loop: the scoring cycle keeps adding while the thread writes.
+            snapshot = LiveStats.from_json(stats.to_json())
+            try:
+                await asyncio.to_thread(write_live_stats, self._stats_folder, snapshot)
+            except OSError as exc:
+                log.error("fleet live statistics not saved model=%s: %s", stats.model, exc)
+
+    async def _publish_stats(self, client: Client, models: Sequence[str]) -> None:
+        for model in models:
+            stats = self._live.get(model)
+            if stats is None or stats.window_means.count == 0:
+                continue  # nothing counted yet: an empty site would only break a merge
+            await client.publish(topic(self.config.topic_prefix, model, "stats", self.bridge_id),
+                                 json.dumps(stats.payload(self.bridge_id)).encode(), qos=1,
+                                 retain=True, timeout=self.config.timeout)
+            self.stats_published += 1
+            log.info("fleet live statistics published model=%s windows=%d", model,
+                     stats.window_means.count)
 
     async def _run(self) -> None:
         attempt = 0
@@ -211,12 +300,20 @@ class FleetSink(SinkBase):
                         # The card first: its retained copy then arrives before the model's.
                         await client.subscribe(topic(prefix, model, "card"), qos=1)
                         await client.subscribe(topic(prefix, model, "model"), qos=1)
+                        if self._watch_windows is not None:
+                            await client.subscribe(topic(prefix, model, "request-stats"), qos=1)
                     self._client = client
                     log.info("fleet connected broker=%s:%d models=%s", self.config.host,
                              self.config.effective_port, ",".join(self.models))
+                    if self._watch_windows is not None:
+                        # What an earlier run counted, or the retained copy may be older.
+                        await self._publish_stats(client, self.models)
                     async for message in client.messages:
                         payload = message.payload
                         *_, model, kind = str(message.topic).split("/")
+                        if kind == "request-stats" and model in self.models:
+                            await self._publish_stats(client, [model])
+                            continue
                         if not (isinstance(payload, bytes) and payload and model in self.models):
                             continue
                         (self._cards if kind == "card" else self._payloads)[model] = payload
@@ -224,7 +321,8 @@ class FleetSink(SinkBase):
                         if result is not None:
                             await self._publish(client, result)
             except MqttError as exc:
-                log.warning("fleet %s", describe(exc, f"{self.config.host}:{self.config.effective_port}"))
+                self.last_error = describe(exc, f"{self.config.host}:{self.config.effective_port}")
+                log.warning("fleet %s", self.last_error)
             self._client = None
             self.connected = False
             attempt += 1
