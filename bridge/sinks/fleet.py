@@ -42,6 +42,7 @@ import os
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +60,8 @@ from bridge.ports import BridgeView, SinkBase
 from bridge.sinks.fleet_stats import LiveStats, read_live_stats, write_live_stats
 from bridge.sinks.mqtt import Client, MqttError, Will, describe, new_client, read_password, tls_context
 
-__all__ = ["RESULTS", "FleetSink", "Install", "MqttError", "ShadowOf", "Stage", "collect_retained",
-           "publish_retained", "sha256", "topic"]
+__all__ = ["RESULTS", "FleetSink", "FleetStats", "Install", "MqttError", "ShadowOf", "Stage",
+           "collect_retained", "publish_retained", "sha256", "topic"]
 
 log = logging.getLogger("plcbridge.fleet")
 
@@ -147,6 +148,22 @@ async def collect_retained(config: FleetConfig, topic_filter: str, *, min_count:
     return found
 
 
+@dataclass
+class FleetStats:
+    """The fleet sink's connection counters (``FleetSink.status``, /api/v1/health ``fleet``).
+    No spool: what a bridge publishes is retained and derived from its records (results in
+    ``state.json``, statistics), so after an outage it is published again, not replayed."""
+
+    connected: bool = False
+    published: int = 0  # messages the broker acknowledged: status, results, statistics
+    stats_published: int = 0  # of which statistics documents
+    connects: int = 0
+    connect_failures: int = 0
+    disconnects: int = 0
+    last_error: str | None = None
+    last_error_time: float | None = None
+
+
 class FleetSink(SinkBase):
     """Implements ``bridge.ports.Sink``: subscribes to the fleet card and model of each of its
     models and acts once on a new model as the card's rollout says (docs/fleet.md): skip it
@@ -193,7 +210,7 @@ class FleetSink(SinkBase):
         self._cards: dict[str, bytes] = {}
         self._payloads: dict[str, bytes] = {}
         self._lock = asyncio.Lock()  # one decision at a time per sink: the record is shared
-        self.connected = False
+        self.stats = FleetStats()
         self.counts = dict.fromkeys(RESULTS, 0) | {"repeated": 0}
         # Live statistics (``live_stats``): per model, kept beside the state record.
         self._watch_windows = windows if config.live_stats else None
@@ -204,8 +221,6 @@ class FleetSink(SinkBase):
             for model in self.models:
                 if (kept := read_live_stats(self._stats_folder, model)) is not None:
                     self._live[model] = kept
-        self.stats_published = 0
-        self.last_error: str | None = None
 
     async def start(self, view: BridgeView | None = None) -> None:
         self._view = view
@@ -222,15 +237,28 @@ class FleetSink(SinkBase):
         for task in self._tasks:
             await cancel_and_wait(task)
         self._tasks = []
+        self._client, self.stats.connected = None, False
         await self._save_stats()
 
     def status(self) -> dict[str, Any]:
-        return {"broker": f"{self.config.host}:{self.config.effective_port}", "bridge_id": self.bridge_id,
-                "connected": self.connected, **self.counts, "last_error": self.last_error,
+        body = asdict(self.stats)
+        body["last_error_time"] = None if self.stats.last_error_time is None else iso(
+            self.stats.last_error_time)
+        return {"broker": f"{self.config.host}:{self.config.effective_port}",
+                "topic_prefix": self.config.topic_prefix, "bridge_id": self.bridge_id, **body,
+                "results": dict(self.counts),
                 "models": {m: {k: self._state[m].get(k) for k in ("sha256", "status")}
                            for m in self.models if m in self._state},
-                "stats_published": self.stats_published,
                 "live_stats": {m: s.figures() for m, s in self._live.items()}}
+
+    @property
+    def connected(self) -> bool:
+        return self.stats.connected
+
+    async def _send(self, client: Client, where: str, payload: bytes) -> None:
+        """Publish retained, QoS 1; counted once the broker acknowledged it."""
+        await client.publish(where, payload, qos=1, retain=True, timeout=self.config.timeout)
+        self.stats.published += 1
 
     # -- live statistics -------------------------------------------------------------------
 
@@ -279,10 +307,9 @@ class FleetSink(SinkBase):
             stats = self._live.get(model)
             if stats is None or stats.window_means.count == 0:
                 continue  # nothing counted yet: an empty site would only break a merge
-            await client.publish(topic(self.config.topic_prefix, model, "stats", self.bridge_id),
-                                 json.dumps(stats.payload(self.bridge_id)).encode(), qos=1,
-                                 retain=True, timeout=self.config.timeout)
-            self.stats_published += 1
+            await self._send(client, topic(self.config.topic_prefix, model, "stats", self.bridge_id),
+                             json.dumps(stats.payload(self.bridge_id)).encode())
+            self.stats.stats_published += 1
             log.info("fleet live statistics published model=%s windows=%d", model,
                      stats.window_means.count)
 
@@ -292,10 +319,10 @@ class FleetSink(SinkBase):
         while True:
             try:
                 async with _client(self.config, self._password, online=True) as client:
-                    self.connected, attempt = True, 0
-                    await client.publish(topic(prefix, "status", self.bridge_id),
-                                         json.dumps({"online": True, "time": iso(time.time())}).encode(),
-                                         qos=1, retain=True, timeout=self.config.timeout)
+                    self.stats.connected, attempt = True, 0
+                    self.stats.connects += 1
+                    await self._send(client, topic(prefix, "status", self.bridge_id),
+                                     json.dumps({"online": True, "time": iso(time.time())}).encode())
                     for model in self.models:
                         # The card first: its retained copy then arrives before the model's.
                         await client.subscribe(topic(prefix, model, "card"), qos=1)
@@ -321,16 +348,21 @@ class FleetSink(SinkBase):
                         if result is not None:
                             await self._publish(client, result)
             except MqttError as exc:
-                self.last_error = describe(exc, f"{self.config.host}:{self.config.effective_port}")
-                log.warning("fleet %s", self.last_error)
+                if self.stats.connected:
+                    self.stats.disconnects += 1
+                else:
+                    self.stats.connect_failures += 1
+                self.stats.last_error = describe(exc, f"{self.config.host}:{self.config.effective_port}")
+                self.stats.last_error_time = time.time()
+                log.warning("fleet %s", self.stats.last_error)
             self._client = None
-            self.connected = False
+            self.stats.connected = False
             attempt += 1
             await asyncio.sleep(self._backoff.delay(attempt))
 
     async def _publish(self, client: Client, result: Mapping[str, Any]) -> None:
-        await client.publish(topic(self.config.topic_prefix, str(result["model"]), "result", self.bridge_id),
-                             json.dumps(result).encode(), qos=1, retain=True, timeout=self.config.timeout)
+        where = topic(self.config.topic_prefix, str(result["model"]), "result", self.bridge_id)
+        await self._send(client, where, json.dumps(result).encode())
 
     async def _consider(self, model: str, *, card_only: bool = False) -> dict[str, Any] | None:
         """The result to publish for the model held for ``model``, if any. A card alone acts
