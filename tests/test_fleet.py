@@ -382,7 +382,7 @@ async def test_malformed_or_mismatched_fleet_model_is_refused_and_the_old_model_
             await until(lambda: scoring(scored), 10, "the old model to keep scoring")  # noqa: B023
         assert not (tmp_path / "data" / "models" / "pump.onnx").exists()
         status = next(s for s in bridge.sinks if s.name == "fleet").status()
-        assert status is not None and status["refused"] == 2 and status["installed"] == 0
+        assert status is not None and status["results"]["refused"] == 2 and status["results"]["installed"] == 0
     finally:
         await tap.stop()
         await bridge.stop()
