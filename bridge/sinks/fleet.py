@@ -264,8 +264,10 @@ class FleetSink(SinkBase):
 
     def _on_window(self, model: str, values: np.ndarray, score: Score) -> None:
         features = self._features.get(model)
-        status = None if self._view is None else self._view.models().get(model)
-        if model not in self.models or features is None or status is None:
+        if model not in self.models or features is None or self._view is None:
+            return
+        status = self._view.models().get(model)
+        if status is None:
             return
         inputs, max_age = features
         stats = self._live.get(model)
