@@ -46,7 +46,7 @@ def _publish_stats(args: argparse.Namespace) -> int:
     require_extra("aiomqtt", "fleet publish-stats")
     from bridge.ml.fleet import stats_payload
     from bridge.ml.train import TrainOptions
-    from bridge.sinks.fleet import publish_retained, topic
+    from bridge.sinks.fleet_broker import publish_retained, topic
 
     inputs = tuple(s.strip() for s in args.inputs.split(",")) if args.inputs else None
     opts = TrainOptions(kind="pca", inputs=inputs, window=args.window, period=args.period,
@@ -67,7 +67,7 @@ def _publish_stats(args: argparse.Namespace) -> int:
 def _guarded(args: argparse.Namespace, command: str, body: Callable[[], int]) -> int:
     """``body()``, with bad input exit 2 (one line naming the culprit) and a broker that cannot
     be reached exit 1 (worth retrying)."""
-    from bridge.sinks.fleet import MqttError
+    from bridge.sinks.fleet_broker import MqttError
 
     try:
         return body()
@@ -85,7 +85,7 @@ def _merge(args: argparse.Namespace) -> int:
     require_extra("scipy", "fleet merge")
     from bridge.ml.fleet import card_payload, merge_payloads
     from bridge.ml.train import TrainOptions
-    from bridge.sinks.fleet import collect_retained, sha256, topic
+    from bridge.sinks.fleet_broker import collect_retained, sha256, topic
 
     opts = TrainOptions(kind="pca", target_far=args.target_far, margin=args.margin, name=args.model)
 
@@ -147,7 +147,7 @@ def _describe(spec: dict[str, Any] | None) -> str:
 
 
 def _publish_model(config: FleetConfig, model: str, card: bytes, data: bytes) -> None:
-    from bridge.sinks.fleet import publish_retained, topic
+    from bridge.sinks.fleet_broker import publish_retained, topic
 
     # The card first: whoever sees the model can then look up what it is and how to take it.
     asyncio.run(publish_retained(config, [(topic(config.topic_prefix, model, "card"), card),
@@ -156,7 +156,7 @@ def _publish_model(config: FleetConfig, model: str, card: bytes, data: bytes) ->
 
 def _rollout_file(args: argparse.Namespace) -> int:
     require_extra("aiomqtt", "fleet rollout")
-    from bridge.sinks.fleet import sha256, topic
+    from bridge.sinks.fleet_broker import sha256, topic
 
     def body() -> int:
         topic_level(args.model)

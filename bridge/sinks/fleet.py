@@ -1,13 +1,14 @@
-"""Fleet models through the broker (docs/fleet.md): the bridge's side, and the broker helpers the
-``plcbridge fleet`` commands use.
+"""Fleet models through the broker (docs/fleet.md): the bridge's side (the broker helpers the
+``plcbridge fleet`` commands use too are in ``bridge.sinks.fleet_broker``).
 
 Topics (``F`` = ``[fleet] topic_prefix``, default ``plcbridge/fleet``; ``M`` = model name;
-``B`` = bridge id), all QoS 1 and retained, so a bridge or merger that connects late (or after a
-broker restart, with persistence) still sees the latest of each:
+``B`` = bridge id), all QoS 1 and retained but the request, so a bridge or merger that
+connects late (or after a broker restart, with persistence) still sees the latest of each:
 
 =======================  =======================================================================
-``F/M/stats/B``          a site's PCA sufficient statistics (``plcbridge fleet publish-stats``):
-                         counts, means and scatter matrices of rows and window means; no rows
+``F/M/stats/B``          a site's PCA sufficient statistics (``plcbridge fleet publish-stats``
+                         or a bridge with ``live_stats``): counts, means and scatter matrices
+                         of rows and window means; no rows
 ``F/M/model``            the merged candidate model, raw ONNX bytes (``plcbridge fleet merge``)
 ``F/M/request-stats``    any message: bridges with ``live_stats`` publish their statistics now
 ``F/M/card``             JSON: sha256 of the model bytes, threshold, sites, counts
@@ -35,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -57,11 +57,11 @@ from bridge.core.errors import ConfigError, ModelContractError
 from bridge.core.scores import Score
 from bridge.core.timefmt import iso
 from bridge.ports import BridgeView, SinkBase
-from bridge.sinks.fleet_stats import LiveStats, read_live_stats, write_live_stats
-from bridge.sinks.mqtt import Client, MqttError, Will, describe, new_client, read_password, tls_context
+from bridge.sinks.fleet_broker import MqttError, fleet_client, sha256, topic
+from bridge.sinks.fleet_stats import LiveStatsBook
+from bridge.sinks.mqtt import Client, describe, read_password, tls_context
 
-__all__ = ["RESULTS", "FleetSink", "FleetStats", "Install", "MqttError", "ShadowOf", "Stage",
-           "collect_retained", "publish_retained", "sha256", "topic"]
+__all__ = ["RESULTS", "FleetSink", "FleetStats", "Install", "ShadowOf", "Stage", "WatchWindows"]
 
 log = logging.getLogger("plcbridge.fleet")
 
@@ -80,72 +80,6 @@ STATS_SAVE_EVERY = 30.0  # seconds between saves of the live statistics: at most
 # What the runtime gives the sink to see every scored window (ModelUpdater.add_window_observer).
 WindowObserver = Callable[[str, np.ndarray, Score], None]
 WatchWindows = Callable[[WindowObserver], None]
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def topic(prefix: str, *levels: str) -> str:
-    """``prefix/level/...``, e.g. ``topic(F, M, "stats", B)`` or ``topic(F, "status", B)``."""
-    return "/".join((prefix, *levels))
-
-
-def _client(config: FleetConfig, password: str | None, online: bool | None = None) -> Client:
-    tls = None if config.tls is None else tls_context(config.tls, "fleet")
-    status = json.dumps({"online": False, "client_id": config.effective_client_id}).encode()
-    # The bridge's will is its retained status; a one-shot command's will is not retained.
-    return new_client(config, password, tls, "plcbridge.fleet.client",
-                      Will(topic(config.topic_prefix, "status", config.effective_bridge_id), status,
-                           qos=1, retain=online is not None))
-
-
-async def publish_retained(config: FleetConfig, messages: Sequence[tuple[str, bytes]]) -> None:
-    """Publish each ``(topic, payload)`` QoS 1 and retained; returns once the broker acknowledged
-    all of them. Raises MqttError (the message names the broker) or ConfigError (secrets, TLS)."""
-    password = read_password(config, "fleet")
-    try:
-        async with _client(config, password) as client:
-            for topic, payload in messages:
-                await client.publish(topic, payload, qos=1, retain=True, timeout=config.timeout)
-    except MqttError as exc:
-        raise MqttError(describe(exc, f"{config.host}:{config.effective_port}")) from None
-
-
-async def collect_retained(config: FleetConfig, topic_filter: str, *, min_count: int, wait: float,
-                           quiet: float = 1.0, request: tuple[str, bytes] | None = None) -> dict[str, bytes]:
-    """The retained messages on ``topic_filter``, by topic (empty payloads, which clear a retained
-    message, are left out), the latest of each. Returns when ``min_count`` topics are in and
-    nothing new came for ``quiet`` seconds, or after ``wait`` seconds with whatever came.
-    ``request`` (topic, payload) is published, not retained, once subscribed: what answers it
-    (live statistics) arrives within the quiet time and replaces the retained copy."""
-    password = read_password(config, "fleet")
-    found: dict[str, bytes] = {}
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait
-    try:
-        async with _client(config, password) as client:
-            await client.subscribe(topic_filter, qos=1)
-            if request is not None:
-                await client.publish(*request, qos=1, timeout=config.timeout)
-            messages = aiter(client.messages)
-            while True:
-                left = deadline - loop.time()
-                if left <= 0:
-                    break
-                limit = min(left, quiet) if len(found) >= min_count else left
-                try:
-                    message = await asyncio.wait_for(anext(messages), limit)
-                except TimeoutError:
-                    if len(found) >= min_count:
-                        break
-                    continue
-                payload = message.payload
-                if isinstance(payload, bytes) and payload:
-                    found[str(message.topic)] = payload
-    except MqttError as exc:
-        raise MqttError(describe(exc, f"{config.host}:{config.effective_port}")) from None
-    return found
 
 
 @dataclass
@@ -214,13 +148,8 @@ class FleetSink(SinkBase):
         self.counts = dict.fromkeys(RESULTS, 0) | {"repeated": 0}
         # Live statistics (``live_stats``): per model, kept beside the state record.
         self._watch_windows = windows if config.live_stats else None
-        self._features = dict(features or {})
-        self._stats_folder = None if data_dir is None else data_dir / "fleet"
-        self._live: dict[str, LiveStats] = {}
-        if config.live_stats:
-            for model in self.models:
-                if (kept := read_live_stats(self._stats_folder, model)) is not None:
-                    self._live[model] = kept
+        self._live = LiveStatsBook(self.models if config.live_stats else (), features or {},
+                                   None if data_dir is None else data_dir / "fleet")
 
     async def start(self, view: BridgeView | None = None) -> None:
         self._view = view
@@ -238,7 +167,7 @@ class FleetSink(SinkBase):
             await cancel_and_wait(task)
         self._tasks = []
         self._client, self.stats.connected = None, False
-        await self._save_stats()
+        await self._live.save()
 
     def status(self) -> dict[str, Any]:
         body = asdict(self.stats)
@@ -249,7 +178,7 @@ class FleetSink(SinkBase):
                 "results": dict(self.counts),
                 "models": {m: {k: self._state[m].get(k) for k in ("sha256", "status")}
                            for m in self.models if m in self._state},
-                "live_stats": {m: s.figures() for m, s in self._live.items()}}
+                "live_stats": self._live.figures()}
 
     @property
     def connected(self) -> bool:
@@ -263,64 +192,38 @@ class FleetSink(SinkBase):
     # -- live statistics -------------------------------------------------------------------
 
     def _on_window(self, model: str, values: np.ndarray, score: Score) -> None:
-        features = self._features.get(model)
-        if model not in self.models or features is None or self._view is None:
-            return
-        status = self._view.models().get(model)
-        if status is None:
-            return
-        inputs, max_age = features
-        stats = self._live.get(model)
-        if stats is None or not stats.fits(inputs, values.shape[0], status.period, max_age):
-            if stats is not None and stats.window_means.count:
-                # Windows of another length or period are another model's statistics: the
-                # merger would refuse the mix, so the bridge starts over rather than send it.
-                log.warning("fleet live statistics start over model=%s: window %d x %g s, was %d x %g s",
-                            model, values.shape[0], status.period, stats.window, stats.period)
-            stats = self._live[model] = LiveStats(model, tuple(inputs), values.shape[0], status.period,
-                                                  max_age)
-        stats.add(values, score)
+        status = None if self._view is None else self._view.models().get(model)
+        if status is not None:
+            self._live.add(model, values, score, status.period)
 
     async def _stats_loop(self) -> None:
         loop = asyncio.get_running_loop()
         published = loop.time()
         while True:
             await asyncio.sleep(min(self.config.stats_every, STATS_SAVE_EVERY))
-            await self._save_stats()
+            await self._live.save()
             client = self._client
             if client is not None and loop.time() - published >= self.config.stats_every:
                 with contextlib.suppress(MqttError):  # _run notices the lost connection
                     await self._publish_stats(client, self.models)
                     published = loop.time()
 
-    async def _save_stats(self) -> None:
-        if self._stats_folder is None:
-            return
-        for stats in list(self._live.values()):
-            # A copy taken in the loop: the scoring cycle keeps adding while the thread writes.
-            snapshot = LiveStats.from_json(stats.to_json())
-            try:
-                await asyncio.to_thread(write_live_stats, self._stats_folder, snapshot)
-            except OSError as exc:
-                log.error("fleet live statistics not saved model=%s: %s", stats.model, exc)
-
     async def _publish_stats(self, client: Client, models: Sequence[str]) -> None:
         for model in models:
-            stats = self._live.get(model)
-            if stats is None or stats.window_means.count == 0:
-                continue  # nothing counted yet: an empty site would only break a merge
+            payload = self._live.payload(model, self.bridge_id)
+            if payload is None:
+                continue
             await self._send(client, topic(self.config.topic_prefix, model, "stats", self.bridge_id),
-                             json.dumps(stats.payload(self.bridge_id)).encode())
+                             payload)
             self.stats.stats_published += 1
-            log.info("fleet live statistics published model=%s windows=%d", model,
-                     stats.window_means.count)
+            log.info("fleet live statistics published model=%s", model)
 
     async def _run(self) -> None:
         attempt = 0
         prefix = self.config.topic_prefix
         while True:
             try:
-                async with _client(self.config, self._password, online=True) as client:
+                async with fleet_client(self.config, self._password, online=True) as client:
                     self.stats.connected, attempt = True, 0
                     self.stats.connects += 1
                     await self._send(client, topic(prefix, "status", self.bridge_id),

@@ -15,12 +15,13 @@ dropped.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ import numpy as np
 from bridge.core.moments import STATS_FORMAT, STATS_VERSION, Moments
 from bridge.core.scores import Score
 
-__all__ = ["LiveStats", "read_live_stats", "write_live_stats"]
+__all__ = ["LiveStats", "LiveStatsBook", "read_live_stats", "write_live_stats"]
 
 log = logging.getLogger("plcbridge.fleet")
 
@@ -135,3 +136,57 @@ def write_live_stats(folder: Path | None, stats: LiveStats) -> None:
     with os.fdopen(handle, "w", encoding="utf-8") as out:
         json.dump(stats.to_json(), out)
     os.replace(raw, folder / f"stats-{stats.model}.json")  # atomic: old or new, never half
+
+
+class LiveStatsBook:
+    """The live statistics of a fleet member's models: fed every scored window, kept in
+    ``folder`` (``<data_dir>/fleet``; None: memory only), asked for payloads to publish.
+    ``features`` gives each model's input names and configured max age."""
+
+    def __init__(self, models: Sequence[str], features: Mapping[str, tuple[Sequence[str], float | None]],
+                 folder: Path | None) -> None:
+        self.models = tuple(models)
+        self._features = dict(features)
+        self._folder = folder
+        self.stats: dict[str, LiveStats] = {}
+        for model in self.models:
+            if (kept := read_live_stats(folder, model)) is not None:
+                self.stats[model] = kept
+
+    def add(self, model: str, values: np.ndarray, score: Score, period: float) -> None:
+        """Count one scored window of ``model`` (period: the active model's)."""
+        features = self._features.get(model)
+        if model not in self.models or features is None:
+            return
+        inputs, max_age = features
+        stats = self.stats.get(model)
+        if stats is None or not stats.fits(inputs, values.shape[0], period, max_age):
+            if stats is not None and stats.window_means.count:
+                # Windows of another length or period are another model's statistics: the
+                # merger would refuse the mix, so the bridge starts over rather than send it.
+                log.warning("fleet live statistics start over model=%s: window %d x %g s, was %d x %g s",
+                            model, values.shape[0], period, stats.window, stats.period)
+            stats = self.stats[model] = LiveStats(model, tuple(inputs), values.shape[0], period, max_age)
+        stats.add(values, score)
+
+    def payload(self, model: str, bridge_id: str) -> bytes | None:
+        """The statistics document of ``model``, or None while nothing is counted (an empty
+        site would only break a merge)."""
+        stats = self.stats.get(model)
+        if stats is None or stats.window_means.count == 0:
+            return None
+        return json.dumps(stats.payload(bridge_id)).encode()
+
+    def figures(self) -> dict[str, dict[str, Any]]:
+        return {model: stats.figures() for model, stats in self.stats.items()}
+
+    async def save(self) -> None:
+        if self._folder is None:
+            return
+        for stats in list(self.stats.values()):
+            # A copy taken in the loop: the scoring cycle keeps adding while the thread writes.
+            snapshot = LiveStats.from_json(stats.to_json())
+            try:
+                await asyncio.to_thread(write_live_stats, self._folder, snapshot)
+            except OSError as exc:
+                log.error("fleet live statistics not saved model=%s: %s", stats.model, exc)
