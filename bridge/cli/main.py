@@ -250,7 +250,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(run_opcua_simulator_forever(args.host, args.port, args.opcua_port,
-                                                    args.seed, schedule or None))
+                                                    args.seed, schedule or None, speed=args.speed))
         return EXIT_OK
     from adapters.sim.modbus import run_simulator_forever
 
