@@ -192,7 +192,9 @@ class FleetSink(SinkBase):
     # -- live statistics -------------------------------------------------------------------
 
     def _on_window(self, model: str, values: np.ndarray, score: Score) -> None:
-        status = None if self._view is None else self._view.models().get(model)
+        if model not in self._live.models or self._view is None:
+            return  # before the view's snapshot: it is built for every model, every window
+        status = self._view.models().get(model)
         if status is not None:
             self._live.add(model, values, score, status.period)
 
