@@ -237,15 +237,17 @@ def _bridge_config(tmp_path: Path, index: int, sim_port: int, broker_port: int) 
 class Fleet:
     """Three bridge processes; every incarnation's log appended to one file per bridge."""
 
-    def __init__(self, tmp_path: Path, sim_port: int, broker_port: int) -> None:
+    def __init__(self, tmp_path: Path, sim_port: int, broker_port: int, speed: float = 1.0) -> None:
         self.configs = [_bridge_config(tmp_path, i, sim_port, broker_port) for i in range(3)]
         self.procs: list[asyncio.subprocess.Process | None] = [None] * 3
+        self.speed = speed  # `run --speed`: the simulator's plant must run at the same speed
 
     def log(self, i: int) -> Path:
         return self.configs[i].parent / "bridge.log"
 
     async def start(self, i: int) -> None:
-        self.procs[i] = await _cli("run", str(self.configs[i]), "--log-level", "info", log=self.log(i))
+        self.procs[i] = await _cli("run", str(self.configs[i]), "--log-level", "info",
+                                   "--speed", str(self.speed), log=self.log(i))
 
     async def kill9(self, i: int) -> None:
         proc = self.procs[i]
@@ -380,7 +382,7 @@ async def test_malformed_or_mismatched_fleet_model_is_refused_and_the_old_model_
             await until(lambda: scoring(scored), 10, "the old model to keep scoring")  # noqa: B023
         assert not (tmp_path / "data" / "models" / "pump.onnx").exists()
         status = next(s for s in bridge.sinks if s.name == "fleet").status()
-        assert status is not None and status["refused"] == 2 and status["installed"] == 0
+        assert status is not None and status["results"]["refused"] == 2 and status["results"]["installed"] == 0
     finally:
         await tap.stop()
         await bridge.stop()

@@ -27,6 +27,7 @@ pytestmark = [pytest.mark.timeout(60),
 # A shadow scores the active model's own windows: the bridges start from a PCA model of this
 # window (not the shipped 16-sample one), so a restarted bridge compares again within seconds.
 WINDOW = 5
+SPEED = 10.0
 
 
 def _plant_sites(tmp_path: Path) -> list[Path]:
@@ -82,8 +83,9 @@ async def test_shadow_canary_then_fraction_through_kill9_and_broker_restart(
         tmp_path: Path, broker: Broker, capsys: pytest.CaptureFixture[str]) -> None:
     from adapters.sim.modbus import start_simulator
 
-    sim = await start_simulator("127.0.0.1", 0, seed=3, step=0.01, speed=1)
-    fleet = Fleet(tmp_path, sim.port, broker.port)
+    # Plant and bridges 10x faster together: the shadow periods below are plant seconds.
+    sim = await start_simulator("127.0.0.1", 0, seed=3, step=0.01, speed=SPEED)
+    fleet = Fleet(tmp_path, sim.port, broker.port, speed=SPEED)
     tap = Tap(broker.port)
     try:
         sites = _plant_sites(tmp_path)
@@ -92,18 +94,22 @@ async def test_shadow_canary_then_fraction_through_kill9_and_broker_restart(
         await asyncio.gather(*(fleet.start(i) for i in range(3)))
         await _publish_sites(broker.port, sites)
         await _online(tap, range(3))
-        # A shadow canary to b1 only: 8 s of observation, lenient on FAR (the sites' model and
-        # the simulator's plant differ): it must be promoted with its figures.
+        # A shadow canary to b1 only: 30 plant seconds (3 s) of observation, lenient on FAR
+        # (the sites' model and the simulator's plant differ): it must be promoted with its
+        # figures.
         await _merge(broker.port, tmp_path / "candidate.onnx", "--bridges", "b1", "--shadow",
-                     "--period-s", "10", "--min-windows", "3", "--max-far", "1")
+                     "--period-s", "30", "--min-windows", "3", "--max-far", "1")
         sha = hashlib.sha256((tmp_path / "candidate.onnx").read_bytes()).hexdigest()
         await until(lambda: all(_status(tap, i, sha, "skipped") for i in (0, 2))
                     and _status(tap, 1, sha, "staged"), 15, "b1 to stage, b0 and b2 to skip")
         staged = _result(tap, 1)
         assert staged is not None and staged["shadow_id"] and staged["rollout"]["bridges"] == ["b1"]
-        # Mid-shadow: kill -9 b1, stop and restart the broker, bring b1 back.
-        await asyncio.sleep(2.0)
+        # Mid-shadow (staged, not decided: the stored shadow is still running): kill -9 b1,
+        # stop and restart the broker, bring b1 back.
         await fleet.kill9(1)
+        shadow_file = fleet.configs[1].parent / "data" / "models" / "shadow"
+        assert any('"state": "running"' in p.read_text() for p in shadow_file.glob("*.json")), \
+            list(shadow_file.iterdir())
         tap = await restart_broker(tap, broker)
         await fleet.start(1)
         await until(lambda: _status(tap, 1, sha, "promoted", "rejected"), 25, "the shadow's verdict")
@@ -120,7 +126,7 @@ async def test_shadow_canary_then_fraction_through_kill9_and_broker_restart(
         with capsys.disabled():
             print(f"\nshadow canary b1 promoted: {json.dumps(figures)}; reason {promoted['reason']!r}")
 
-        # The same bytes to a fraction, in shadow with a rule no plant meets in 4 s: the
+        # The same bytes to a fraction, in shadow with a rule no plant meets in 4 plant s: the
         # selected ones stage and are rejected with the reason, the old model keeps scoring;
         # b1 (promoted) does nothing again.
         fraction = 0.67

@@ -85,3 +85,26 @@ async def test_demo_model_scores_the_opcua_plant(sim: OpcuaSimulatorHandle) -> N
                     20, "a valid window scored from OPC UA readings")
     finally:
         await bridge.stop()
+
+
+async def test_cli_simulate_opcua_takes_speed() -> None:
+    # `simulate --opcua --speed` ran the plant at 1x, the option silently ignored.
+    import asyncio
+    import os
+    import sys
+    from pathlib import Path
+
+    from tests.mqtt_broker import free_port
+
+    root = Path(__file__).resolve().parent.parent
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge.cli", "simulate", "--opcua", "--port", str(free_port()),
+        "--opcua-port", str(free_port()), "--speed", "50", stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(root)})
+    try:
+        assert proc.stdout is not None
+        banner = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+    finally:
+        proc.terminate()
+        await proc.wait()
+    assert "step=0.1s of plant time every 0.002s" in banner, banner

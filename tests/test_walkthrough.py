@@ -2,9 +2,11 @@
 order, against `plcbridge simulate`, with the plant sped up and durations shortened.
 
 What the test changes, and only that: port 5020 and API port 8080 become free ports; the
-simulator and `record` run ``SPEED`` times faster (``--speed``, hidden for record); a fault
-time becomes wall seconds after the simulator starts; `run` without --check-only is stopped
-with SIGINT after ``RUN_SECONDS``; `make` (the virtual environment) is already done."""
+simulator, `record` and `run` run ``SPEED`` times faster (``--speed``, hidden for record and
+run: the bridge samples the plant at the plant's pace); a fault time becomes wall seconds after
+the simulator starts; `run` without --check-only is stopped with SIGINT once its first write
+(or dry-run write) is in data/audit.log, the reader's "after a while" (at most ``RUN_SECONDS``);
+`make` (the virtual environment) is already done."""
 
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from tests.opcua_servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEED = 100.0
-RUN_SECONDS = 9.0
+RUN_SECONDS = 30.0
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -85,9 +87,16 @@ def test_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
         if args[0] == "record":
             args += ["--speed", str(SPEED)]
         if args[0] == "run" and "--check-only" not in args:
-            proc = subprocess.Popen(cli(args), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT)
-            time.sleep(RUN_SECONDS)
+            audit = tmp_path / "data" / "audit.log"
+            mode = "dry-run" if "dry-run" in (tmp_path / "plant.toml").read_text() else "write"
+            seen = audit.read_text().count(f"{mode} model=plant") if audit.exists() else 0
+            proc = subprocess.Popen(cli([*args, "--speed", str(SPEED)]), cwd=tmp_path, env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + RUN_SECONDS
+            while time.monotonic() < deadline and proc.poll() is None and (
+                    not audit.exists() or audit.read_text().count(f"{mode} model=plant") <= seen):
+                time.sleep(0.1)
+            time.sleep(0.5)  # a few more cycles, as after a while
             proc.send_signal(signal.SIGINT)
             out, _ = proc.communicate(timeout=20)
             assert proc.returncode == 0, (command, out.decode())

@@ -78,6 +78,7 @@ from bridge.core.aio import cancel_and_wait
 __all__ = [
     "FAULT_REGISTER",
     "INPUT_COUNT",
+    "PLANT_STEP",
     "SKAB_COLUMNS",
     "SimulatorHandle",
     "float32_to_registers",
@@ -90,6 +91,9 @@ __all__ = [
 INPUT_COUNT = 40  # input registers 0..39
 WRITEBACK_START, WRITEBACK_COUNT = 100, 10
 FAULT_REGISTER = 200
+# Plant seconds per update of `plcbridge simulate`: finer than any poll interval a bridge
+# sensibly uses, so every poll sees a fresh value at any speed.
+PLANT_STEP = 0.1
 TEMPERATURE_X10_REGISTER = 20
 SKAB_COLUMNS: tuple[str, ...] = (
     "Accelerometer1RMS",
@@ -386,19 +390,27 @@ async def run_simulator_forever(
     replay: Path | None = None,
     replay_speed: float = 1.0,
     *,
-    step: float = 0.1,
+    step: float | None = None,
     unit_id: int = 1,
     speed: float = 1.0,
 ) -> None:
     """Entry point for ``plcbridge simulate``: serve until cancelled (Ctrl-C), then stop cleanly.
 
     ``fault_schedule`` is a list of ``(wall-clock seconds after start, fault name or "none")``.
+    ``step`` (wall seconds between updates) defaults to ``PLANT_STEP`` of plant time at any
+    ``speed`` (at most 0.1 s of wall time).
     """
+    if step is None:
+        # A fixed wall step would advance a sped-up plant in jumps (20 s at 200x): a recorder
+        # or bridge sampling it every plant second at the same speed would read each value
+        # many times over, a staircase no model trained on the plant calls normal.
+        step = PLANT_STEP / max(speed, 1.0)
     sim = await start_simulator(
         host, port, seed=seed, step=step, unit_id=unit_id, replay=replay, replay_speed=replay_speed,
         speed=speed,
     )
-    mode = f"replaying {replay} at {replay_speed:g}x" if replay else f"pump plant seed={seed} step={step:g}s"
+    mode = (f"replaying {replay} at {replay_speed:g}x" if replay
+            else f"pump plant seed={seed} step={step * speed:g}s of plant time every {step:g}s")
     print(f"plcbridge simulator listening on {sim.host}:{sim.port} unit={unit_id} ({mode})", flush=True)
     try:
         loop = asyncio.get_running_loop()

@@ -30,7 +30,7 @@ from asyncua.server.address_space import NodeData
 
 from adapters.opcua.server import free_tcp_port
 from adapters.opcua.session import stop_server
-from adapters.sim.modbus import SimulatorHandle, registers_to_float32, start_simulator
+from adapters.sim.modbus import PLANT_STEP, SimulatorHandle, registers_to_float32, start_simulator
 from adapters.sim.plant import FAULT_NAMES, SIGNALS
 from bridge.config import Config, parse_config
 from bridge.core.aio import cancel_and_wait
@@ -213,12 +213,16 @@ async def start_opcua_simulator(host: str = "127.0.0.1", port: int = 4840, *, mo
 async def run_opcua_simulator_forever(host: str = "127.0.0.1", port: int = 5020,
                                       opcua_port: int = 4840, seed: int = 0,
                                       fault_schedule: list[tuple[float, str]] | None = None,
-                                      *, step: float = 0.1, speed: float = 1.0) -> None:
-    """Entry point for ``plcbridge simulate --opcua``: serve until cancelled (Ctrl-C)."""
+                                      *, step: float | None = None, speed: float = 1.0) -> None:
+    """Entry point for ``plcbridge simulate --opcua``: serve until cancelled (Ctrl-C). ``step``
+    as for ``run_simulator_forever`` (default: ``PLANT_STEP`` of plant time at any speed)."""
+    if step is None:
+        step = PLANT_STEP / max(speed, 1.0)  # no jumps of plant time between samples (see there)
     sim = await start_opcua_simulator(host, opcua_port, modbus_port=port, seed=seed, step=step,
                                       speed=speed)
     print(f"plcbridge simulator listening on {sim.url} (OPC UA, ns=2;s=Pump.*) and "
-          f"{host}:{sim.modbus.port} (Modbus unit 1), pump plant seed={seed} step={step:g}s",
+          f"{host}:{sim.modbus.port} (Modbus unit 1), pump plant seed={seed} "
+          f"step={step * speed:g}s of plant time every {step:g}s",
           flush=True)
     try:
         loop = asyncio.get_running_loop()

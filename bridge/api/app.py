@@ -23,6 +23,7 @@ from bridge.api.schemas import (
     DeviceHealth,
     ErrorDetail,
     Event,
+    FleetStatus,
     Health,
     Live,
     ModelChange,
@@ -32,6 +33,7 @@ from bridge.api.schemas import (
     ModelShadow,
     MqttStatus,
     ShadowStatus,
+    SparkplugStatus,
     TagReading,
     WritebackHealth,
     hide_paths,
@@ -130,11 +132,14 @@ def create_app(bridge: Bridge, tokens: TokenSet | None = None) -> FastAPI:
                 last_score_time=iso(latest.time) if latest else None,
                 window_valid=latest.window_valid if latest else False,
                 writeback=None if wb is None else WritebackHealth.of(wb)))
-        counters = next((s.status() for s in bridge.sinks if s.name == "mqtt"), None)
-        mqtt = None if counters is None else MqttStatus.model_validate(counters)
+        counters = {s.name: s.status() for s in bridge.sinks if s.name in ("mqtt", "sparkplug", "fleet")}
+        mqtt, sparkplug, fleet = (counters.get(name) for name in ("mqtt", "sparkplug", "fleet"))
         return Health(status="ok" if all(d.connected for d in devices) else "degraded",
                       version=__version__, uptime_s=round(time.time() - bridge.started_at, 1),
-                      devices=devices, models=models, mqtt=mqtt)
+                      devices=devices, models=models,
+                      mqtt=None if mqtt is None else MqttStatus.model_validate(mqtt),
+                      sparkplug=None if sparkplug is None else SparkplugStatus.model_validate(sparkplug),
+                      fleet=None if fleet is None else FleetStatus.model_validate(fleet))
 
     rendered: dict[str, Any] = {"updates": -1, "at": 0.0, "body": b""}
 

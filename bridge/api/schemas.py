@@ -30,9 +30,10 @@ if TYPE_CHECKING:
     from bridge.sinks.writeback import ModelWriteback
 
 __all__ = [
-    "DeviceHealth", "ErrorDetail", "Event", "EventDetail", "Health", "Live", "ModelChange",
-    "ModelHealth", "ModelInfo", "ModelScore", "ModelShadow", "MqttStatus", "RolloutDetail",
-    "ShadowComparison", "ShadowRule", "ShadowStatus", "TagReading", "WritebackHealth",
+    "DeviceHealth", "ErrorDetail", "Event", "EventDetail", "FleetLiveStats", "FleetModelState",
+    "FleetStatus", "Health", "Live", "ModelChange", "ModelHealth", "ModelInfo", "ModelScore",
+    "ModelShadow", "MqttStatus", "RolloutDetail", "ShadowComparison", "ShadowRule", "ShadowStatus",
+    "SparkplugStatus", "TagReading", "WritebackHealth",
     "hide_paths", "public_name", "scrub_paths",
 ]
 
@@ -169,6 +170,81 @@ class MqttStatus(Schema):
     last_error_time: Time | None = _time("When ``last_error`` happened")
 
 
+class SparkplugStatus(Schema):
+    """Counters of the Sparkplug B edge node (``bridge.sinks.sparkplug.SparkplugSink.status``)."""
+
+    # As MqttStatus: a counter added to the sink without a field here is left out (a test
+    # compares the two field lists) rather than failing the whole reply.
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+
+    broker: str = Field(description="``host:port`` of the broker.")
+    group_id: str = Field(description="Sparkplug group id.")
+    edge_node_id: str = Field(description="Sparkplug edge node id.")
+    connected: bool = Field(description="Connected to the broker now.")
+    host_online: bool | None = Field(description="The primary host's last STATE; null when no "
+                                                 "``primary_host_id`` is configured.")
+    bdseq: int | None = Field(description="bdSeq of the current (or last) session: the NBIRTH's "
+                                          "and the NDEATH will's.")
+    seq: int | None = Field(description="Sequence number (0-255) of the last message sent; 0 is "
+                                        "the session's NBIRTH.")
+    births: int = Field(description="NBIRTHs sent (sessions and rebirths).")
+    rebirths: int = Field(description="NCMD Node Control/Rebirth requests obeyed.")
+    published: int = Field(description="NBIRTH, DBIRTH, DDATA and DDEATH messages sent (QoS 0, "
+                                       "as Sparkplug B has them: not acknowledged).")
+    spooled: int = Field(description="Records written to the on-disk spool.")
+    dropped: int = Field(description="Oldest records dropped because the spool was full.")
+    queued: int = Field(description="Records in the spool now, not yet sent.")
+    connects: int = Field(description="Successful connections since start.")
+    connect_failures: int = Field(description="Connection attempts that failed.")
+    disconnects: int = Field(description="Connections lost.")
+    last_error: str | None = Field(description="Message of the last connection problem.")
+    last_error_time: Time | None = _time("When ``last_error`` happened")
+
+
+class FleetModelState(Schema):
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+
+    sha256: str | None = Field(description="sha256 of the last fleet model handled.")
+    status: str | None = Field(description="What this bridge did with it (installed, staged, "
+                                           "promoted, rejected, skipped, refused, rolled back).")
+
+
+class FleetLiveStats(Schema):
+    """The statistics this bridge accumulates from live windows (``[fleet] live_stats``)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+
+    windows: int = Field(description="Valid windows the active model scored normal, counted.")
+    invalid: int = Field(description="Windows left out: not valid (stale or bad inputs).")
+    anomalous: int = Field(description="Windows left out: the active model flagged them.")
+    window: int = Field(description="Window length the statistics are for, samples.")
+    period: float = Field(description="Seconds between samples the statistics are for.")
+
+
+class FleetStatus(Schema):
+    """Counters of the fleet member (``bridge.sinks.fleet.FleetSink.status``). It keeps no
+    spool: its results and statistics are retained and published again after an outage."""
+
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+
+    broker: str = Field(description="``host:port`` of the broker.")
+    topic_prefix: str = Field(description="Prefix of the fleet topics.")
+    bridge_id: str = Field(description="This bridge's id in the fleet topics.")
+    connected: bool = Field(description="Connected to the broker now.")
+    published: int = Field(description="Messages the broker acknowledged: status, results, statistics.")
+    stats_published: int = Field(description="Statistics documents among them.")
+    connects: int = Field(description="Successful connections since start.")
+    connect_failures: int = Field(description="Connection attempts that failed.")
+    disconnects: int = Field(description="Connections lost.")
+    last_error: str | None = Field(description="Message of the last connection problem.")
+    last_error_time: Time | None = _time("When ``last_error`` happened")
+    results: dict[str, int] = Field(description="Fleet models handled since start, by result "
+                                                "(``repeated``: a model seen again, result re-sent).")
+    models: dict[str, FleetModelState] = Field(description="Per model: the last fleet model handled.")
+    live_stats: dict[str, FleetLiveStats] = Field(description="Per model: the live statistics "
+                                                              "(empty without ``live_stats``).")
+
+
 class Health(Schema):
     status: Literal["ok", "degraded"] = Field(description="``ok`` when every device is connected.")
     version: str = Field(description="plcbridge version.")
@@ -177,6 +253,10 @@ class Health(Schema):
     models: list[ModelHealth]
     mqtt: MqttStatus | None = Field(default=None,
                                     description="MQTT sink counters; null when no ``[mqtt]`` sink runs.")
+    sparkplug: SparkplugStatus | None = Field(
+        default=None, description="Sparkplug B edge node counters; null without ``[sparkplug]``.")
+    fleet: FleetStatus | None = Field(default=None,
+                                      description="Fleet member counters; null without ``[fleet]``.")
 
 
 # -- /api/v1/tags --------------------------------------------------------------------------

@@ -46,7 +46,7 @@ def _publish_stats(args: argparse.Namespace) -> int:
     require_extra("aiomqtt", "fleet publish-stats")
     from bridge.ml.fleet import stats_payload
     from bridge.ml.train import TrainOptions
-    from bridge.sinks.fleet import publish_retained, topic
+    from bridge.sinks.fleet_broker import publish_retained, topic
 
     inputs = tuple(s.strip() for s in args.inputs.split(",")) if args.inputs else None
     opts = TrainOptions(kind="pca", inputs=inputs, window=args.window, period=args.period,
@@ -67,7 +67,7 @@ def _publish_stats(args: argparse.Namespace) -> int:
 def _guarded(args: argparse.Namespace, command: str, body: Callable[[], int]) -> int:
     """``body()``, with bad input exit 2 (one line naming the culprit) and a broker that cannot
     be reached exit 1 (worth retrying)."""
-    from bridge.sinks.fleet import MqttError
+    from bridge.sinks.fleet_broker import MqttError
 
     try:
         return body()
@@ -85,7 +85,7 @@ def _merge(args: argparse.Namespace) -> int:
     require_extra("scipy", "fleet merge")
     from bridge.ml.fleet import card_payload, merge_payloads
     from bridge.ml.train import TrainOptions
-    from bridge.sinks.fleet import collect_retained, sha256, topic
+    from bridge.sinks.fleet_broker import collect_retained, sha256, topic
 
     opts = TrainOptions(kind="pca", target_far=args.target_far, margin=args.margin, name=args.model)
 
@@ -96,8 +96,10 @@ def _merge(args: argparse.Namespace) -> int:
             return fail(f"{args.out}: exists (use --force to overwrite)")
         config = _broker(args, "merge")
         prefix = config.topic_prefix
+        request = None if not args.request_stats else (
+            topic(prefix, args.model, "request-stats"), json.dumps({"from": config.client_id}).encode())
         found = asyncio.run(collect_retained(config, topic(prefix, args.model, "stats", "+"),
-                                             min_count=args.min_sites, wait=args.wait))
+                                             min_count=args.min_sites, wait=args.wait, request=request))
         sites = {name.rsplit("/", 1)[-1]: payload for name, payload in found.items()}
         if len(sites) < args.min_sites:
             print(f"fleet merge: {len(sites)} sites published statistics for {args.model} "
@@ -145,7 +147,7 @@ def _describe(spec: dict[str, Any] | None) -> str:
 
 
 def _publish_model(config: FleetConfig, model: str, card: bytes, data: bytes) -> None:
-    from bridge.sinks.fleet import publish_retained, topic
+    from bridge.sinks.fleet_broker import publish_retained, topic
 
     # The card first: whoever sees the model can then look up what it is and how to take it.
     asyncio.run(publish_retained(config, [(topic(config.topic_prefix, model, "card"), card),
@@ -154,7 +156,7 @@ def _publish_model(config: FleetConfig, model: str, card: bytes, data: bytes) ->
 
 def _rollout_file(args: argparse.Namespace) -> int:
     require_extra("aiomqtt", "fleet rollout")
-    from bridge.sinks.fleet import sha256, topic
+    from bridge.sinks.fleet_broker import sha256, topic
 
     def body() -> int:
         topic_level(args.model)
@@ -219,6 +221,8 @@ def add_fleet(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--wait", type=float, default=10.0, help="seconds to wait for statistics (default 10)")
     p.add_argument("--target-far", type=float, default=0.01, help="target false-alarm rate (default 0.01)")
     p.add_argument("--margin", type=float, default=None, help="threshold margin (default 2 for pca)")
+    p.add_argument("--request-stats", action="store_true",
+                   help="first ask bridges with [fleet] live_stats to publish their statistics now")
     p.add_argument("--no-publish", action="store_true", help="write the candidate, publish nothing")
     p.add_argument("--force", action="store_true", help="overwrite --out")
     _rollout_args(p)

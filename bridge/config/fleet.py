@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
 
 from bridge.config.base import StrictModel
-from bridge.config.checks import check_backoff, check_credentials
 from bridge.config.models import ShadowRuleConfig
-from bridge.config.mqtt import MqttTlsConfig, broker_port, topic_safe_hostname
+from bridge.config.mqtt import BrokerConfig, topic_safe_hostname
 
 __all__ = ["FLEET_PREFIX", "FleetConfig", "RolloutSpec", "selection_bucket", "topic_level"]
 
@@ -34,22 +32,15 @@ def topic_level(value: str) -> str:
     return value
 
 
-class FleetConfig(StrictModel):
-    host: Annotated[str, Field(min_length=1, max_length=253)]
-    port: Annotated[int, Field(ge=1, le=65535)] | None = None  # None: 1883, or 8883 with [fleet.tls]
-    client_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
-    username: Annotated[str, Field(min_length=1)] | None = None
-    password_env: Annotated[str, Field(min_length=1)] | None = None
-    password_file: Path | None = None
-    tls: MqttTlsConfig | None = None
-    keepalive: Annotated[int, Field(ge=5, le=3600)] = 60
-    timeout: Annotated[float, Field(gt=0, le=300)] = 10.0  # connect and per-publish
-    reconnect_min: Annotated[float, Field(gt=0, le=600)] = 0.5
-    reconnect_max: Annotated[float, Field(gt=0, le=3600)] = 30.0
+class FleetConfig(BrokerConfig):
     topic_prefix: Annotated[str, Field(min_length=1, max_length=200)] = FLEET_PREFIX
     bridge_id: Annotated[str, Field(min_length=1, max_length=100)] | None = None  # None: host name
     # The models that take fleet models (names from [[models]]); empty: every configured model.
     models: list[str] = Field(default_factory=list)
+    # Accumulate this bridge's PCA statistics from its own valid windows the active model
+    # scored normal, and publish them on F/M/stats/B (bridge.sinks.fleet_stats).
+    live_stats: bool = False
+    stats_every: Annotated[float, Field(gt=0, le=86400)] = 600.0  # seconds between publications
 
     @field_validator("bridge_id")
     @classmethod
@@ -66,15 +57,9 @@ class FleetConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> FleetConfig:
-        check_credentials(self.username, self.password_env, self.password_file)
-        check_backoff(self.reconnect_min, self.reconnect_max)
         for name in self.models:
             topic_level(name)
         return self
-
-    @property
-    def effective_port(self) -> int:
-        return broker_port(self.port, self.tls)
 
     @property
     def effective_bridge_id(self) -> str:

@@ -12,7 +12,7 @@ from pydantic import Field, field_validator, model_validator
 from bridge.config.base import ConfigPath, NotBool, StrictModel
 from bridge.config.checks import check_backoff, check_credentials
 
-__all__ = ["MqttConfig", "MqttTlsConfig"]
+__all__ = ["BrokerConfig", "MqttConfig", "MqttTlsConfig"]
 
 # An MQTT topic level may not hold wildcards; "$" at the start is reserved for the broker.
 _PREFIX = re.compile(r"^[^/+#$\x00][^+#\x00]*$")
@@ -32,20 +32,37 @@ class MqttTlsConfig(StrictModel):
         return self
 
 
-class MqttConfig(StrictModel):
+class BrokerConfig(StrictModel):
+    """The broker connection keys of ``[mqtt]``, ``[sparkplug]`` and ``[fleet]``: one
+    declaration, so the three sections accept the same values and check them alike. Each
+    section adds its own keys after these and its own ``effective_client_id``."""
+
     host: Annotated[str, Field(min_length=1, max_length=253)]
-    port: Annotated[int, Field(ge=1, le=65535)] | None = None  # None: 1883, or 8883 with [mqtt.tls]
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None  # None: 1883, or 8883 with tls
     client_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
-    topic_prefix: Annotated[str, Field(min_length=1, max_length=200)] | None = None
     username: Annotated[str, Field(min_length=1)] | None = None
     password_env: Annotated[str, Field(min_length=1)] | None = None
     password_file: ConfigPath | None = None
     tls: MqttTlsConfig | None = None
-    qos: Annotated[Literal[0, 1, 2], NotBool] = 1
     keepalive: Annotated[int, Field(ge=5, le=3600)] = 60
     timeout: Annotated[float, Field(gt=0, le=300)] = 10.0  # connect and per-publish acknowledgement
     reconnect_min: Annotated[float, Field(gt=0, le=600)] = 0.5
     reconnect_max: Annotated[float, Field(gt=0, le=3600)] = 30.0
+
+    @model_validator(mode="after")
+    def _check_broker(self) -> BrokerConfig:
+        check_credentials(self.username, self.password_env, self.password_file)
+        check_backoff(self.reconnect_min, self.reconnect_max)
+        return self
+
+    @property
+    def effective_port(self) -> int:
+        return broker_port(self.port, self.tls)
+
+
+class MqttConfig(BrokerConfig):
+    topic_prefix: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    qos: Annotated[Literal[0, 1, 2], NotBool] = 1
     events: bool = True
     summary: bool = True
     summary_every: Annotated[int, Field(ge=1, le=1_000_000)] = 60
@@ -64,15 +81,9 @@ class MqttConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> MqttConfig:
-        check_credentials(self.username, self.password_env, self.password_file)
-        check_backoff(self.reconnect_min, self.reconnect_max)
         if not (self.events or self.summary or self.scores):
             raise ValueError("events: events, summary and scores are all off: nothing to publish")
         return self
-
-    @property
-    def effective_port(self) -> int:
-        return broker_port(self.port, self.tls)
 
     @property
     def effective_prefix(self) -> str:

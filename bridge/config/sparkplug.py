@@ -10,11 +10,10 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
-from bridge.config.base import ConfigPath, StrictModel
-from bridge.config.checks import check_backoff, check_credentials
-from bridge.config.mqtt import MqttTlsConfig, broker_port, topic_safe_hostname
+from bridge.config.base import ConfigPath
+from bridge.config.mqtt import BrokerConfig, topic_safe_hostname
 
 __all__ = ["SparkplugConfig"]
 
@@ -23,18 +22,9 @@ __all__ = ["SparkplugConfig"]
 _ID = re.compile(r"^[^/+#$\x00\s][^/+#\x00]*$")
 
 
-class SparkplugConfig(StrictModel):
-    host: Annotated[str, Field(min_length=1, max_length=253)]
-    port: Annotated[int, Field(ge=1, le=65535)] | None = None  # None: 1883, or 8883 with [sparkplug.tls]
-    client_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
-    username: Annotated[str, Field(min_length=1)] | None = None
-    password_env: Annotated[str, Field(min_length=1)] | None = None
-    password_file: ConfigPath | None = None
-    tls: MqttTlsConfig | None = None
+class SparkplugConfig(BrokerConfig):
+    # Shorter than [mqtt]'s: the NDEATH will is how a host learns the node died, after 1.5 x this.
     keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
-    timeout: Annotated[float, Field(gt=0, le=300)] = 10.0  # connect and per-publish
-    reconnect_min: Annotated[float, Field(gt=0, le=600)] = 0.5
-    reconnect_max: Annotated[float, Field(gt=0, le=3600)] = 30.0
     group_id: Annotated[str, Field(min_length=1, max_length=100)] = "plcbridge"
     edge_node_id: Annotated[str, Field(min_length=1, max_length=100)] | None = None  # None: host name
     # The primary host application's id: births wait for its STATE "online", and while it is
@@ -53,16 +43,6 @@ class SparkplugConfig(StrictModel):
             raise ValueError(f"{value!r} is not a Sparkplug id (one topic level: no / + # or "
                              "leading $ or space)")
         return value
-
-    @model_validator(mode="after")
-    def _check(self) -> SparkplugConfig:
-        check_credentials(self.username, self.password_env, self.password_file)
-        check_backoff(self.reconnect_min, self.reconnect_max)
-        return self
-
-    @property
-    def effective_port(self) -> int:
-        return broker_port(self.port, self.tls)
 
     @property
     def effective_edge_node_id(self) -> str:

@@ -25,6 +25,7 @@ import numpy as np
 
 from bridge.core.contract import ModelContract
 from bridge.core.extras import require_extra
+from bridge.core.moments import STATS_FORMAT, STATS_VERSION
 from bridge.ml.card import write_card
 from bridge.ml.dataset import DataError, Table
 from bridge.ml.features import DRIFT_BLOCKS, Layout, drift, level_stable
@@ -271,8 +272,6 @@ def _check_own_windows(table: Table, fit_scores: np.ndarray, threshold: float, o
 # set analytically (chi² law of T² and SPE, ``bridge.ml.heads.pca.analytic_threshold``), since
 # the held-out scores a threshold normally needs would require a second round trip to the sites.
 
-STATS_FORMAT = "plcbridge.pca-stats"
-STATS_VERSION = 1
 
 
 def export_stats(table: Table, opts: TrainOptions) -> dict[str, Any]:
@@ -281,7 +280,7 @@ def export_stats(table: Table, opts: TrainOptions) -> dict[str, Any]:
     if opts.kind != "pca":
         raise ValueError(f"--export-stats: only --kind pca merges exactly, not {opts.kind!r}")
     _require(opts.kind)
-    from bridge.ml.heads.pca import Moments
+    from bridge.core.moments import Moments
 
     if opts.train_rows is not None:
         table = table.head(opts.train_rows)

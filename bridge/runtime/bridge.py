@@ -29,7 +29,7 @@ from bridge.runtime.sinks import AdapterFactory, build_sinks
 from bridge.runtime.storage import EventStore
 from bridge.scoring.detector import Detector
 from bridge.scoring.runner import ModelRunner
-from bridge.scoring.updates import ModelUpdater, RolloutConflict
+from bridge.scoring.updates import ModelUpdater, RolloutConflict, WindowObserver
 from bridge.sinks.writeback import ModelWriteback, WritebackSink
 
 __all__ = ["Bridge"]
@@ -150,7 +150,8 @@ class Bridge:
         # callbacks).
         self.sinks: list[Sink] = [self.writeback, *build_sinks(
             config, self.view, lambda name, data, source: self.updater.install(name, data, source),
-            stage=self._stage_for_fleet, shadow=self._shadow_rollout, events=lambda: self.events)]
+            stage=self._stage_for_fleet, shadow=self._shadow_rollout, events=lambda: self.events,
+            windows=self._watch_windows)]
         # Last: after a restart the updater may resume a shadow or finish its promotion, which
         # swaps a runner and records an event.
         self.updater = ModelUpdater(self.store, self.runners, self.replace_runner,
@@ -301,6 +302,9 @@ class Bridge:
         self.record_event({"model": score.model, "time": score.time, "kind": kind,
                            "score": score.score, "threshold": score.threshold,
                            "detail": {"contributions": score.contributions or {}}})
+
+    def _watch_windows(self, observer: WindowObserver) -> None:
+        self.updater.add_window_observer(observer)  # the fleet's live statistics
 
     async def _stage_for_fleet(self, name: str, data: bytes, source: str,
                                rule: ShadowRuleConfig | None) -> None:

@@ -26,7 +26,8 @@ def build_sinks(config: Config, view: BridgeView,
     """The configured sinks other than write-back, in a fixed order. Raises ConfigError when
     a sink's files, secrets or library are unusable, before anything connects. ``install`` is
     the model updater's install (the fleet sink installs models through it); ``rollout`` the
-    fleet sink's other updater callbacks (``stage``, ``shadow``, ``events``: FleetSink)."""
+    fleet sink's other updater callbacks (``stage``, ``shadow``, ``events``, ``windows``:
+    FleetSink)."""
     sinks: list[Sink] = []
     if config.modbus_server.enabled:
         from adapters.modbus.server import ModbusServerSink
@@ -50,6 +51,7 @@ def build_sinks(config: Config, view: BridgeView,
 
         sinks.append(FleetSink(config.fleet, install, [m.name for m in config.models],
                                config.storage.data_dir, rules={m.name: m.shadow for m in config.models},
+                               features={m.name: (tuple(m.feature_names), m.max_age) for m in config.models},
                                **rollout))  # ConfigError: secrets, TLS, fleet.models
     if config.metrics.enabled:
         from bridge.sinks.prometheus import PrometheusMetrics  # prometheus-client only if asked

@@ -42,9 +42,12 @@ from bridge.scoring.runner import ModelRunner
 from bridge.scoring.shadow import Shadow, ShadowState, rollout_event, verdict
 from bridge.scoring.windows import Window
 
-__all__ = ["ModelUpdater", "RolloutConflict"]
+__all__ = ["ModelUpdater", "RolloutConflict", "WindowObserver"]
 
 log = logging.getLogger("plcbridge.models")
+
+# What ``add_window_observer`` takes: (model name, window values, the active model's Score).
+WindowObserver = Callable[[str, np.ndarray, Score], None]
 
 SAVE_EVERY = 5.0  # wall seconds between saves of a running shadow's figures: at most that lost
 
@@ -83,8 +86,16 @@ class ModelUpdater:
         self._save_lock = threading.Lock()
         self._save_seq = 0
         self._written: dict[str, int] = {}
+        self._window_observers: list[WindowObserver] = []
         if folder is not None:
             self._resume_all()
+
+    def add_window_observer(self, observer: WindowObserver) -> None:
+        """Call ``observer(model, values, score)`` with every window the active model scored
+        (values ``[length, inputs]``, valid or not) and its Score, after the sinks had the
+        Score and before the shadow scores it. It runs in the scoring cycle: it must not block.
+        The fleet's live statistics are one (they need the values, which a Score lacks)."""
+        self._window_observers.append(observer)
 
     @staticmethod
     def stored_model(folder: Path | None, name: str) -> Path | None:
@@ -208,6 +219,11 @@ class ModelUpdater:
         ``name``, if one runs, and decide when its period is over. The runtime calls it after
         the active Score is published, so the shadow's inference never delays it; the
         shadow's Score goes nowhere but the comparison."""
+        for observer in self._window_observers:
+            try:
+                observer(name, window.values, active)
+            except Exception:  # a consumer's bug must not fail the scoring job
+                log.exception("window observer failed model=%s", name)
         shadow = self.shadows.get(name)
         runner = self._shadow_runners.get(name)
         if shadow is None or runner is None or shadow.state != "running":

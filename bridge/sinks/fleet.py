@@ -1,14 +1,16 @@
-"""Fleet models through the broker (docs/fleet.md): the bridge's side, and the broker helpers the
-``plcbridge fleet`` commands use.
+"""Fleet models through the broker (docs/fleet.md): the bridge's side (the broker helpers the
+``plcbridge fleet`` commands use too are in ``bridge.sinks.fleet_broker``).
 
 Topics (``F`` = ``[fleet] topic_prefix``, default ``plcbridge/fleet``; ``M`` = model name;
-``B`` = bridge id), all QoS 1 and retained, so a bridge or merger that connects late (or after a
-broker restart, with persistence) still sees the latest of each:
+``B`` = bridge id), all QoS 1 and retained but the request, so a bridge or merger that
+connects late (or after a broker restart, with persistence) still sees the latest of each:
 
 =======================  =======================================================================
-``F/M/stats/B``          a site's PCA sufficient statistics (``plcbridge fleet publish-stats``):
-                         counts, means and scatter matrices of rows and window means; no rows
+``F/M/stats/B``          a site's PCA sufficient statistics (``plcbridge fleet publish-stats``
+                         or a bridge with ``live_stats``): counts, means and scatter matrices
+                         of rows and window means; no rows
 ``F/M/model``            the merged candidate model, raw ONNX bytes (``plcbridge fleet merge``)
+``F/M/request-stats``    any message: bridges with ``live_stats`` publish their statistics now
 ``F/M/card``             JSON: sha256 of the model bytes, threshold, sites, counts
 ``F/M/result/B``         JSON: what bridge B did with the model of that sha256 (installed,
                          refused with the reason)
@@ -23,22 +25,28 @@ last one handled per model (installed or refused) is remembered in
 or a bridge restart is never installed twice (nor rolled back over an operator's rollback).
 A crash between the install and that record is caught too: the active model file then already
 holds those bytes, which counts as installed.
+
+With ``[fleet] live_stats`` the bridge is also a site: it accumulates the statistics of its own
+valid windows that the active model scored normal (``bridge.sinks.fleet_stats``), keeps them in
+``<data_dir>/fleet/stats-<model>.json`` and publishes them on ``F/M/stats/B`` when it connects,
+every ``stats_every`` seconds and on a request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import os
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import ValidationError
 
 from bridge.config.fleet import FleetConfig, RolloutSpec, selection_bucket
@@ -49,10 +57,11 @@ from bridge.core.errors import ConfigError, ModelContractError
 from bridge.core.scores import Score
 from bridge.core.timefmt import iso
 from bridge.ports import BridgeView, SinkBase
-from bridge.sinks.mqtt import Client, MqttError, Will, describe, new_client, read_password, tls_context
+from bridge.sinks.fleet_broker import MqttError, fleet_client, sha256, topic
+from bridge.sinks.fleet_stats import LiveStatsBook
+from bridge.sinks.mqtt import Client, describe, read_password, tls_context
 
-__all__ = ["RESULTS", "FleetSink", "Install", "MqttError", "ShadowOf", "Stage", "collect_retained",
-           "publish_retained", "sha256", "topic"]
+__all__ = ["RESULTS", "FleetSink", "FleetStats", "Install", "ShadowOf", "Stage", "WatchWindows"]
 
 log = logging.getLogger("plcbridge.fleet")
 
@@ -67,68 +76,26 @@ ShadowOf = Callable[[str], Mapping[str, Any] | None]
 # What F/M/result/B says, in the order a rollout can go through them.
 RESULTS = ("skipped", "refused", "installed", "staged", "promoted", "rejected", "rolled back")
 WATCH_EVERY = 0.5  # seconds between looks at a staged shadow / for a rollback
+STATS_SAVE_EVERY = 30.0  # seconds between saves of the live statistics: at most that lost to a kill -9
+# What the runtime gives the sink to see every scored window (ModelUpdater.add_window_observer).
+WindowObserver = Callable[[str, np.ndarray, Score], None]
+WatchWindows = Callable[[WindowObserver], None]
 
 
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+@dataclass
+class FleetStats:
+    """The fleet sink's connection counters (``FleetSink.status``, /api/v1/health ``fleet``).
+    No spool: what a bridge publishes is retained and derived from its records (results in
+    ``state.json``, statistics), so after an outage it is published again, not replayed."""
 
-
-def topic(prefix: str, *levels: str) -> str:
-    """``prefix/level/...``, e.g. ``topic(F, M, "stats", B)`` or ``topic(F, "status", B)``."""
-    return "/".join((prefix, *levels))
-
-
-def _client(config: FleetConfig, password: str | None, online: bool | None = None) -> Client:
-    tls = None if config.tls is None else tls_context(config.tls, "fleet")
-    status = json.dumps({"online": False, "client_id": config.effective_client_id}).encode()
-    # The bridge's will is its retained status; a one-shot command's will is not retained.
-    return new_client(config, password, tls, "plcbridge.fleet.client",
-                      Will(topic(config.topic_prefix, "status", config.effective_bridge_id), status,
-                           qos=1, retain=online is not None))
-
-
-async def publish_retained(config: FleetConfig, messages: Sequence[tuple[str, bytes]]) -> None:
-    """Publish each ``(topic, payload)`` QoS 1 and retained; returns once the broker acknowledged
-    all of them. Raises MqttError (the message names the broker) or ConfigError (secrets, TLS)."""
-    password = read_password(config, "fleet")
-    try:
-        async with _client(config, password) as client:
-            for topic, payload in messages:
-                await client.publish(topic, payload, qos=1, retain=True, timeout=config.timeout)
-    except MqttError as exc:
-        raise MqttError(describe(exc, f"{config.host}:{config.effective_port}")) from None
-
-
-async def collect_retained(config: FleetConfig, topic_filter: str, *, min_count: int, wait: float,
-                           quiet: float = 1.0) -> dict[str, bytes]:
-    """The retained messages on ``topic_filter``, by topic (empty payloads, which clear a retained
-    message, are left out). Returns when ``min_count`` topics are in and nothing new came for
-    ``quiet`` seconds, or after ``wait`` seconds with whatever came."""
-    password = read_password(config, "fleet")
-    found: dict[str, bytes] = {}
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait
-    try:
-        async with _client(config, password) as client:
-            await client.subscribe(topic_filter, qos=1)
-            messages = aiter(client.messages)
-            while True:
-                left = deadline - loop.time()
-                if left <= 0:
-                    break
-                limit = min(left, quiet) if len(found) >= min_count else left
-                try:
-                    message = await asyncio.wait_for(anext(messages), limit)
-                except TimeoutError:
-                    if len(found) >= min_count:
-                        break
-                    continue
-                payload = message.payload
-                if isinstance(payload, bytes) and payload:
-                    found[str(message.topic)] = payload
-    except MqttError as exc:
-        raise MqttError(describe(exc, f"{config.host}:{config.effective_port}")) from None
-    return found
+    connected: bool = False
+    published: int = 0  # messages the broker acknowledged: status, results, statistics
+    stats_published: int = 0  # of which statistics documents
+    connects: int = 0
+    connect_failures: int = 0
+    disconnects: int = 0
+    last_error: str | None = None
+    last_error_time: float | None = None
 
 
 class FleetSink(SinkBase):
@@ -149,6 +116,8 @@ class FleetSink(SinkBase):
                  shadow: ShadowOf | None = None,
                  events: Callable[[], Sequence[Mapping[str, Any]]] | None = None,
                  rules: Mapping[str, ShadowRuleConfig] | None = None,
+                 windows: WatchWindows | None = None,
+                 features: Mapping[str, tuple[Sequence[str], float | None]] | None = None,
                  backoff: Backoff | None = None) -> None:
         unknown = [m for m in config.models if m not in models]
         if unknown:
@@ -175,48 +144,110 @@ class FleetSink(SinkBase):
         self._cards: dict[str, bytes] = {}
         self._payloads: dict[str, bytes] = {}
         self._lock = asyncio.Lock()  # one decision at a time per sink: the record is shared
-        self.connected = False
+        self.stats = FleetStats()
         self.counts = dict.fromkeys(RESULTS, 0) | {"repeated": 0}
+        # Live statistics (``live_stats``): per model, kept beside the state record.
+        self._watch_windows = windows if config.live_stats else None
+        self._live = LiveStatsBook(self.models if config.live_stats else (), features or {},
+                                   None if data_dir is None else data_dir / "fleet")
 
     async def start(self, view: BridgeView | None = None) -> None:
         self._view = view
         self._tasks = [asyncio.create_task(self._run(), name="plcbridge.fleet"),
                        asyncio.create_task(self._watch(), name="plcbridge.fleet.watch")]
+        if self._watch_windows is not None:
+            self._watch_windows(self._on_window)
+            self._tasks.append(asyncio.create_task(self._stats_loop(), name="plcbridge.fleet.stats"))
 
     def on_score(self, score: Score) -> None:
-        return None  # a fleet member receives models; its statistics come from recordings
+        return None  # the statistics need the window's values: they come through _on_window
 
     async def stop(self) -> None:
         for task in self._tasks:
             await cancel_and_wait(task)
         self._tasks = []
+        self._client, self.stats.connected = None, False
+        await self._live.save()
 
     def status(self) -> dict[str, Any]:
-        return {"broker": f"{self.config.host}:{self.config.effective_port}", "bridge_id": self.bridge_id,
-                "connected": self.connected, **self.counts,
+        body = asdict(self.stats)
+        body["last_error_time"] = None if self.stats.last_error_time is None else iso(
+            self.stats.last_error_time)
+        return {"broker": f"{self.config.host}:{self.config.effective_port}",
+                "topic_prefix": self.config.topic_prefix, "bridge_id": self.bridge_id, **body,
+                "results": dict(self.counts),
                 "models": {m: {k: self._state[m].get(k) for k in ("sha256", "status")}
-                           for m in self.models if m in self._state}}
+                           for m in self.models if m in self._state},
+                "live_stats": self._live.figures()}
+
+    @property
+    def connected(self) -> bool:
+        return self.stats.connected
+
+    async def _send(self, client: Client, where: str, payload: bytes) -> None:
+        """Publish retained, QoS 1; counted once the broker acknowledged it."""
+        await client.publish(where, payload, qos=1, retain=True, timeout=self.config.timeout)
+        self.stats.published += 1
+
+    # -- live statistics -------------------------------------------------------------------
+
+    def _on_window(self, model: str, values: np.ndarray, score: Score) -> None:
+        if model not in self._live.models or self._view is None:
+            return  # before the view's snapshot: it is built for every model, every window
+        status = self._view.models().get(model)
+        if status is not None:
+            self._live.add(model, values, score, status.period)
+
+    async def _stats_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        published = loop.time()
+        while True:
+            await asyncio.sleep(min(self.config.stats_every, STATS_SAVE_EVERY))
+            await self._live.save()
+            client = self._client
+            if client is not None and loop.time() - published >= self.config.stats_every:
+                with contextlib.suppress(MqttError):  # _run notices the lost connection
+                    await self._publish_stats(client, self.models)
+                    published = loop.time()
+
+    async def _publish_stats(self, client: Client, models: Sequence[str]) -> None:
+        for model in models:
+            payload = self._live.payload(model, self.bridge_id)
+            if payload is None:
+                continue
+            await self._send(client, topic(self.config.topic_prefix, model, "stats", self.bridge_id),
+                             payload)
+            self.stats.stats_published += 1
+            log.info("fleet live statistics published model=%s", model)
 
     async def _run(self) -> None:
         attempt = 0
         prefix = self.config.topic_prefix
         while True:
             try:
-                async with _client(self.config, self._password, online=True) as client:
-                    self.connected, attempt = True, 0
-                    await client.publish(topic(prefix, "status", self.bridge_id),
-                                         json.dumps({"online": True, "time": iso(time.time())}).encode(),
-                                         qos=1, retain=True, timeout=self.config.timeout)
+                async with fleet_client(self.config, self._password, online=True) as client:
+                    self.stats.connected, attempt = True, 0
+                    self.stats.connects += 1
+                    await self._send(client, topic(prefix, "status", self.bridge_id),
+                                     json.dumps({"online": True, "time": iso(time.time())}).encode())
                     for model in self.models:
                         # The card first: its retained copy then arrives before the model's.
                         await client.subscribe(topic(prefix, model, "card"), qos=1)
                         await client.subscribe(topic(prefix, model, "model"), qos=1)
+                        if self._watch_windows is not None:
+                            await client.subscribe(topic(prefix, model, "request-stats"), qos=1)
                     self._client = client
                     log.info("fleet connected broker=%s:%d models=%s", self.config.host,
                              self.config.effective_port, ",".join(self.models))
+                    if self._watch_windows is not None:
+                        # What an earlier run counted, or the retained copy may be older.
+                        await self._publish_stats(client, self.models)
                     async for message in client.messages:
                         payload = message.payload
                         *_, model, kind = str(message.topic).split("/")
+                        if kind == "request-stats" and model in self.models:
+                            await self._publish_stats(client, [model])
+                            continue
                         if not (isinstance(payload, bytes) and payload and model in self.models):
                             continue
                         (self._cards if kind == "card" else self._payloads)[model] = payload
@@ -224,15 +255,21 @@ class FleetSink(SinkBase):
                         if result is not None:
                             await self._publish(client, result)
             except MqttError as exc:
-                log.warning("fleet %s", describe(exc, f"{self.config.host}:{self.config.effective_port}"))
+                if self.stats.connected:
+                    self.stats.disconnects += 1
+                else:
+                    self.stats.connect_failures += 1
+                self.stats.last_error = describe(exc, f"{self.config.host}:{self.config.effective_port}")
+                self.stats.last_error_time = time.time()
+                log.warning("fleet %s", self.stats.last_error)
             self._client = None
-            self.connected = False
+            self.stats.connected = False
             attempt += 1
             await asyncio.sleep(self._backoff.delay(attempt))
 
     async def _publish(self, client: Client, result: Mapping[str, Any]) -> None:
-        await client.publish(topic(self.config.topic_prefix, str(result["model"]), "result", self.bridge_id),
-                             json.dumps(result).encode(), qos=1, retain=True, timeout=self.config.timeout)
+        where = topic(self.config.topic_prefix, str(result["model"]), "result", self.bridge_id)
+        await self._send(client, where, json.dumps(result).encode())
 
     async def _consider(self, model: str, *, card_only: bool = False) -> dict[str, Any] | None:
         """The result to publish for the model held for ``model``, if any. A card alone acts

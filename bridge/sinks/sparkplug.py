@@ -66,9 +66,10 @@ class SparkplugStats:
     connected: bool = False
     host_online: bool | None = None  # None: no primary host configured
     bdseq: int | None = None
+    seq: int | None = None  # of the last message given one (0-255; 0 is the session's NBIRTH)
     births: int = 0  # NBIRTHs sent (first and rebirths)
     rebirths: int = 0  # NCMD Node Control/Rebirth obeyed
-    published: int = 0  # DDATA, DBIRTH, DDEATH
+    published: int = 0  # NBIRTH, DBIRTH, DDATA, DDEATH handed to the broker (QoS 0: not acknowledged)
     spooled: int = 0
     dropped: int = 0
     queued: int = 0
@@ -341,6 +342,7 @@ class SparkplugSink(SpooledSink[SparkplugStats]):
     def _take_seq(self) -> int:
         seq = self._seq
         self._seq = (seq + 1) % 256
+        self.stats.seq = seq
         return seq
 
     # -- bookkeeping ------------------------------------------------------------------------

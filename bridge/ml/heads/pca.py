@@ -8,12 +8,10 @@ one scale and the score is the larger, so neither statistic hides the other.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import numpy as np
 from onnx import helper
 
+from bridge.core.moments import Moments
 from bridge.ml.heads.graph import SD_FLOOR, Front, Part, const
 
 __all__ = ["Moments", "analytic_threshold", "front_from_moments", "head", "head_from_cov"]
@@ -88,57 +86,6 @@ def head_from_cov(cov: np.ndarray, n_components: int | None = None) -> Part:
 
 
 # ------------------------------------------------------------------ federated baseline (issue 3, item 7)
-
-
-@dataclass(frozen=True)
-class Moments:
-    """Count, mean and scatter matrix (sum of outer products of deviations) of rows of x [N, F].
-
-    Sufficient for PCA: covariance = scatter / count. Merged with Chan, Golub & LeVeque's
-    pairwise update, which adds deviations from each part's own mean instead of raw sums of
-    squares, so large offsets (a pressure of 1e5 Pa) do not cancel catastrophically.
-    """
-
-    count: int
-    mean: np.ndarray  # [F]
-    scatter: np.ndarray  # [F, F]
-
-    @classmethod
-    def of(cls, x: np.ndarray) -> Moments:
-        x = np.asarray(x, dtype=np.float64)
-        mean = x.mean(axis=0) if len(x) else np.zeros(x.shape[1])
-        d = x - mean
-        return cls(len(x), mean, d.T @ d)
-
-    def merge(self, other: Moments) -> Moments:
-        if other.count == 0:
-            return self
-        if self.count == 0:
-            return other
-        n = self.count + other.count
-        delta = other.mean - self.mean
-        mean = self.mean + delta * (other.count / n)
-        scatter = self.scatter + other.scatter + np.outer(delta, delta) * (self.count * other.count / n)
-        return Moments(n, mean, scatter)
-
-    @property
-    def cov(self) -> np.ndarray:
-        """Population covariance (ddof 0), as ``np.std`` in the recipe's front end."""
-        return self.scatter / self.count
-
-    def to_json(self) -> dict[str, Any]:
-        return {"count": self.count, "mean": self.mean.tolist(), "scatter": self.scatter.tolist()}
-
-    @classmethod
-    def from_json(cls, obj: dict[str, Any], n_f: int) -> Moments:
-        count = int(obj["count"])
-        mean, scatter = np.asarray(obj["mean"], float), np.asarray(obj["scatter"], float)
-        if count < 0 or mean.shape != (n_f,) or scatter.shape != (n_f, n_f):
-            raise ValueError(f"count {count}, mean {mean.shape}, scatter {scatter.shape}; expected "
-                             f"count >= 0, ({n_f},), ({n_f}, {n_f})")
-        if not (np.isfinite(mean).all() and np.isfinite(scatter).all()):
-            raise ValueError("mean or scatter is not finite")
-        return cls(count, mean, scatter)
 
 
 def front_from_moments(rows: Moments, window_means: Moments) -> tuple[Front, np.ndarray]:
