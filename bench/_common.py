@@ -110,12 +110,19 @@ def rss_mb(pid: int) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid`` (all its threads) from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-        # The command name may contain spaces: fields start after the closing parenthesis.
-        fields = fh.read().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+    """CPU time of ``pid``'s threads, from /proc/PID/task/*/schedstat (nanoseconds).
+
+    Not /proc/PID/stat: its user + system times count in clock ticks (10 ms), so a bridge at
+    0.3 % of a core measured over 3 s read as 0 or 1 tick. Threads that already exited are not
+    counted (the bridge's threads live as long as it does)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat", encoding="ascii") as fh:
+                total += int(fh.read().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # the thread ended between listing and reading
+    return total / 1e9
 
 
 def environment(quick: bool) -> dict[str, Any]:

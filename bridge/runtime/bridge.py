@@ -11,7 +11,7 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -142,6 +142,11 @@ class Bridge:
         # running when the next was due), so each episode logs one line, not one per skip.
         self._polls: dict[str, asyncio.Task[None]] = {}
         self._overrunning: set[str] = set()
+        # Models scored right after their input devices' polls (see _schedule_scoring): model
+        # -> its devices; and the scoring in flight per model.
+        self._driven: dict[str, list[str]] = {}
+        self._scoring: dict[str, asyncio.Task[None]] = {}
+        self._pushed: set[str] = set()
         self._scheduler: AsyncIOScheduler | None = None
         self.view = _View(self)
         # Write-back first: it is the sink that can hold a line's safety state, and at stop it
@@ -187,9 +192,32 @@ class Bridge:
             task.add_done_callback(self._jobs.discard)
 
     async def poll_group(self, names: list[str]) -> None:
-        """The scheduler's poll job for one interval: start every device's poll that is due."""
+        """The scheduler's poll job for one interval: start every device's poll that is due,
+        then the scoring of the models that wait for those polls."""
         for name in names:
             await self.poll_due(name)
+        for model, devices in self._driven.items():
+            if devices[0] not in names:
+                continue
+            running = self._scoring.get(model)
+            if running is not None and not running.done():
+                continue  # the previous cycle's scoring is still waiting or running: skip one
+            polls = [self._polls[d] for d in devices if d in self._polls]
+            self._scoring[model] = self._start_job(self._score_after(model, polls), f"score:{model}")
+
+    async def _score_after(self, model: str, polls: list[asyncio.Task[None]]) -> None:
+        # Bounded: a hung device must not hold the model past its next cycle (its rows go stale
+        # and say so).
+        if polls:
+            await asyncio.wait(polls, timeout=0.9 * self.runners[model].period / self.speed)
+        await self.score_model(model)
+
+    def _start_job(self, job: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """A task tracked from its creation, so a stop() right after sees it too."""
+        task = asyncio.create_task(job, name=name)
+        self._jobs.add(task)
+        task.add_done_callback(self._jobs.discard)
+        return task
 
     async def poll_due(self, name: str) -> None:
         """The scheduler's poll job: start a poll of ``name`` unless one is still running (an
@@ -209,7 +237,7 @@ class Bridge:
         if name in self._overrunning:
             self._overrunning.discard(name)
             log.info("poll overrun ended device=%s overruns=%d", name, status.overruns)
-        self._polls[name] = asyncio.create_task(self.poll_device(name), name=f"poll:{name}")
+        self._polls[name] = self._start_job(self.poll_device(name), f"poll:{name}")
 
     def _update_stale(self, name: str) -> None:
         """A device is stale when no poll succeeded within ``stale_after`` (default three poll
@@ -352,19 +380,9 @@ class Bridge:
             scheduler.add_job(self.poll_group, "interval", args=[names], seconds=interval / self.speed,
                               id=f"poll:{interval:g}s", max_instances=1, coalesce=True,
                               next_run_time=now, misfire_grace_time=None)
+        self._pushed = pushed
         for runner in self.runners.values():
-            devices = {self.tags[tag][0] for tag in runner.tags}
-            # Sample just after the input devices' polls, not at the same instant: a window
-            # row taken before its poll would hold the previous poll's value, a whole poll
-            # interval late. The first run waits a full period, so the first row has data.
-            intervals = [self.config.device(d).poll_interval for d in devices]
-            margin = min(0.05, 0.25 * min(intervals))
-            offset = runner.period + margin
-            scheduler.add_job(self.score_model, "interval", args=[runner.name],
-                              seconds=runner.period / self.speed, id=f"score:{runner.name}",
-                              max_instances=1, coalesce=True,
-                              next_run_time=now + timedelta(seconds=offset / self.speed),
-                              misfire_grace_time=None)
+            self._schedule_scoring(scheduler, runner)
         if self.storage is not None:
             scheduler.add_job(self.flush_storage, "interval", seconds=self.config.storage.flush_interval,
                               id="storage:flush", max_instances=1, coalesce=True)
@@ -386,13 +404,35 @@ class Bridge:
         log.info("bridge started devices=%d tags=%d models=%d writeback=%s",
                  len(self.adapters), len(self.store), len(self.runners), self.config.writeback.mode)
 
+    def _schedule_scoring(self, scheduler: AsyncIOScheduler, runner: ModelRunner) -> None:
+        """A model whose inputs all come from polled devices with the model's own period is
+        scored right after those devices' polls (``poll_group``): its row holds this cycle's
+        values however long the line takes, and no scheduler job of its own wakes the process.
+        Any other model (pushed inputs, other periods) samples on its own interval job."""
+        devices = sorted({self.tags[tag][0] for tag in runner.tags})
+        intervals = {self.config.device(d).poll_interval for d in devices}
+        if intervals == {runner.period} and not self._pushed.intersection(devices):
+            self._driven[runner.name] = devices
+            return
+        self._driven.pop(runner.name, None)
+        # Sample just after the input devices' polls, not at the same instant: a window row
+        # taken before its poll would hold the previous poll's value, a whole poll interval
+        # late. The first run waits a full period, so the first row has data.
+        margin = min(0.05, 0.25 * min(intervals))
+        first = datetime.now(UTC) + timedelta(seconds=(runner.period + margin) / self.speed)
+        scheduler.add_job(self.score_model, "interval", args=[runner.name],
+                          seconds=runner.period / self.speed, id=f"score:{runner.name}",
+                          max_instances=1, coalesce=True, next_run_time=first,
+                          misfire_grace_time=None, replace_existing=True)
+
     def replace_runner(self, name: str, runner: ModelRunner) -> None:
         """Swap a model's runner. Called in the event loop, so it lands between two cycles."""
         old = self.runners[name]
         self.runners[name] = runner
         if self._scheduler is not None and runner.period != old.period:
-            self._scheduler.reschedule_job(f"score:{name}", trigger="interval",
-                                           seconds=runner.period / self.speed)
+            if self._scheduler.get_job(f"score:{name}") is not None:
+                self._scheduler.remove_job(f"score:{name}")
+            self._schedule_scoring(self._scheduler, runner)
 
     async def _subscribe_all(self) -> set[str]:
         """Devices whose adapter pushes readings (``Adapter.subscribe`` returned True, e.g. OPC
