@@ -11,6 +11,8 @@ Modes (``python -m bench._bridge_proc MODE ...``):
 * ``jitter CONFIG SECONDS``: the bridge's runtime (scheduler, adapters, store) with poll
   completions recorded. Prints JSON stats.
 * ``history TAGS SIZE``: RSS growth of a TagStore whose history is full.
+* ``profile CONFIG SECONDS``: the bridge's runtime (no API) under cProfile for SECONDS after
+  a warm-up: the top functions by own time, and the CPU it took. Prints JSON.
 * ``raw-echo PORT INTERVAL``: the end-to-end baseline: a raw pymodbus client reading holding 0
   every INTERVAL s and writing each new value straight back as float32 to holding 100.
 """
@@ -173,6 +175,32 @@ async def _bridge_jitter(config_path: str, seconds: float) -> dict[str, Any]:
             "tags": len(config.tag_names()), **_jitter_stats(completions, interval)}
 
 
+async def _profile_runtime(config_path: str, seconds: float) -> dict[str, Any]:
+    import cProfile
+    import io
+    import pstats
+
+    from bench._common import profile_rows
+    from bridge.config import load_config
+    from bridge.runtime.bridge import Bridge
+
+    bridge = Bridge(load_config(config_path))
+    await bridge.start()
+    profiler = cProfile.Profile()
+    try:
+        await asyncio.sleep(2.0)  # connections and first cycles are not steady state
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        profiler.enable()
+        await asyncio.sleep(seconds)
+        profiler.disable()
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    finally:
+        await bridge.stop()
+    # Own time of everything but the event loop's wait for I/O: what the bridge spent.
+    rows = profile_rows(pstats.Stats(profiler, stream=io.StringIO()), idle="'poll' of 'select.epoll'")
+    return {"cpu_s": cpu, "wall_s": wall, "profile": rows}
+
+
 async def _raw_poll(config_path: str, seconds: float) -> dict[str, Any]:
     from pymodbus.client import AsyncModbusTcpClient
 
@@ -285,6 +313,8 @@ def main() -> None:
         return
     if mode == "jitter":
         print(json.dumps(asyncio.run(_bridge_jitter(args[0], float(args[1])))))
+    elif mode == "profile":
+        print(json.dumps(asyncio.run(_profile_runtime(args[0], float(args[1])))))
     elif mode == "raw-poll":
         print(json.dumps(asyncio.run(_raw_poll(args[0], float(args[1])))))
     elif mode == "raw-echo":

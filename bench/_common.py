@@ -100,6 +100,20 @@ def rss_parts_mb(pid: int) -> dict[str, float]:
     return parts
 
 
+def profile_rows(stats: Any, top: int = 10, idle: str = "") -> list[str]:
+    """The ``top`` functions of a ``pstats.Stats`` by own time: share, calls, where. Functions
+    whose name contains ``idle`` (e.g. the event loop's wait for I/O) are left out, and shares
+    are of the rest: of the time the process was busy."""
+    items = [(key, value) for key, value in stats.stats.items() if not idle or idle not in key[2]]
+    total = sum(value[2] for _, value in items) or 1.0
+    rows = []
+    for (path, line, func), (_cc, calls, tottime, _ct, _callers) in sorted(
+            items, key=lambda item: -item[1][2])[:top]:
+        where = path.split("site-packages/")[-1].replace(str(ROOT) + "/", "")
+        rows.append(f"{tottime / total * 100:5.1f}%  {calls:>8}  {where}:{line}({func})")
+    return rows
+
+
 def rss_mb(pid: int) -> float:
     """Resident set size of ``pid`` from /proc (MB = 10^6 bytes)."""
     with open(f"/proc/{pid}/status", encoding="ascii") as fh:

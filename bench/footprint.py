@@ -71,15 +71,23 @@ def run(ctx: Context) -> Section:
     section.results.append(Result("CPU, idle", round(idle["cpu_s"] / idle["wall_s"] * 100, 2),
                                   "% of one core", round(base_idle_cpu, 2), base, higher_is_better=False))
     growth = run_child("history", "1000", str(HISTORY))["rss_growth_mb"] / 1000  # MB per tag, full history
-    for tags in ctx.pick((100, 1000), (100, 1000, 10_000)):
+    counts = ctx.pick((100, 1000), (100, 1000, 10_000))
+    per_read: dict[str, list[float]] = {"plcbridge": [], "raw pymodbus poller": []}
+    for tags in counts:
         devices = tags // TAGS_PER_DEVICE
         with servers(1, registers_for(TAGS_PER_DEVICE), devices) as started:
             config = fleet_config(started, TAGS_PER_DEVICE, model=True)
             path = _write(ctx, f"footprint_{tags}", config)
             m = _measure_bridge(path, ctx, warm, window)
             raw = run_child("raw-poll", str(path), str(window))
+            if tags == 1000:
+                # Where the bridge's CPU goes at 1,000 tags (its runtime, without the API).
+                profile = run_child("profile", str(path), str(ctx.pick(4.0, 15.0)))
+                section.profile = profile["profile"]
         reads = m["polls"] * TAGS_PER_DEVICE
         raw_reads = raw["polls"] * TAGS_PER_DEVICE
+        per_read["plcbridge"].append(round(m["cpu_s"] / max(reads, 1) * 1000, 5))
+        per_read["raw pymodbus poller"].append(round(raw["cpu_s"] / max(raw_reads, 1) * 1000, 5))
         params = {"tags": tags, "devices": devices, "poll_interval_s": 1.0, "model": "pump_pca",
                   "window_s": window}
         section.results.append(Result(f"RSS, {tags:,} tags @ 1 Hz", round(m["rss_mb"], 1), "MB",
@@ -109,6 +117,9 @@ def run(ctx: Context) -> Section:
             section.checks[f"{limit} (as measured)"] = m["rss_mb"] < RSS_LIMIT_MB
             section.checks["RSS at 1,000 tags, history full (projected), MB"] = round(steady, 1)
             section.checks[f"{limit} with history full (projected)"] = steady < RSS_LIMIT_MB
+    section.curves["CPU per 1,000 tag reads vs tags (1 Hz polling)"] = {
+        "x": list(counts), "xlabel": "tags polled at 1 Hz (100 per device)",
+        "ylabel": "CPU seconds per 1,000 tag reads", "series": per_read}
     section.notes.append(
         f"RSS is VmRSS after {warm + window:g} s of uptime. The tag history (history_size = {HISTORY}) "
         f"keeps growing for {HISTORY} s at 1 Hz; a full history costs {growth * 1000:.0f} MB per 1,000 "

@@ -25,8 +25,7 @@ from typing import Any
 
 from adapters.modbus.client import ModbusAdapter
 from adapters.modbus.plan import ReadRequest
-from bench._common import ROOT as _ROOT
-from bench._common import Context, Result, Section
+from bench._common import Context, Result, Section, profile_rows
 from bench._servers import ServerProcess, mixed_tags, servers
 from bridge.config import ModbusDeviceConfig
 from bridge.core.tags import TagStore
@@ -150,15 +149,7 @@ def _profile(devices: list[ModbusDeviceConfig], seconds: float) -> list[str]:
             await adapter.close()
 
     asyncio.run(go())
-    out = io.StringIO()
-    stats = pstats.Stats(profiler, stream=out)
-    total = stats.total_tt  # type: ignore[attr-defined]
-    rows = []
-    for (path, line, func), (_cc, calls, tottime, _ct, _callers) in sorted(
-            stats.stats.items(), key=lambda item: -item[1][2])[:10]:  # type: ignore[attr-defined]
-        where = path.split("site-packages/")[-1].replace(str(_ROOT) + "/", "")
-        rows.append(f"{tottime / total * 100:5.1f}%  {calls:>8}  {where}:{line}({func})")
-    return rows
+    return profile_rows(pstats.Stats(profiler, stream=io.StringIO()))
 
 
 def _layout(devices: int) -> tuple[int, int]:

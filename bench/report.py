@@ -13,6 +13,8 @@ from typing import Any
 from bench._common import ROOT
 
 RESULTS = ROOT / "bench" / "results.json"
+# The full run before the performance work of issue 15 (commit aa863dd), kept to compare with.
+BEFORE = ROOT / "bench" / "results_before.json"
 MARKDOWN = ROOT / "BENCHMARKS.md"
 ORDER = ("poll", "inference", "pipeline", "footprint", "soak", "rest", "opcua", "e2e", "scaling")
 SHORT_OF = 0.8  # a ratio under this is listed as "falls short" in the closing note
@@ -175,6 +177,36 @@ WHY = [
     "but stays far above the 10,000 values/s target.",
 ]
 
+def _before_after(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """Every measurement present in both runs, with both ratios; then both profiles."""
+    old = {(s["name"], r["name"]): r for s in before["benchmarks"] for r in s["results"]}
+    env = before["environment"]
+    out = ["## Before and after", "",
+           f"Before: the {env['mode']} run of {env['date']} (commit {before.get('commit', '?')}, "
+           "`bench/results_before.json`); after: this run. Ratios are bridge relative to its baseline "
+           "measured in the same run (above 1 the bridge is better), so they compare across the two runs.",
+           "", "| benchmark | measurement | before | ratio before | after | ratio after |",
+           "|---|---|---:|---:|---:|---:|"]
+    for section in after["benchmarks"]:
+        for r in section["results"]:
+            was = old.get((section["name"], r["name"]))
+            if was is None:
+                continue
+            ratio_was = "—" if was["ratio"] is None else f"{was['ratio']:.2f}×"
+            ratio_now = "—" if r["ratio"] is None else f"{r['ratio']:.2f}×"
+            out.append(f"| {section['title']} | {r['name']} | {_fmt(was['value'])} {was['unit']} "
+                       f"| {ratio_was} | {_fmt(r['value'])} {r['unit']} | {ratio_now} |")
+    out.append("")
+    profiles = {s["name"]: s for s in before["benchmarks"] if s.get("profile")}
+    for section in after["benchmarks"]:
+        was = profiles.get(section["name"])
+        if was is None or not section.get("profile"):
+            continue
+        out += [f"{section['title']}, profile before (top functions by own time):", "", "```",
+                *was["profile"], "```", "", "After:", "", "```", *section["profile"], "```", ""]
+    return out
+
+
 def render(data: dict[str, Any], where: Path = ROOT) -> str:
     """The Markdown; plots go to ``where``/bench/plots and are linked relative to ``where``."""
     env = data["environment"]
@@ -189,6 +221,8 @@ def render(data: dict[str, Any], where: Path = ROOT) -> str:
     sections = data["benchmarks"]
     for section in sections:
         out += _section(section, where)
+    if BEFORE.exists():
+        out += _before_after(json.loads(BEFORE.read_text()), data)
     out += _closing(sections)
     return "\n".join(out)
 
