@@ -52,6 +52,7 @@ class FileResult:
     # With hysteresis or adaptation: the counts of score >= threshold alone (None: the same).
     raw: Counts | None = None
     adapt_version: int | None = None  # adaptation updates at the end of the file
+    adapt_offset_sd: dict[str, float] | None = None  # and each input's offset then, training sd
 
     def as_dict(self) -> dict[str, Any]:
         delays = [s.delay_s for s in self.segments if s.delay_s is not None]
@@ -60,7 +61,8 @@ class FileResult:
                 "segments": [s.as_dict() for s in self.segments],
                 "mean_delay_s": statistics.fmean(delays) if delays else None,
                 **({} if self.raw is None else {"raw_score": self.raw.as_dict()}),
-                **({} if self.adapt_version is None else {"adapt_version": self.adapt_version})}
+                **({} if self.adapt_version is None else {"adapt_version": self.adapt_version,
+                                                          "adapt_offset_sd": self.adapt_offset_sd})}
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,8 @@ def evaluate_table(detector: Detector, table: Table, *, test_from: int = 0,
     return FileResult(table.path, table.times, table.labels, scores, alarms, scored,
                       count(alarms, table.labels, scored),
                       segments(alarms, table.labels, scored, table.times), test_from, raw,
-                      None if runner is None or runner.adapt is None else runner.adapt.version)
+                      *((None, None) if runner is None or runner.adapt is None else
+                        (runner.adapt.version, runner.adapt.status().offset_sd)))
 
 
 class _Recorder(ModelRunner):
