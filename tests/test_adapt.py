@@ -35,8 +35,8 @@ def _contract(**training: object) -> ModelContract:
 
 
 def _adapt(folder: Path | None = None, contract: ModelContract | None = None, **config: object) -> Adaptation:
-    cfg = AdaptConfig(enabled=True, **{"rate": 0.1, "max_step_sd": 0.05, "max_shift_sd": 2.0,
-                                       "hold_off_windows": 3, "learn_below": 0.8, **config})
+    cfg = AdaptConfig.model_validate({"enabled": True, "rate": 0.1, "max_step_sd": 0.05, "max_shift_sd": 2.0,
+                                      "hold_off_windows": 3, "learn_below": 0.8, **config})
     return Adaptation(cfg, contract or _contract(), where="models.m", folder=folder, model_name="m")
 
 
@@ -219,7 +219,8 @@ def test_runner_follows_slow_drift_but_not_a_step_fault(model: Path) -> None:
     n = 3000
     base = rng.normal(size=n)
     r = 50 + rng.normal(size=n) + np.linspace(0, 6, n)  # r drifts 6 training sd, slowly
-    values = np.column_stack([5 + base + 0.1 * rng.normal(size=n), 20 + 2 * base + 0.2 * rng.normal(size=n), r])
+    values = np.column_stack([5 + base + 0.1 * rng.normal(size=n),
+                              20 + 2 * base + 0.2 * rng.normal(size=n), r])
     values[2500:, 0] += 3.0  # then p breaks from q: a fault
     labels = np.zeros(n)
     labels[2500:] = 1
@@ -247,3 +248,31 @@ def test_runner_reports_the_alarm_and_keeps_the_raw_score(model: Path) -> None:
         flags.append((score.score >= det.threshold, score.anomaly))
     assert flags == [(True, False), (True, True), (True, True), (False, True), (False, False)]
     assert runner.anomalies == 3
+
+
+def test_evaluate_command_reports_the_alarm_output_and_the_score_alone(
+        model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bridge.cli import main
+
+    rng = np.random.default_rng(5)
+    n = 400
+    base = rng.normal(size=n)
+    rows = np.column_stack([5 + base + 0.1 * rng.normal(size=n), 20 + 2 * base + 0.2 * rng.normal(size=n),
+                            50 + rng.normal(size=n)])
+    rows[300:, 0] += 3.0
+    csv = tmp_path / "fault.csv"
+    lines = ["datetime;p;q;r;anomaly"] + [
+        f"2026-01-01 00:{i // 60:02d}:{i % 60:02d};{a:.5f};{b:.5f};{c:.5f};{int(i >= 300)}"
+        for i, (a, b, c) in enumerate(rows)]
+    csv.write_text("\n".join(lines) + "\n")
+    out_json = tmp_path / "r.json"
+    assert main(["evaluate", str(model), str(csv), "--alarm-off", "0.5", "--min-on-windows", "3",
+                 "--adapt", "--json", str(out_json)]) == 0
+    printed = capsys.readouterr().out
+    assert "score >= threshold alone" in printed
+    report = json.loads(out_json.read_text())
+    # The score alone flags every fault window at once; the alarm needs three in a row first.
+    assert report["raw_score_total"]["fn"] == 0 and report["total"]["fn"] == 2
+    assert report["total"]["median_delay_s"] == 2.0
+    assert report["files"][0]["adapt_version"] > 0
+    assert main(["evaluate", str(model), str(csv), "--alarm-on", "1", "--alarm-off", "2"]) != 0

@@ -35,7 +35,10 @@ from bridge.scoring.detector import Detector
 from bridge.scoring.runner import ModelRunner
 from bridge.scoring.windows import Window
 
-__all__ = ["FileResult", "Report", "evaluate", "evaluate_table", "latency_us", "plot", "stated_far"]
+# AdaptConfig and AlarmConfig are part of evaluate's signature: exported for callers (the recipes)
+# that may not import bridge.config themselves.
+__all__ = ["AdaptConfig", "AlarmConfig", "FileResult", "Report", "evaluate", "evaluate_table",
+           "latency_us", "plot", "stated_far"]
 
 
 @dataclass(frozen=True)
