@@ -159,3 +159,19 @@ async def test_the_shipped_model_cannot_adapt_and_says_which_key(sim: SimulatorH
 
     with pytest.raises(ConfigError, match=r"adapt\.enabled: .*training\.input_mean"):
         Bridge(config.model_copy(update={"models": [shipped]}), speed=SPEED)
+
+
+def test_check_names_a_model_that_cannot_adapt(model: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from bridge.cli import main
+
+    text = DEMO_TOML.format(port=5020).split("[models.writeback]")[0]
+    plant = tmp_path / "plant.toml"
+    plant.write_text(text + "[models.adapt]\nenabled = true\n[models.alarm]\nmin_on_windows = 3\n")
+    assert main(["check", str(plant)]) != 0  # the shipped model records no training baseline
+    assert "training.input_mean" in capsys.readouterr().err
+    plant.write_text(text.replace('name = "pump"', f'name = "pump"\nfile = "{model}"')
+                     + "[models.adapt]\nenabled = true\n[models.alarm]\nmin_on_windows = 3\n")
+    assert main(["check", str(plant)]) == 0
+    out = capsys.readouterr().out
+    assert "online adaptation: rate 0.002" in out and "alarm hysteresis: on 1 x threshold for 3" in out

@@ -39,7 +39,7 @@ from bridge.config import AdaptConfig
 from bridge.core.contract import ModelContract
 from bridge.core.errors import ConfigError
 
-__all__ = ["MEAN_KEY", "SD_KEY", "AdaptStatus", "Adaptation"]
+__all__ = ["MEAN_KEY", "SD_KEY", "AdaptStatus", "Adaptation", "baseline"]
 
 log = logging.getLogger("plcbridge.scoring")
 
@@ -53,7 +53,9 @@ STATE_VERSION = 1
 SAVE_EVERY_S = 60.0
 
 
-def _training_stats(contract: ModelContract, where: str) -> tuple[np.ndarray, np.ndarray]:
+def baseline(contract: ModelContract, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Each input's training mean and sd (raw units) from the contract; ConfigError naming the
+    key when the model predates them."""
     n = len(contract.inputs)
     stats = []
     for key in (MEAN_KEY, SD_KEY):
@@ -101,7 +103,7 @@ class Adaptation:
                  folder: Path | None = None, model_name: str | None = None) -> None:
         self.config = config
         self.features = tuple(contract.inputs)
-        self.mean, self.sd = _training_stats(contract, where)
+        self.mean, self.sd = baseline(contract, where)
         self.model = fingerprint(contract)
         self.model_version = contract.version
         self.name = model_name or contract.name

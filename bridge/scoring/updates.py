@@ -474,6 +474,8 @@ class ModelUpdater:
 
     def _swap(self, name: str, old: ModelRunner, new: ModelRunner, source: str) -> None:
         new.scored, new.anomalies = old.scored, old.anomalies
+        if new.alarm is not None and old.alarm is not None:
+            new.alarm.active = old.alarm.active  # a swap is no reason for an alarm to end and restart
         if new.adapt is not None and new.state_dir is None and old.state_dir is not None:
             new.state_dir = new.adapt.folder = old.state_dir  # a promoted shadow saves from now on
         self._replace(name, new)
