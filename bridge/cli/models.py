@@ -129,6 +129,10 @@ def _print_report(report: object) -> None:
         print(f"false-alarm rate on the normal rows: {t.far:.2f} %, train stated "
               f"{100 * report.stated_far:g} % ({'held' if report.far_held() else 'NOT held'}: "
               "within 2x is held)")
+        if raw is not None:
+            # train states the rate of single windows over the threshold: the score alone.
+            print(f"  the score alone: {raw.far:.2f} % (what train's statement is about; the line "
+                  "above is the alarm output the bridge raises)")
 
 
 def _evaluate(args: argparse.Namespace) -> int:

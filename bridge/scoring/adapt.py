@@ -118,6 +118,7 @@ class Adaptation:
         self.reset_at: float | None = None
         self._saved_at = -math.inf
         self._dirty = False
+        self._told: set[int] = set()
         if folder is not None:
             self._load()
 
@@ -147,7 +148,10 @@ class Adaptation:
         limit = self.config.max_shift_sd * self.sd
         new = np.clip(new, -limit, limit)
         capped = {int(j) for j in np.flatnonzero((np.abs(new) >= limit) & (self.sd > 0))}
-        newly, self.capped = capped - self.capped, capped
+        # Logged once per input until a reset: an offset resting on the cap dips under it and
+        # back with the noise, and must not log each time.
+        newly, self.capped = capped - self._told, capped
+        self._told |= newly
         if newly:
             log.warning("adaptation capped model=%s inputs=%s max_shift_sd=%g: the baseline "
                         "stops following them (reset after checking the plant)", self.name,
@@ -163,7 +167,7 @@ class Adaptation:
         """Back to the trained baseline; counted, and saved at once."""
         self.offset = np.zeros(len(self.features))
         self.version, self.hold, self.frozen = 0, 0, False
-        self.capped = set()
+        self.capped, self._told = set(), set()
         self.resets += 1
         self.reset_at = time.time() if now is None else now
         self._dirty = True
@@ -235,6 +239,7 @@ class Adaptation:
             self.version, self.resets = int(obj["version"]), int(obj["resets"])
             self.hold, self.frozen = int(obj["hold"]), bool(obj["frozen"])
             self.capped = {int(j) for j in obj["capped"] if 0 <= int(j) < len(self.features)}
+            self._told = set(self.capped)
             self.updated_at, self.reset_at = obj["updated_at"], obj["reset_at"]
             log.info("adaptation state restored model=%s version=%d", self.name, self.version)
         except (OSError, ValueError, KeyError, TypeError) as exc:
