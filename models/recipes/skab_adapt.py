@@ -177,6 +177,7 @@ def free_section(data: Path, tmp: Path) -> list[str]:
     label = "pca (dynamic)"
     det = dets[label]
     column = "Current"
+    assert column in det.contract.training["level_inputs"], "the text below says its level is kept"
     sd = float(det.contract.training["input_sd"][det.contract.inputs.index(column)])
     lines += ["", f"A linear ramp added to `{column}` (one of the inputs whose level the {label} model "
               f"keeps) from a row on, for {RAMP_ROWS} rows, at a slope in training sd ({sd:.4g} A) per "
