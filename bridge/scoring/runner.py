@@ -77,8 +77,6 @@ class ModelRunner:
 
     def score_window(self, window: Window) -> Score:
         if not window.valid:
-            if self.alarm is not None:
-                self.alarm.interrupt()
             return self._unscored(window, window.reason)
         values = window.values if self.adapt is None else self.adapt.apply(window.values)
         started = time.perf_counter()
@@ -110,5 +108,7 @@ class ModelRunner:
             self.adapt.save()
 
     def _unscored(self, window: Window, reason: str) -> Score:
+        if self.alarm is not None:
+            self.alarm.interrupt()  # no verdict this cycle: a run of windows is broken
         return Score(self.name, window.time, None, self.threshold, False, False, reason,
                      version=self.detector.version, scored=self.scored, anomalies=self.anomalies)
