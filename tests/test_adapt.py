@@ -276,3 +276,23 @@ def test_evaluate_command_reports_the_alarm_output_and_the_score_alone(
     assert report["total"]["median_delay_s"] == 2.0
     assert report["files"][0]["adapt_version"] > 0
     assert main(["evaluate", str(model), str(csv), "--alarm-on", "1", "--alarm-off", "2"]) != 0
+
+
+def test_adaptation_never_adds_an_alarm_the_trained_model_would_not_raise(model: Path) -> None:
+    # r wanders 4 training sd away slowly (followed), then snaps back to its training mean: the
+    # learnt offset would put the window 4 sd the other way. The trained model calls it normal,
+    # so no alarm, and the offset learns its way back instead of freezing on a wrong value.
+    det = Detector(model)
+    rng = np.random.default_rng(6)
+    n = 2600
+    base = rng.normal(size=n)
+    away = np.concatenate([np.linspace(0, 4, 1500), np.full(500, 4.0), np.zeros(600)])
+    values = np.column_stack([5 + base + 0.1 * rng.normal(size=n),
+                              20 + 2 * base + 0.2 * rng.normal(size=n), 50 + rng.normal(size=n) + away])
+    cfg = AdaptConfig(enabled=True, rate=0.05, max_shift_sd=5.0, hold_off_windows=0)
+    fixed = evaluate_table(det, _table(values, np.zeros(n)))
+    adapted = evaluate_table(det, _table(values, np.zeros(n)), adapt=cfg)
+    assert fixed.alarms[1500:2000].mean() > 0.5  # 4 sd away: the trained model alarms there
+    assert adapted.alarms[1500:2000].mean() < 0.1  # followed
+    assert adapted.alarms[2000:].mean() <= fixed.alarms[2000:].mean() + 0.01  # and back: no new alarms
+    assert adapted.adapt_offset_sd is not None and abs(adapted.adapt_offset_sd["r"]) < 1.0

@@ -174,4 +174,4 @@ def test_check_names_a_model_that_cannot_adapt(model: Path, tmp_path: Path,
                      + "[models.adapt]\nenabled = true\n[models.alarm]\nmin_on_windows = 3\n")
     assert main(["check", str(plant)]) == 0
     out = capsys.readouterr().out
-    assert "online adaptation: rate 0.002" in out and "alarm hysteresis: on 1 x threshold for 3" in out
+    assert "online adaptation: rate 0.001" in out and "alarm hysteresis: on 1 x threshold for 3" in out

@@ -313,7 +313,9 @@ class ModelInfo(Schema):
     shadow_version: str | None = Field(None, description="Version of the model running in shadow "
                                                          "beside this one; null if none runs.")
     adapt: AdaptStatus | None = Field(None, description="Online adaptation; null when "
-                                                        "``[models.adapt]`` is not enabled.")
+                                                        "``[models.adapt]`` is not enabled. With it, "
+                                                        "a score is the lower of the model's on the "
+                                                        "adapted window and on the window as sampled.")
     alarm: AlarmStatus | None = Field(None, description="Alarm hysteresis; null when "
                                                         "``[models.alarm]`` is the default (none).")
 

@@ -124,7 +124,7 @@ class AdaptConfig(StrictModel):
     # Share of the gap between the window mean and the current baseline taken per learning
     # window (an exponentially weighted mean): it sets which drift is followed and which ramp
     # is caught (docs/skab.md, "Online adaptation and alarm hysteresis").
-    rate: Annotated[float, Field(gt=0, le=0.5)] = 0.002
+    rate: Annotated[float, Field(gt=0, le=0.5)] = 0.001
     # Largest move of one input's baseline per window, in that input's training sd.
     max_step_sd: Annotated[float, Field(gt=0, le=1)] = 0.01
     # Largest total move of one input's baseline, in training sd: past it the baseline stops

@@ -13,7 +13,11 @@ input's window mean has moved from its training mean, and it moves only under gu
 - it freezes while the score is anomalous or the alarm is on, and for ``hold_off_windows``
   valid windows after;
 - the total move is capped (``max_shift_sd`` training sd): past it the offset stops following
-  and the input is reported as capped, which bounds how much of a slow fault can be hidden.
+  and the input is reported as capped, which bounds how much of a slow fault can be hidden;
+- it can only remove alarms, never add one: where the adapted window scores near or over the
+  threshold the runner also scores the window as sampled and the lower score holds, so an
+  offset learnt from a transient the plant has left cannot raise an alarm (which would freeze
+  it on its wrong value for good).
 
 The state (offset, version = updates since the trained baseline, resets) is versioned against
 the model it belongs to (a digest of its contract): a different model starts from its trained

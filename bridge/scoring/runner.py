@@ -65,6 +65,9 @@ class ModelRunner:
         self.adapt = Adaptation(config.adapt, contract, where=f"models.{config.name}",
                                 folder=state_dir, model_name=config.name) if config.adapt.enabled else None
         self.alarm = None if config.alarm.plain else Hysteresis(config.alarm)
+        # Above this score every decision (alarm on/off, learning) could change, so an adapted
+        # window's score there is checked against the trained baseline's.
+        self._second_opinion = self.threshold * min(1.0, config.alarm.off, config.adapt.learn_below)
 
     @property
     def name(self) -> str:
@@ -82,6 +85,13 @@ class ModelRunner:
         started = time.perf_counter()
         try:
             value, contrib = self.detector.score(values)
+            if values is not window.values and value >= self._second_opinion:
+                # Adaptation may remove an alarm the trained model raises, never add one: an
+                # offset learnt from a transient the plant has since left must not alarm (and
+                # so freeze itself); the window as sampled is scored too, the lower score holds.
+                trained, trained_contrib = self.detector.score(window.values)
+                if trained < value:
+                    value, contrib = trained, trained_contrib
         except Exception as exc:  # an inference fault must not stop the bridge; report it
             log.exception("inference failed model=%s", self.name)
             return self._unscored(window, f"inference error: {exc}")
