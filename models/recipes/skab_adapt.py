@@ -31,161 +31,40 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from adapters.sim.plant import SIGNALS, PumpPlant
 from bridge.ml.dataset import Table, load_csv
 from bridge.ml.detection import Counts
-from bridge.ml.evaluate import AdaptConfig, AlarmConfig, FileResult, evaluate_table
+from bridge.ml.evaluate import AlarmConfig, FileResult, evaluate_table
 from bridge.ml.options import DYNAMIC_RECIPE
 from bridge.ml.train import TrainOptions, train
 from bridge.scoring.detector import Detector
+from models.recipes._adapt_sim import (
+    ADAPT,
+    STATS,
+    TIGHT,
+    before_pct,
+    delay_of,
+    fmt,
+    median_text,
+    sim_section,
+    tradeoff_section,
+)
 
 __all__ = ["ADAPT", "ALARM", "BEGIN", "END", "main", "section"]
 
 BEGIN, END = "<!-- adapt:begin -->", "<!-- adapt:end -->"
 TRAIN_ROWS = 400  # SKAB protocol
 DESIGN, REPORT = tuple(str(i) for i in range(8)), tuple(str(i) for i in range(8, 16))
-# The settings measured here: the config defaults for adaptation; the hysteresis chosen on the
-# design files (models.recipes.skab_adapt --choose prints the grid it was chosen from).
-ADAPT = AdaptConfig(enabled=True)
+# The hysteresis measured, chosen on the design files (--choose prints the grid it was chosen
+# from); the adaptation measured is models.recipes._adapt_sim.ADAPT, the config defaults.
 ALARM = AlarmConfig(on=1.0, off=1.0, min_on_windows=3, min_off_windows=10)
-TIGHT = ADAPT.model_copy(update={"max_shift_sd": 1.0})  # the cap's effect on the slowest drifts
-STATS: dict[str, list[Any]] = {}  # figures the text below quotes
-SIM_MODELS: dict[int, Detector] = {}  # per seed, trained by sim_section
-# The trade-off the settings make (sim only): rate x cap against FAR and slow-drift delay.
-TRADEOFF = [ADAPT.model_copy(update={"rate": rate, "max_shift_sd": cap})
-            for rate in (0.001, 0.002, 0.005) for cap in (1.0, 3.0)]
 ALARM_GRID = [AlarmConfig(on=on, off=off, min_on_windows=a, min_off_windows=b)
               for on in (1.0,) for off in (1.0, 0.8, 0.6) for a in (1, 3, 5) for b in (1, 10, 30)]
-SIM_TRAIN_S, SIM_TEST_S = 1200, 4 * 3600
-SIM_SEEDS = (3, 4, 5)
 RAMP_SLOPES = (0.1, 0.3, 1.0)  # training sd per minute
 RAMP_STARTS = (2000, 5000, 8000)  # rows of anomaly-free
 RAMP_ROWS = 2400  # 40 minutes of ramp, then the file goes on normal
-
-
-def _sim_table(data: np.ndarray, labels: np.ndarray) -> Table:
-    n = len(data)
-    return Table(Path("sim.csv"), 1.7e9 + np.arange(n, dtype=np.float64), SIGNALS, data,
-                 labels.astype(np.int8), np.ones(n, dtype=bool))
-
-
-_RUNS: dict[tuple[int, float | None, float], Table] = {}
-
-
-def _sim_run(seed: int, fault_at: float | None, drift_rate: float) -> Table:
-    """1 Hz samples of the plant: normal, with the ``drift`` fault from ``fault_at`` s on."""
-    key = (seed, fault_at, drift_rate)
-    if key not in _RUNS:
-        _RUNS[key] = _simulate(seed, fault_at, drift_rate)
-    return _RUNS[key]
-
-
-def _simulate(seed: int, fault_at: float | None, drift_rate: float) -> Table:
-    plant = PumpPlant(seed=seed, drift_rate=drift_rate)
-    total = SIM_TRAIN_S + SIM_TEST_S
-    data = np.empty((total, len(SIGNALS)))
-    labels = np.zeros(total)
-    for i in range(total):
-        if fault_at is not None and i == fault_at:
-            plant.inject("drift")
-        row = plant.step(1.0)
-        data[i] = [row[s] for s in SIGNALS]
-        labels[i] = plant.active_fault is not None
-    return _sim_table(data, labels)
-
-
-def _delay(result: FileResult) -> float | None:
-    seg = result.segments[0] if result.segments else None
-    return None if seg is None else seg.delay_s
-
-
-def _before(result: FileResult, rows: int = 600) -> float:
-    """Alarm share (%) in the ``rows`` scored rows before the fault: a delay of 0 while the model
-    is already alarming is no detection."""
-    start = int(np.flatnonzero(result.labels)[0])
-    lo = max(result.test_from, start - rows)
-    return 100.0 * float(result.alarms[lo:start].mean()) if start > lo else float("nan")
-
-
-def _fmt(x: float | None) -> str:
-    return "missed" if x is None else f"{x:.0f}"
-
-
-def sim_section(tmp: Path) -> list[str]:
-    lines = ["### Simulator (`adapters/sim/plant.py`)", "",
-             f"pca (default recipe, all 5 inputs) trained on the first {SIM_TRAIN_S // 60} minutes of "
-             f"each seed's run, scored on the next {SIM_TEST_S // 3600} hours (1 Hz). Seeds "
-             f"{', '.join(map(str, SIM_SEEDS))}.", "",
-             "| seed | FAR % over 4 h, no adaptation | with adaptation | adaptation updates |",
-             "|---|---|---|---|"]
-    models = SIM_MODELS
-    for seed in SIM_SEEDS:
-        normal = _sim_run(seed, None, 0.0)
-        model = tmp / f"sim_{seed}.onnx"
-        train(normal, model, TrainOptions(kind="pca", train_rows=SIM_TRAIN_S))
-        det = models[seed] = Detector(model)
-        off = evaluate_table(det, normal, test_from=SIM_TRAIN_S)
-        on = evaluate_table(det, normal, test_from=SIM_TRAIN_S, adapt=ADAPT)
-        lines.append(f"| {seed} | {off.counts.far:.2f} | {on.counts.far:.2f} | {on.adapt_version} |")
-        STATS.setdefault("sim_far", []).append((off.counts, on.counts))
-    lines += ["", "The `drift` fault (pressure drifts away by a share of its value per minute; 0.08 is "
-              "the simulator's default) injected at a time after training; delay in seconds to the first "
-              "alarm, and in brackets the alarm share (%) in the 10 minutes before the fault "
-              "(a delay of 0 while already alarming is no detection):", "",
-              "| seed | drift per minute | fault at | delay s, no adaptation (before %) | with adaptation "
-              f"(before %) | its pressure offset at the end, sd | with max_shift_sd {TIGHT.max_shift_sd:g} |",
-              "|---|---|---|---|---|---|---|"]
-    for seed in SIM_SEEDS:
-        for rate in (0.08, 0.01, 0.0025):
-            for at in (SIM_TRAIN_S + 1800, SIM_TRAIN_S + 3 * 3600):
-                faulty = _sim_run(seed, at, rate)
-                off = evaluate_table(models[seed], faulty, test_from=SIM_TRAIN_S)
-                on = evaluate_table(models[seed], faulty, test_from=SIM_TRAIN_S, adapt=ADAPT)
-                tight = evaluate_table(models[seed], faulty, test_from=SIM_TRAIN_S, adapt=TIGHT)
-                shift = (on.adapt_offset_sd or {}).get("pressure", 0.0)
-                lines.append(f"| {seed} | {rate:g} | {(at - SIM_TRAIN_S) / 3600:g} h | {_fmt(_delay(off))} "
-                             f"({_before(off):.0f}) | {_fmt(_delay(on))} ({_before(on):.0f}) | "
-                             f"{shift:+.2f} | {_fmt(_delay(tight))} ({_before(tight):.0f}) |")
-                key = "slow" if rate < 0.08 else "fast"
-                STATS.setdefault(f"sim_{key}_delays", []).append((_delay(off), _delay(on), _before(off)))
-    return lines
-
-
-def tradeoff_section() -> list[str]:
-    """How rate and max_shift_sd trade false alarms against slow-fault delay, on the simulator."""
-    lines = ["The trade-off, on the same simulator runs (FAR over the 3 seeds' 4 normal hours; the slow "
-             "drifts (1 and 0.25 %/min) at both start times, all 3 seeds: median delay of those found, "
-             "and how many were not found within the run):", "",
-             "| rate | max_shift_sd | FAR % | slow drift: median delay s | not found |",
-             "|---|---|---|---|---|"]
-    for cfg in [None, *TRADEOFF]:
-        far, missed = Counts(), 0
-        delays: list[float] = []
-        for seed in SIM_SEEDS:
-            det = SIM_MODELS[seed]
-            far += evaluate_table(det, _sim_run(seed, None, 0.0), test_from=SIM_TRAIN_S, adapt=cfg).counts
-            for rate in (0.01, 0.0025):
-                for at in (SIM_TRAIN_S + 1800, SIM_TRAIN_S + 3 * 3600):
-                    run = _sim_run(seed, at, rate)
-                    d = _delay(evaluate_table(det, run, test_from=SIM_TRAIN_S, adapt=cfg))
-                    if d is None:
-                        missed += 1
-                    else:
-                        delays.append(d)
-        label = "no adaptation | -" if cfg is None else f"{cfg.rate:g} | {cfg.max_shift_sd:g}"
-        lines.append(f"| {label} | {far.far:.2f} | {_median(delays)} | {missed} |")
-        if cfg is not None and missed == 0 and (not STATS.get("pick") or far.far < STATS["pick"][0][1]):
-            STATS["pick"] = [(cfg, far.far)]
-    pick = STATS["pick"][0][0]
-    same = (pick.rate, pick.max_shift_sd) == (ADAPT.rate, ADAPT.max_shift_sd)
-    lines += ["", f"Rule for the `[models.adapt]` defaults: the lowest FAR among the settings that found "
-              f"every slow drift within the run: rate {pick.rate:g}, max_shift_sd {pick.max_shift_sd:g}; "
-              f"the defaults {'are' if same else 'are NOT'} this choice."]
-    return lines
 
 
 def _ramped(table: Table, column: str, start: int, slope_sd_min: float, sd: float) -> Table:
@@ -240,9 +119,9 @@ def free_section(data: Path, tmp: Path) -> list[str]:
             on = evaluate_table(det, free.head(start), test_from=TRAIN_ROWS, adapt=ADAPT)  # before it
             offset = on.adapt_offset_sd.get(column, 0.0) if on.adapt_offset_sd else 0.0
             on = evaluate_table(det, ramped, test_from=TRAIN_ROWS, adapt=ADAPT)
-            lines.append(f"| {slope:g} | {start} | {_fmt(_delay(off))} ({_before(off):.0f}) | "
-                         f"{_fmt(_delay(on))} ({_before(on):.0f}) | {offset:+.2f} |")
-            STATS.setdefault("ramp", []).append((_delay(off), _delay(on)))
+            lines.append(f"| {slope:g} | {start} | {fmt(delay_of(off))} ({before_pct(off):.0f}) | "
+                         f"{fmt(delay_of(on))} ({before_pct(on):.0f}) | {offset:+.2f} |")
+            STATS.setdefault("ramp", []).append((delay_of(off), delay_of(on)))
     return lines
 
 
@@ -362,10 +241,6 @@ def section(data: Path, tmp: Path) -> str:
     return "\n".join([*head, *_reading(), "", *body, "", END])
 
 
-def _median(values: list[float]) -> str:
-    return f"{statistics.median(values):.0f}" if values else "-"
-
-
 def _reading() -> list[str]:
     """The summary, every figure from the runs below (STATS)."""
     far = STATS["sim_far"]
@@ -408,7 +283,7 @@ def _reading() -> list[str]:
         f"within {max((d[1] or 0) for d in fast):.0f} s with adaptation in all {len(fast)} runs. For the "
         f"slow drifts (1 and 0.25 %/min) in the {len(slow)} runs where the model was quiet before the "
         f"fault (under 1 % alarms in the 10 minutes before), the median delay went from "
-        f"{_median(slow_off)} s to {_median(slow_on)} s (of those found), and {missed} of them "
+        f"{median_text(slow_off)} s to {median_text(slow_on)} s (of those found), and {missed} of them "
         "was not found within the run: a drift as slow as normal drift is, by construction, what "
         "adaptation follows, "
         "until the offset reaches `max_shift_sd`. The cap is what bounds the hiding: the column "
