@@ -168,8 +168,8 @@ def valve_section(data: Path, tmp: Path) -> list[str]:
     lines = ["### SKAB valve1: F1 / FAR % / MAR % on the alarm output", "",
              "Per file trained on its first 400 rows, counted on the rest (the protocol of the table "
              "above). *alarm* is what the bridge raises (write-back, events, `anomaly`); *score alone* "
-             "is `score >= threshold` per window on the same run (with adaptation, on the adapted "
-             "inputs).", "",
+             "is `score >= threshold` per window on the same run (with adaptation, the runner's "
+             "score: near the threshold the lower of the adapted window's and the window's as sampled).", "",
              "| recipe | variant | design (valve1/0-7) alarm: F1 | FAR % | MAR % | design, score alone: F1 "
              "| FAR % | MAR % | **report (valve1/8-15) alarm: F1** | **FAR %** | **MAR %** | report, score "
              "alone: F1 | FAR % | MAR % | median delay s (report) |",
