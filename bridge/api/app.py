@@ -20,6 +20,8 @@ from bridge import __version__
 from bridge.api.auth import TokenSet
 from bridge.api.schemas import (
     AGE_REFRESH,
+    AdaptStatus,
+    AlarmStatus,
     DeviceHealth,
     ErrorDetail,
     Event,
@@ -202,6 +204,8 @@ def create_app(bridge: Bridge, tokens: TokenSet | None = None) -> FastAPI:
             # Relative to data_dir: the operator knows where that is, a client need not.
             folder=None if folder is None or data_dir is None else folder.relative_to(data_dir).as_posix(),
             shadow_version=shadow.version if (shadow := running_shadow(name)) else None,
+            adapt=None if runner.adapt is None else AdaptStatus.of(runner.adapt),
+            alarm=None if runner.alarm is None else AlarmStatus.of(runner.alarm, runner.threshold),
         )
 
     def running_shadow(name: str) -> Any:
@@ -286,6 +290,22 @@ def create_app(bridge: Bridge, tokens: TokenSet | None = None) -> FastAPI:
         except KeyError:
             raise HTTPException(409, f"model {name!r} has no previous version to restore") from None
         return ModelChange(**model_info(name).model_dump(), status="rolled back")
+
+    @api.post("/api/v1/models/{name}/adapt/reset", dependencies=admin, response_model=AdaptStatus,
+              responses=_errors(404, 409))
+    async def reset_adaptation(name: str) -> AdaptStatus:
+        """Put the model's online adaptation back to its trained baseline (offsets zero, the
+        version restarts; ``resets`` counts it). Recorded as an ``adapt-reset`` event."""
+        runner = runner_or_404(name)
+        if runner.adapt is None:
+            raise HTTPException(409, f"model {name!r} does not adapt ([models.adapt] enabled is false)")
+        before = runner.adapt.status()
+        runner.adapt.reset()
+        bridge.record_event({"model": name, "time": time.time(), "kind": "adapt-reset", "score": None,
+                             "threshold": runner.threshold, "detail": {"contributions": {}}})
+        log.warning("adaptation reset by the operator model=%s version_was=%d offset_sd_was=%s",
+                    name, before.version, before.offset_sd)
+        return AdaptStatus.of(runner.adapt)
 
     @api.get("/api/v1/models/{name}/score", response_model=ModelScore, responses=_errors(404))
     async def latest_score(name: str) -> ModelScore:

@@ -26,14 +26,16 @@ from bridge.core.timefmt import finite, iso, iso_or_none
 if TYPE_CHECKING:
     from bridge.core.scores import Score
     from bridge.ports import DeviceStatus
+    from bridge.scoring.adapt import Adaptation
+    from bridge.scoring.alarm import Hysteresis
     from bridge.scoring.shadow import Shadow
     from bridge.sinks.writeback import ModelWriteback
 
 __all__ = [
-    "DeviceHealth", "ErrorDetail", "Event", "EventDetail", "FleetLiveStats", "FleetModelState",
-    "FleetStatus", "Health", "Live", "ModelChange", "ModelHealth", "ModelInfo", "ModelScore",
-    "ModelShadow", "MqttStatus", "RolloutDetail", "ShadowComparison", "ShadowRule", "ShadowStatus",
-    "SparkplugStatus", "TagReading", "WritebackHealth",
+    "AdaptStatus", "AlarmStatus", "DeviceHealth", "ErrorDetail", "Event", "EventDetail",
+    "FleetLiveStats", "FleetModelState", "FleetStatus", "Health", "Live", "ModelChange", "ModelHealth",
+    "ModelInfo", "ModelScore", "ModelShadow", "MqttStatus", "RolloutDetail", "ShadowComparison",
+    "ShadowRule", "ShadowStatus", "SparkplugStatus", "TagReading", "WritebackHealth",
     "hide_paths", "public_name", "scrub_paths",
 ]
 
@@ -310,6 +312,59 @@ class TagReading(Schema):
 # -- /api/v1/models ------------------------------------------------------------------------
 
 
+class AdaptStatus(Schema):
+    """Online adaptation of one model (``[models.adapt]``): the offset subtracted from each
+    input before scoring, learnt from normal windows under the configured guards."""
+
+    state: Literal["learning", "frozen", "hold-off", "capped"] = Field(
+        description="``learning``: follows normal drift; ``frozen``: the last window was "
+                    "anomalous; ``hold-off``: waiting ``hold_off_left`` windows after one; "
+                    "``capped``: an input's offset reached ``max_shift_sd`` and no longer follows.")
+    version: int = Field(description="Accepted updates since the trained baseline or the last reset.")
+    resets: int = Field(description="Resets to the trained baseline (kept across restarts with a data_dir).")
+    base_version: str = Field(description="Version of the model whose trained baseline this adapts.")
+    offset: dict[str, float] = Field(description="Per feature: offset subtracted from the input, "
+                                                 "raw engineering units.")
+    offset_sd: dict[str, float] = Field(description="Per feature: the offset in training sd.")
+    capped: list[str] = Field(description="Features whose offset reached ``max_shift_sd``.")
+    hold_off_left: int = Field(description="Valid windows before learning resumes.")
+    updated_at: Time | None = _time("When the offset last moved")
+    reset_at: Time | None = _time("When it was last reset")
+    rate: float = Field(description="``[models.adapt] rate`` in force.")
+    max_step_sd: float = Field(description="``[models.adapt] max_step_sd`` in force.")
+    max_shift_sd: float = Field(description="``[models.adapt] max_shift_sd`` in force.")
+    hold_off_windows: int = Field(description="``[models.adapt] hold_off_windows`` in force.")
+    learn_below: float = Field(description="``[models.adapt] learn_below`` in force.")
+    persisted: bool = Field(description="Saved in ``[storage] data_dir`` (survives a restart).")
+
+    @classmethod
+    def of(cls, adapt: Adaptation) -> AdaptStatus:
+        st, c = adapt.status(), adapt.config
+        return cls(state=st.state, version=st.version, resets=st.resets,
+                   base_version=adapt.model_version, offset=st.offset, offset_sd=st.offset_sd,
+                   capped=st.capped, hold_off_left=st.hold_off_left,
+                   updated_at=iso_or_none(st.updated_at), reset_at=iso_or_none(st.reset_at),
+                   rate=c.rate, max_step_sd=c.max_step_sd, max_shift_sd=c.max_shift_sd,
+                   hold_off_windows=c.hold_off_windows, learn_below=c.learn_below,
+                   persisted=adapt.folder is not None)
+
+
+class AlarmStatus(Schema):
+    """Alarm hysteresis of one model (``[models.alarm]``)."""
+
+    active: bool = Field(description="The alarm is on (what ``anomaly`` reports).")
+    on_level: float = Field(description="Score at or above which windows count toward the alarm.")
+    off_level: float = Field(description="Score below which windows count toward its end.")
+    min_on_windows: int = Field(description="Consecutive windows needed to start it.")
+    min_off_windows: int = Field(description="Consecutive windows needed to end it.")
+
+    @classmethod
+    def of(cls, alarm: Hysteresis, threshold: float) -> AlarmStatus:
+        c = alarm.config
+        return cls(active=alarm.active, on_level=c.on * threshold, off_level=c.off * threshold,
+                   min_on_windows=c.min_on_windows, min_off_windows=c.min_off_windows)
+
+
 class ModelInfo(Schema):
     """A model and its contract (carried in the ONNX file)."""
 
@@ -336,6 +391,12 @@ class ModelInfo(Schema):
                                            "(uploads then last until restart).")
     shadow_version: str | None = Field(None, description="Version of the model running in shadow "
                                                          "beside this one; null if none runs.")
+    adapt: AdaptStatus | None = Field(None, description="Online adaptation; null when "
+                                                        "``[models.adapt]`` is not enabled. With it, "
+                                                        "a score is the lower of the model's on the "
+                                                        "adapted window and on the window as sampled.")
+    alarm: AlarmStatus | None = Field(None, description="Alarm hysteresis; null when "
+                                                        "``[models.alarm]`` is the default (none).")
 
 
 class ModelChange(ModelInfo):
@@ -430,7 +491,8 @@ class ModelScore(Schema):
     time: Time = Field(description="Time of the window's last sample; RFC 3339 UTC with milliseconds.")
     score: float | None = Field(description="Anomaly score; null when the window was not scored.")
     threshold: float = Field(description="Threshold in force for this score.")
-    anomaly: bool = Field(description="Score at or over the threshold.")
+    anomaly: bool = Field(description="The alarm: score at or over the threshold, or with "
+                                      "``[models.alarm]`` the hysteresis' output.")
     window_valid: bool = Field(description="The window was complete and fresh enough to score.")
     reason: str = Field(description="Why the window was not valid; empty when it was.")
     contributions: dict[str, float | None] | None = Field(
@@ -477,9 +539,10 @@ class Event(Schema):
     time: Time = Field(description="Time of the score that started or ended the anomaly; RFC 3339 "
                                    "UTC with milliseconds.")
     kind: Literal["anomaly-start", "anomaly-end", "shadow-start", "shadow-promoted",
-                  "shadow-rejected", "model-rolled-back"] = Field(
-        description="What happened: an anomaly started or ended, or a model rollout result "
-                    "(a shadow staged, promoted or rejected; a rollback).")
+                  "shadow-rejected", "model-rolled-back", "adapt-reset"] = Field(
+        description="What happened: an anomaly started or ended, a model rollout result "
+                    "(a shadow staged, promoted or rejected; a rollback), or an operator reset "
+                    "a model's online adaptation.")
     score: float | None = Field(description="The score at the event; null for a rollout.")
     threshold: float = Field(description="Threshold in force at the event (of the model the "
                                          "rollout is about).")

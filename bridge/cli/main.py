@@ -75,6 +75,7 @@ def _modbus_tag_line(device: ModbusDeviceConfig, tag: ModbusTagConfig) -> str:
 def _check(args: argparse.Namespace) -> int:
     config = load_config_or_exit(args.config)
     from adapters.modbus.plan import describe, plan_reads  # pure: no protocol library
+    from bridge.scoring.adapt import baseline
     from bridge.scoring.detector import Detector
     from bridge.scoring.runner import resolve_inputs
     from bridge.sinks.writeback import place
@@ -119,6 +120,18 @@ def _check(args: argparse.Namespace) -> int:
               f"{model.threshold if model.threshold is not None else c.threshold:g}")
         for feature, tag_name in zip(c.inputs, tags, strict=True):
             print(f"  input {feature:<16} <- {tag_name}")
+        if model.adapt.enabled:
+            a = model.adapt
+            try:
+                baseline(c, f"models[{index}]")
+                print(f"  online adaptation: rate {a.rate:g}, step <= {a.max_step_sd:g} sd, shift <= "
+                      f"{a.max_shift_sd:g} sd, hold-off {a.hold_off_windows} windows")
+            except ConfigError as exc:
+                status = fail(f"models[{index}] ({model.name}): {exc}", args.config)
+        if not model.alarm.plain:
+            h = model.alarm
+            print(f"  alarm hysteresis: on {h.on:g} x threshold for {h.min_on_windows} window(s), off "
+                  f"below {h.off:g} x threshold for {h.min_off_windows} window(s)")
         if model.writeback is not None:
             targets = ", ".join(f"{k} -> {place(t)}" for k, t in model.writeback.targets().items())
             print(f"  write-back ({config.writeback.mode}) to {model.writeback.device}: {targets}")

@@ -15,6 +15,8 @@ from bridge.core.datatypes import Order, register_count
 
 __all__ = [
     "DEFAULT_MODEL",
+    "AdaptConfig",
+    "AlarmConfig",
     "ModelConfig",
     "ModelWritebackConfig",
     "NodeTarget",
@@ -115,6 +117,54 @@ class ShadowRuleConfig(StrictModel):
     min_agreement: Annotated[float, Field(ge=0, le=1)] = 0.0
 
 
+class AdaptConfig(StrictModel):
+    """Guarded online adaptation (opt-in): the model's input baseline follows slow normal drift."""
+
+    enabled: bool = False
+    # Share of the gap between the window mean and the current baseline taken per learning
+    # window (an exponentially weighted mean): it sets which drift is followed and which ramp
+    # is caught (docs/skab.md, "Online adaptation and alarm hysteresis").
+    rate: Annotated[float, Field(gt=0, le=0.5)] = 0.001
+    # Largest move of one input's baseline per window, in that input's training sd.
+    max_step_sd: Annotated[float, Field(gt=0, le=1)] = 0.01
+    # Largest total move of one input's baseline, in training sd: past it the baseline stops
+    # following, so a slow fault is hidden at most this far (reported as capped).
+    max_shift_sd: Annotated[float, Field(gt=0, le=20)] = 3.0
+    # Valid windows after the last anomalous one before learning resumes.
+    hold_off_windows: Annotated[int, Field(ge=0, le=1_000_000)] = 300
+    # Learn only from windows scoring below this share of the threshold: a fault that builds
+    # up slowly pushes the score toward the threshold and stops the learning before it alarms.
+    learn_below: Annotated[float, Field(gt=0, le=1)] = 0.8
+    # A moving baseline changes what is written to a PLC: refused with [models.writeback]
+    # unless this says so.
+    allow_with_writeback: bool = False
+
+
+class AlarmConfig(StrictModel):
+    """Alarm hysteresis between the score and the anomaly flag (write-back, sinks, events)."""
+
+    # The alarm starts when the score is at or above on x threshold ...
+    on: Annotated[float, Field(gt=0, le=1000)] = 1.0
+    # ... and ends when it is below off x threshold (off <= on).
+    off: Annotated[float, Field(gt=0, le=1000)] = 1.0
+    # Consecutive valid windows at or above the on level before the alarm starts.
+    min_on_windows: Annotated[int, Field(ge=1, le=86400)] = 1
+    # Consecutive valid windows below the off level before the alarm ends.
+    min_off_windows: Annotated[int, Field(ge=1, le=86400)] = 1
+
+    @model_validator(mode="after")
+    def _check_levels(self) -> AlarmConfig:
+        if self.off > self.on:
+            raise ValueError(f"off ({self.off:g}) must not be above on ({self.on:g}): the alarm "
+                             "would end while the score is still over the level that starts it")
+        return self
+
+    @property
+    def plain(self) -> bool:
+        """The defaults: the alarm is the score at or over the threshold, window by window."""
+        return self.on == self.off == 1.0 and self.min_on_windows == self.min_off_windows == 1
+
+
 class ModelConfig(StrictModel):
     """One anomaly model and the tags that feed it."""
 
@@ -125,6 +175,16 @@ class ModelConfig(StrictModel):
     threshold: float | None = None
     writeback: ModelWritebackConfig | None = None
     shadow: ShadowRuleConfig = Field(default_factory=ShadowRuleConfig)
+    adapt: AdaptConfig = Field(default_factory=AdaptConfig)
+    alarm: AlarmConfig = Field(default_factory=AlarmConfig)
+
+    @model_validator(mode="after")
+    def _adapt_and_writeback(self) -> ModelConfig:
+        if self.adapt.enabled and self.writeback is not None and not self.adapt.allow_with_writeback:
+            raise ValueError("adapt.enabled: online adaptation moves the baseline of a model that "
+                             "writes back to a device; set adapt.allow_with_writeback = true to "
+                             "accept that, or remove [models.writeback]")
+        return self
 
     @property
     def input_tags(self) -> list[str]:

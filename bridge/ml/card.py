@@ -56,6 +56,10 @@ def write_card(result: TrainResult, opts: TrainOptions) -> None:
         "",
         *_threshold_lines(result, opts),
         "",
+        "## Online adaptation (`[models.adapt]`, off by default)",
+        "",
+        *_adapt_lines(result),
+        "",
         "## Limits",
         "",
         "- Trained only on the data above: a new operating point, season or sensor will look anomalous.",
@@ -67,6 +71,22 @@ def write_card(result: TrainResult, opts: TrainOptions) -> None:
         "",
     ]
     result.card.write_text("\n".join(lines), encoding="utf-8")
+
+
+def _adapt_lines(result: TrainResult) -> list[str]:
+    c = result.contract
+    mean, sd = c.training.get("input_mean"), c.training.get("input_sd")
+    if not (isinstance(mean, list) and isinstance(sd, list)):
+        return ["- This model records no training baseline: it cannot adapt."]
+    return [
+        "The trained baseline each input's offset starts from (fit rows, raw units); the bridge "
+        "bounds each step and the total shift in these sd, and shows the live offsets, their "
+        "version and whether an input is capped in `GET /api/v1/models/{name}`:",
+        "",
+        "| input | mean | sd |",
+        "|---|---|---|",
+        *[f"| `{n}` | {m:.6g} | {s:.6g} |" for n, m, s in zip(c.inputs, mean, sd, strict=True)],
+    ]
 
 
 def _threshold_lines(result: TrainResult, opts: TrainOptions) -> list[str]:

@@ -5,6 +5,12 @@ then the valid windows are scored with ``Detector.score_batch``: the same window
 would pass to ``Detector.score`` one by one (``tests/test_train_evaluate.py`` checks both), and
 ``anomaly = score >= threshold`` as in ``bridge.scoring.runner``. Rows whose window is invalid (warm-up,
 bad or stale input) have no prediction and drop out of the counts, as in SKAB.
+
+With alarm hysteresis or online adaptation (``[models.alarm]``, ``[models.adapt]``) the verdict
+depends on the windows before: every window the scheduler would sample goes, in order, through
+a ``ModelRunner`` (the live bridge's own code), and the counts are on its alarm output, what
+write-back and the sinks see. The counts of the score alone (``score >= threshold`` per window)
+are reported beside them, so the effect of the hysteresis is measured, not assumed.
 """
 
 from __future__ import annotations
@@ -18,14 +24,21 @@ from typing import Any
 
 import numpy as np
 
+from bridge.config import AdaptConfig, AlarmConfig, ModelConfig
 from bridge.core.extras import require_extra
 from bridge.core.progress import track
+from bridge.core.tags import TagStore
 from bridge.ml.dataset import DataError, Table, load_csv
 from bridge.ml.detection import Counts, Segment, count, segments
-from bridge.ml.replay import replay
+from bridge.ml.replay import default_max_age, replay
 from bridge.scoring.detector import Detector
+from bridge.scoring.runner import ModelRunner
+from bridge.scoring.windows import Window
 
-__all__ = ["FileResult", "Report", "evaluate", "evaluate_table", "latency_us", "plot", "stated_far"]
+# AdaptConfig and AlarmConfig are part of evaluate's signature: exported for callers (the recipes)
+# that may not import bridge.config themselves.
+__all__ = ["AdaptConfig", "AlarmConfig", "FileResult", "Report", "evaluate", "evaluate_table",
+           "latency_us", "plot", "stated_far"]
 
 
 @dataclass(frozen=True)
@@ -39,13 +52,20 @@ class FileResult:
     counts: Counts
     segments: list[Segment]
     test_from: int
+    # With hysteresis or adaptation: the counts of score >= threshold alone (None: the same).
+    raw: Counts | None = None
+    adapt_version: int | None = None  # adaptation updates at the end of the file
+    adapt_offset_sd: dict[str, float] | None = None  # and each input's offset then, training sd
 
     def as_dict(self) -> dict[str, Any]:
         delays = [s.delay_s for s in self.segments if s.delay_s is not None]
         return {"file": str(self.path), "rows": len(self.times), "test_from": self.test_from,
                 "scored_rows": int(self.scored.sum()), **self.counts.as_dict(),
                 "segments": [s.as_dict() for s in self.segments],
-                "mean_delay_s": statistics.fmean(delays) if delays else None}
+                "mean_delay_s": statistics.fmean(delays) if delays else None,
+                **({} if self.raw is None else {"raw_score": self.raw.as_dict()}),
+                **({} if self.adapt_version is None else {"adapt_version": self.adapt_version,
+                                                          "adapt_offset_sd": self.adapt_offset_sd})}
 
 
 @dataclass(frozen=True)
@@ -63,6 +83,13 @@ class Report:
     def total(self) -> Counts:
         return sum((f.counts for f in self.files), Counts())
 
+    @property
+    def raw_total(self) -> Counts | None:
+        """Counts of the score alone, when the alarm output differs from it by design."""
+        if any(f.raw is None for f in self.files):
+            return None
+        return sum((f.raw for f in self.files if f.raw is not None), Counts())
+
     def delays(self) -> list[float]:
         return [s.delay_s for f in self.files for s in f.segments if s.delay_s is not None]
 
@@ -77,32 +104,74 @@ class Report:
                           "segments_missed": self.missed(),
                           "mean_delay_s": statistics.fmean(delays) if delays else None,
                           "median_delay_s": statistics.median(delays) if delays else None},
+                **({} if (raw := self.raw_total) is None else {"raw_score_total": raw.as_dict()}),
                 "files": [f.as_dict() for f in self.files]}
 
 
 def evaluate_table(detector: Detector, table: Table, *, test_from: int = 0,
-                   max_age: float | None = None) -> FileResult:
+                   max_age: float | None = None, alarm: AlarmConfig | None = None,
+                   adapt: AdaptConfig | None = None) -> FileResult:
     """Score every row of ``table``; count the rows from ``test_from`` on (SKAB: 400)."""
     if table.labels is None:
         raise DataError(f"{table.path}: no 'anomaly' column: evaluation needs labelled data")
     c = detector.contract
-    rep = replay(table, c.inputs, length=c.window_length, period=c.period, max_age=max_age)
-    scores = np.full(len(table), np.nan)
-    if rep.valid.any():
-        scores[rep.valid] = detector.score_batch(rep.windows[rep.valid])
-    finite = np.isfinite(scores)  # a non-finite score is "no score" in the runtime as well
-    alarms = finite & (np.where(finite, scores, -np.inf) >= detector.threshold)
+    stateful = (alarm is not None and not alarm.plain) or (adapt is not None and adapt.enabled)
+    runner, on_window = _runner(detector, alarm, adapt, len(table)) if stateful else (None, None)
+    rep = replay(table, c.inputs, length=c.window_length, period=c.period, max_age=max_age,
+                 on_window=on_window)
+    if runner is None:
+        scores = np.full(len(table), np.nan)
+        if rep.valid.any():
+            scores[rep.valid] = detector.score_batch(rep.windows[rep.valid])
+        finite = np.isfinite(scores)  # a non-finite score is "no score" in the runtime as well
+        alarms = finite & (np.where(finite, scores, -np.inf) >= detector.threshold)
+    else:
+        scores, alarms = runner.scores, runner.alarms
+        finite = np.isfinite(scores)
     scored = finite & (np.arange(len(table)) >= test_from)
+    raw = None
+    if runner is not None:
+        raw = count(finite & (np.where(finite, scores, -np.inf) >= runner.threshold), table.labels, scored)
     return FileResult(table.path, table.times, table.labels, scores, alarms, scored,
                       count(alarms, table.labels, scored),
-                      segments(alarms, table.labels, scored, table.times), test_from)
+                      segments(alarms, table.labels, scored, table.times), test_from, raw,
+                      *((None, None) if runner is None or runner.adapt is None else
+                        (runner.adapt.version, runner.adapt.status().offset_sd)))
+
+
+class _Recorder(ModelRunner):
+    """The live runner, fed the replayed windows in order; keeps each row's score and alarm."""
+
+    def __init__(self, config: ModelConfig, detector: Detector, rows: int) -> None:
+        c = detector.contract
+        super().__init__(config, detector, TagStore(c.inputs, 1), default_max_age=default_max_age(c.period))
+        self.scores = np.full(rows, np.nan)
+        self.alarms = np.zeros(rows, dtype=bool)
+
+    def take(self, window: Window, first: int, stop: int) -> None:
+        score = self.score_window(window)
+        if score.score is not None and first < stop:
+            self.scores[first:stop] = score.score
+            self.alarms[first:stop] = score.anomaly
+
+
+def _runner(detector: Detector, alarm: AlarmConfig | None, adapt: AdaptConfig | None,
+            rows: int) -> tuple[_Recorder, Any]:
+    c = detector.contract
+    config = ModelConfig(name="evaluate", inputs=list(c.inputs), alarm=alarm or AlarmConfig(),
+                         adapt=adapt or AdaptConfig())
+    recorder = _Recorder(config, detector, rows)
+    return recorder, recorder.take
 
 
 def evaluate(model: Path | str, data: Sequence[Path | str], *, test_from: int = 0,
-             max_age: float | None = None) -> Report:
-    """Evaluate one model on several labelled files; totals are summed counts, as in SKAB."""
+             max_age: float | None = None, alarm: AlarmConfig | None = None,
+             adapt: AdaptConfig | None = None) -> Report:
+    """Evaluate one model on several labelled files; totals are summed counts, as in SKAB.
+    Each file starts from the trained baseline and with the alarm off."""
     detector = Detector(model)
-    files = [evaluate_table(detector, load_csv(p), test_from=test_from, max_age=max_age)
+    files = [evaluate_table(detector, load_csv(p), test_from=test_from, max_age=max_age, alarm=alarm,
+                            adapt=adapt)
              for p in track(list(data), "evaluating")]
     return Report(Path(model), detector.threshold, files, stated_far(detector))
 

@@ -10,16 +10,16 @@ Only past rows are in a window (causal by construction).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from bridge.core.tags import Quality, Reading, TagStore
 from bridge.ml.dataset import Table
-from bridge.scoring.windows import WindowBuilder
+from bridge.scoring.windows import Window, WindowBuilder
 
-__all__ = ["Replay", "default_max_age", "replay"]
+__all__ = ["OnWindow", "Replay", "default_max_age", "replay"]
 
 # Ticks are on a float grid; a row stamped within this of a tick belongs to it.
 _EPS = 1e-6
@@ -49,8 +49,14 @@ def _readings(tags: Sequence[str], row: np.ndarray, good: bool, when: float) -> 
     return out
 
 
+# Called with every window the scheduler would sample, in order (also those no row is the newest
+# of, and the invalid ones of a gap), and the rows [first, stop) that get it: what a stateful
+# runner (alarm hysteresis, online adaptation) must see to match the live bridge.
+OnWindow = Callable[[Window, int, int], None]
+
+
 def replay(table: Table, inputs: Sequence[str], *, length: int, period: float,
-           max_age: float | None = None) -> Replay:
+           max_age: float | None = None, on_window: OnWindow | None = None) -> Replay:
     """Feed ``table`` into a TagStore and sample a WindowBuilder every ``period`` seconds."""
     values = table.select(inputs)
     tags = tuple(inputs)
@@ -67,7 +73,9 @@ def replay(table: Table, inputs: Sequence[str], *, length: int, period: float,
         next_tick = math.ceil((table.times[row] - t0) / period - _EPS)
         if next_tick - tick > length:
             for k in range(next_tick - length, next_tick):
-                builder.sample(t0 + k * period)
+                gap_window = builder.sample(t0 + k * period)
+                if on_window is not None:
+                    on_window(gap_window, row, row)
             tick = next_tick
         now = t0 + tick * period
         first = row
@@ -78,6 +86,8 @@ def replay(table: Table, inputs: Sequence[str], *, length: int, period: float,
         # Several rows within one period: the bridge sees only the last, all get its window.
         windows[first:row] = window.values
         valid[first:row] = window.valid
+        if on_window is not None:
+            on_window(window, first, row)
         tick += 1
     bad = ~table.good | np.isnan(values).any(axis=1)
     return Replay(windows, valid, int(bad.sum()))

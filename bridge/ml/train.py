@@ -186,7 +186,8 @@ def train(table: Table, out: Path, opts: TrainOptions) -> TrainResult:
         fitted = margin_threshold(draft_scores(front, part, calib_rows), opts.target_far,
                                   opts.effective_margin)
         training |= {"fit_rows": n_fit, "margin": opts.effective_margin}
-    training |= {"fit_windows": int(fit_rows.sum()), "calibration_windows": fitted.n_scores}
+    training |= {"fit_windows": int(fit_rows.sum()), "calibration_windows": fitted.n_scores,
+                 **_input_stats(values[(row < training["fit_rows"]) & usable])}
     threshold = fitted.threshold
     share = _check_own_windows(table, draft_scores(front, part, fit_rows), threshold, opts)
     # Shown in the card: a share well above the target FAR means the fit and calibration parts
@@ -202,6 +203,13 @@ def train(table: Table, out: Path, opts: TrainOptions) -> TrainResult:
                          threshold_how=fitted.how, expected_far=_expected_far(opts))
     write_card(result, opts)
     return result
+
+
+def _input_stats(rows: np.ndarray) -> dict[str, list[float]]:
+    """Each input's mean and sd over the fit rows, raw units: the baseline online adaptation
+    (bridge.scoring.adapt) starts from and bounds its steps and total shift by."""
+    return {"input_mean": [float(v) for v in rows.mean(axis=0)],
+            "input_sd": [float(v) for v in rows.std(axis=0)]}
 
 
 def _expected_far(opts: TrainOptions) -> float | None:
@@ -352,6 +360,8 @@ def train_from_stats(paths: Sequence[Path], out: Path, opts: TrainOptions) -> Tr
         "sha256": ",".join(s["source"]["sha256"] for s in sites),
         "sites": [s["source"] for s in sites], "calibration": "analytic chi2 (T2, SPE independent)",
         "target_far": opts.target_far, "margin": opts.effective_margin, "seed": opts.seed,
+        "input_mean": [float(v) for v in rows.mean],
+        "input_sd": [float(v) for v in np.sqrt(np.diag(rows.scatter) / max(rows.count, 1))],
     }
     contract = _contract(opts.name or "pca_federated", window_opts, first["inputs"], part, threshold,
                          training)

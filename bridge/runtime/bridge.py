@@ -108,6 +108,7 @@ class Bridge:
         self.runners: dict[str, ModelRunner] = {}
         writebacks: dict[str, ModelWriteback] = {}
         models_folder = config.storage.data_dir / "models" if config.storage.data_dir else None
+        adapt_folder = config.storage.data_dir / "adapt" if config.storage.data_dir else None
         for index, model in enumerate(config.models):
             path = Path(model.file) if model.file is not None else DEFAULT_MODEL
             uploaded = ModelUpdater.stored_model(models_folder, model.name)
@@ -122,7 +123,7 @@ class Bridge:
             slowest = max(config.device(self.tags[t][0]).poll_interval for t in model.input_tags)
             runner = ModelRunner(model, detector, self.store,
                                  default_max_age=2.5 * max(slowest, detector.contract.period),
-                                 speed=speed)
+                                 speed=speed, state_dir=adapt_folder)
             self.runners[model.name] = runner
             if model.writeback is not None:
                 writer = self.adapters[model.writeback.device]
@@ -465,6 +466,8 @@ class Bridge:
             self._scheduler.shutdown(wait=False)
             self._scheduler = None
         await self.updater.save_shadows()  # a running shadow resumes where it was
+        for runner in self.runners.values():
+            runner.save_state()  # what online adaptation learnt survives the restart
         if started:
             # Write-back waits for the writes in flight, then writes the fail-safe values: it
             # gets two thirds, as both had a third each before write-back became a sink.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -12,6 +13,8 @@ from bridge.config import ModelConfig
 from bridge.core.errors import ModelContractError
 from bridge.core.scores import Score
 from bridge.core.tags import TagStore
+from bridge.scoring.adapt import Adaptation
+from bridge.scoring.alarm import Hysteresis
 from bridge.scoring.detector import Detector
 from bridge.scoring.windows import Window, WindowBuilder
 
@@ -45,7 +48,7 @@ def resolve_inputs(config: ModelConfig, contract_inputs: Sequence[str], detector
 
 class ModelRunner:
     def __init__(self, config: ModelConfig, detector: Detector, store: TagStore, *,
-                 default_max_age: float, speed: float = 1.0) -> None:
+                 default_max_age: float, speed: float = 1.0, state_dir: Path | None = None) -> None:
         self.config = config
         self.detector = detector
         contract = detector.contract
@@ -56,6 +59,15 @@ class ModelRunner:
         self.windows = WindowBuilder(store, self.tags, contract.window_length, max_age / speed)
         self.scored = 0
         self.anomalies = 0
+        # Opt-in state across windows ([models.adapt], [models.alarm]); None keeps the
+        # stateless path: anomaly = score >= threshold, the window scored as sampled.
+        self.state_dir = state_dir
+        self.adapt = Adaptation(config.adapt, contract, where=f"models.{config.name}",
+                                folder=state_dir, model_name=config.name) if config.adapt.enabled else None
+        self.alarm = None if config.alarm.plain else Hysteresis(config.alarm)
+        # Above this score every decision (alarm on/off, learning) could change, so an adapted
+        # window's score there is checked against the trained baseline's.
+        self._second_opinion = self.threshold * min(1.0, config.alarm.off, config.adapt.learn_below)
 
     @property
     def name(self) -> str:
@@ -69,9 +81,17 @@ class ModelRunner:
     def score_window(self, window: Window) -> Score:
         if not window.valid:
             return self._unscored(window, window.reason)
+        values = window.values if self.adapt is None else self.adapt.apply(window.values)
         started = time.perf_counter()
         try:
-            value, contrib = self.detector.score(window.values)
+            value, contrib = self.detector.score(values)
+            if values is not window.values and value >= self._second_opinion:
+                # Adaptation may remove an alarm the trained model raises, never add one: an
+                # offset learnt from a transient the plant has since left must not alarm (and
+                # so freeze itself); the window as sampled is scored too, the lower score holds.
+                trained, trained_contrib = self.detector.score(window.values)
+                if trained < value:
+                    value, contrib = trained, trained_contrib
         except Exception as exc:  # an inference fault must not stop the bridge; report it
             log.exception("inference failed model=%s", self.name)
             return self._unscored(window, f"inference error: {exc}")
@@ -79,6 +99,10 @@ class ModelRunner:
         if not np.isfinite(value):
             return self._unscored(window, "model returned a non-finite score")
         anomaly = value >= self.threshold  # the contract: anomalous at or above
+        if self.alarm is not None:
+            anomaly = self.alarm.update(value, self.threshold)
+        if self.adapt is not None:
+            self.adapt.learn(window.values, value, self.threshold, anomaly, window.time)
         self.scored += 1
         self.anomalies += int(anomaly)
         contributions = None
@@ -88,6 +112,13 @@ class ModelRunner:
         return Score(self.name, window.time, float(value), self.threshold, anomaly, True, "",
                      contributions, self.detector.version, self.scored, self.anomalies, seconds)
 
+    def save_state(self) -> None:
+        """Persist what the runner learnt (at stop; it also saves as it goes)."""
+        if self.adapt is not None and self.state_dir is not None:
+            self.adapt.save()
+
     def _unscored(self, window: Window, reason: str) -> Score:
+        if self.alarm is not None:
+            self.alarm.interrupt()  # no verdict this cycle: a run of windows is broken
         return Score(self.name, window.time, None, self.threshold, False, False, reason,
                      version=self.detector.version, scored=self.scored, anomalies=self.anomalies)

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from bridge.config import ShadowRuleConfig
-from bridge.core.errors import ModelContractError
+from bridge.core.errors import ConfigError, ModelContractError
 from bridge.core.scores import Score
 from bridge.core.tags import TagStore
 from bridge.scoring.detector import Detector
@@ -432,8 +432,13 @@ class ModelUpdater:
 
     def _validate(self, old: ModelRunner, candidate: Path, shadow: bool = False) -> ModelRunner:
         detector = Detector(candidate)
-        runner = ModelRunner(old.config, detector, self._store,
-                             default_max_age=old.windows.max_age * self._speed, speed=self._speed)
+        # A shadow adapts in memory only: the file belongs to the active model.
+        try:
+            runner = ModelRunner(old.config, detector, self._store,
+                                 default_max_age=old.windows.max_age * self._speed, speed=self._speed,
+                                 state_dir=None if shadow else old.state_dir)
+        except ConfigError as exc:  # [models.adapt] needs a baseline this model lacks
+            raise ModelContractError(f"{candidate.name}: {exc}") from None
         if shadow and (runner.tags, runner.windows.length, runner.period) != \
                 (old.tags, old.windows.length, old.period):
             # A shadow scores the active model's own windows: a different shape is no comparison.
@@ -485,6 +490,10 @@ class ModelUpdater:
 
     def _swap(self, name: str, old: ModelRunner, new: ModelRunner, source: str) -> None:
         new.scored, new.anomalies = old.scored, old.anomalies
+        if new.alarm is not None and old.alarm is not None:
+            new.alarm.active = old.alarm.active  # a swap is no reason for an alarm to end and restart
+        if new.adapt is not None and new.state_dir is None and old.state_dir is not None:
+            new.state_dir = new.adapt.folder = old.state_dir  # a promoted shadow saves from now on
         self._replace(name, new)
         self.previous[name] = old
         log.warning("model replaced model=%s from_version=%s to_version=%s source=%s",

@@ -33,6 +33,9 @@ from bridge.scoring.detector import Detector
 
 __all__ = ["main"]
 
+# Markers of the section models.recipes.skab_adapt writes into the same file.
+ADAPT_BEGIN, ADAPT_END = "<!-- adapt:begin -->", "<!-- adapt:end -->"
+
 TRAIN_ROWS = 400  # SKAB: train_test_split(train_size=400, shuffle=False) per file
 HYDRAULIC = ("Current", "Pressure", "Volume Flow RateRMS")
 INPUT_SETS: dict[str, tuple[str, ...] | None] = {"hydraulic (3)": HYDRAULIC, "all (8)": None}
@@ -380,7 +383,13 @@ def main(argv: list[str] | None = None) -> int:
                               f"{row.free_far:.2f} | {row.latency[0]:.0f} µs", flush=True)
                         rows.append(row)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(rows, args.window, time.perf_counter() - start), encoding="utf-8")
+    text = render(rows, args.window, time.perf_counter() - start)
+    old = args.out.read_text(encoding="utf-8") if args.out.is_file() else ""
+    if ADAPT_BEGIN in old and ADAPT_END in old:
+        # The adaptation/hysteresis section is models.recipes.skab_adapt's: kept as it is.
+        kept = old.split(ADAPT_BEGIN, 1)[1].split(ADAPT_END, 1)[0]
+        text = text.rstrip("\n") + "\n\n" + ADAPT_BEGIN + kept + ADAPT_END + "\n"
+    args.out.write_text(text, encoding="utf-8")
     print(f"wrote {args.out}")
     return 0
 
