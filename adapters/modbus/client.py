@@ -708,10 +708,13 @@ class ModbusAdapter:
             return [self._decode(tag, values[offset:offset + tag.registers], received)
                     for tag, offset in decoder.tags]
         special = decoder.special
-        if not special:  # every tag a plain number
+        fixups: list[tuple[int, FieldDecoder]] = []
+        if decoder.finite_at and not all(map(math.isfinite, [raws[i] for i in decoder.finite_at])):  # type: ignore[arg-type]
+            fixups = [(i, f) for i, f in zip(decoder.finite_at, decoder.finite, strict=True)
+                      if not math.isfinite(raws[i])]  # type: ignore[arg-type]
+        if not special and not fixups:  # every tag a plain number or a finite float
             return self._good(decoder, raws, received)
         final = list(raws)
-        fixups: list[tuple[int, FieldDecoder]] = []
         for i, f in zip(decoder.special_at, special, strict=True):
             kind = f.kind
             if kind == RAW:

@@ -250,6 +250,12 @@ class FieldDecoder:
     word_order: str
 
     @property
+    def finite_only(self) -> bool:
+        """A float read as is: good unless it is not finite."""
+        return (self.kind == RAW and not self.scaled and self.check_finite
+                and self.valid_min is None and self.valid_max is None)
+
+    @property
     def plain(self) -> bool:
         """The raw value is the value and is always good (an unscaled, unchecked integer)."""
         return (self.kind == RAW and not self.scaled and not self.check_finite
@@ -299,8 +305,8 @@ class RequestDecoder:
     ``special``. Fewer long-lived objects means cheaper full garbage collections.
     """
 
-    __slots__ = ("combined", "kinds", "names", "special", "special_at", "tags", "unpackers", "wide_at",
-                 "words")
+    __slots__ = ("combined", "finite", "finite_at", "kinds", "names", "special", "special_at", "tags",
+                 "unpackers", "wide_at", "words")
 
     def __init__(self, tags: Sequence[tuple[ModbusTagConfig, int]], count: int, *, is_bits: bool,
                  byte_order: str, word_order: str) -> None:
@@ -311,6 +317,9 @@ class RequestDecoder:
         self.unpackers: tuple[tuple[struct.Struct | None, int], ...] = ()
         self.special_at: tuple[int, ...] = ()
         self.special: tuple[FieldDecoder, ...] = ()
+        # Floats whose only check is "finite": checked together (map in C), not one by one.
+        self.finite_at: tuple[int, ...] = ()
+        self.finite: tuple[FieldDecoder, ...] = ()
         # What the TagStore's columns hold per value (``bridge.core.tags``), and the 64-bit
         # integers that may not fit float64 exactly (checked per reply; see _value_kind).
         self.kinds = np.full(len(tags), BOOL_VALUE, dtype=np.uint8)
@@ -321,9 +330,12 @@ class RequestDecoder:
         self.kinds = np.array([_value_kind(f) for f in fields], dtype=np.uint8)
         self.wide_at = tuple(i for i, f in enumerate(fields)
                              if self.kinds[i] == INT_VALUE and f.registers == 4)
-        keep = [(i, f) for i, f in enumerate(fields) if not f.plain]
+        keep = [(i, f) for i, f in enumerate(fields) if not f.plain and not f.finite_only]
         self.special_at = tuple(i for i, _ in keep)
         self.special = tuple(f for _, f in keep)
+        finite = [(i, f) for i, f in enumerate(fields) if f.finite_only]
+        self.finite_at = tuple(i for i, _ in finite)
+        self.finite = tuple(f for _, f in finite)
         self.words = _struct(f">{count}H")
         self.combined = _combined(fields, count)
         if self.combined is None:
