@@ -135,3 +135,14 @@ async def test_a_modbus_poll_delivers_columns_that_match_read() -> None:
     t0 = struct.unpack(">f", struct.pack(">2H", image[0], image[1]))[0]
     assert latest["t0"].value == t0  # type: ignore[union-attr]
     assert latest["scaled"].value == image[1] * 0.5  # type: ignore[union-attr]
+
+
+def test_reasons_are_interned_and_the_table_stays_bounded() -> None:
+    # Reasons can embed values ("out of range: 7.25 > ..."): every one distinct. The table of
+    # reason strings must not grow with them, and each slot must keep its own text.
+    store = TagStore(["a", "b"], history_size=4)
+    for i in range(20_000):
+        store.put(bad("a" if i % 2 else "b", f"out of range: {i} > valid_max 5", received_time=float(i)))
+    assert [r.reason for r in store.history("a")] == [f"out of range: {i} > valid_max 5"
+                                                      for i in (19_993, 19_995, 19_997, 19_999)]
+    assert len(store._reasons.text) <= 4097 + 1

@@ -1,0 +1,122 @@
+"""How the runtime schedules: one job per poll interval, models scored right after their input
+devices' polls (no job of their own), and a hung input device cannot hold a model's scoring
+past its period. Real pymodbus servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import itertools
+import struct
+import time
+from typing import Any
+
+import pytest
+
+from bridge.config import parse_config
+from bridge.core.scores import Score
+from bridge.ports import BridgeView, SinkBase
+from bridge.runtime.bridge import Bridge
+from tests.modbus_servers import Unit, silent_tcp_server, tcp_server
+from tests.waiting import until
+
+pytestmark = pytest.mark.timeout(60)
+SPEED = 10.0  # intervals and the model's 1 s period run ten times faster
+FEATURES = ("pressure", "flow", "current", "temperature", "vibration")
+
+
+class Scores(SinkBase):
+    name = "scores"
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[float, Score]] = []
+
+    async def start(self, view: BridgeView) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    def on_score(self, score: Score) -> None:
+        self.seen.append((time.monotonic(), score))
+
+
+def _image() -> dict[int, int]:
+    words: list[int] = []
+    for value in (5.0, 20.0, 8.0, 40.0, 0.5):
+        words += struct.unpack(">2H", struct.pack(">f", value))
+    return dict(enumerate(words))
+
+
+def _config(port_a: int, port_b: int, *, b_interval: float = 1.0, timeout: float = 0.5) -> Any:
+    tags = [{"name": f, "address": 2 * i, "type": "float32"} for i, f in enumerate(FEATURES)]
+    return parse_config({
+        "api": {"enabled": False},
+        "devices": [
+            {"name": "a", "host": "127.0.0.1", "port": port_a, "unit_id": 1, "poll_interval": 1.0,
+             "timeout": 0.5, "retries": 0, "tags": tags[:3]},
+            {"name": "b", "host": "127.0.0.1", "port": port_b, "unit_id": 1, "poll_interval": b_interval,
+             "timeout": timeout, "retries": 0, "tags": tags[3:]},
+            {"name": "other", "host": "127.0.0.1", "port": port_a, "unit_id": 1,
+             "poll_interval": 0.5, "tags": [{"name": "x", "address": 0, "type": "uint16"}]},
+        ],
+        "models": [{"name": "pump", "inputs": {f: f for f in FEATURES}}],
+    })
+
+
+async def test_one_job_per_interval_and_the_model_scores_after_its_polls() -> None:
+    async with tcp_server({1: Unit(holding=_image())}) as server:
+        bridge = Bridge(_config(server.port, server.port), speed=SPEED)
+        sink = Scores()
+        bridge.sinks.append(sink)
+        await bridge.start()
+        try:
+            assert bridge._scheduler is not None
+            jobs = sorted(job.id for job in bridge._scheduler.get_jobs())
+            # Devices a and b share the 1 s interval: one job; the model (period 1 s, inputs
+            # from a and b) has none of its own.
+            assert jobs == ["poll:0.5s", "poll:1s"]
+            await until(lambda: any(s.window_valid for _, s in sink.seen), 10, "a valid window")
+        finally:
+            await bridge.stop()
+    valid = [s for _, s in sink.seen if s.window_valid]
+    assert valid[0].score is not None and valid[0].scored == 1
+    # Every row came from a finished poll: the window never held a missing or stale input.
+    assert all("no reading" not in s.reason and "stale" not in s.reason for _, s in sink.seen)
+    times = [t for t, _ in sink.seen]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert gaps and max(gaps) < 0.6, gaps  # one score per 0.1 s period; slack for a loaded box
+
+
+async def test_a_hung_input_device_delays_its_model_by_at_most_a_period() -> None:
+    async with tcp_server({1: Unit(holding=_image())}) as server, silent_tcp_server() as silent:
+        bridge = Bridge(_config(server.port, silent, timeout=2.0), speed=SPEED)
+        sink = Scores()
+        bridge.sinks.append(sink)
+        await bridge.start()
+        try:
+            await until(lambda: len(sink.seen) >= 20, 10, "20 scoring cycles (the window holds 16)")
+        finally:
+            await bridge.stop()
+    # Device b never answers (each poll waits its 2 s timeout, 20 periods at this speed): the
+    # model is still scored about once a 0.1 s period, its windows invalid with b's tags named.
+    times = [t for t, _ in sink.seen]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert max(gaps) < 0.6, gaps
+    assert all(not s.window_valid for _, s in sink.seen)
+    last = sink.seen[-1][1]
+    assert "temperature" in last.reason or "vibration" in last.reason, last
+
+
+async def test_a_model_with_another_period_keeps_its_own_job() -> None:
+    async with tcp_server({1: Unit(holding=_image())}) as server:
+        # b now polls faster than the model's period: the model samples on its own job.
+        bridge = Bridge(_config(server.port, server.port, b_interval=0.5), speed=SPEED)
+        sink = Scores()
+        bridge.sinks.append(sink)
+        await bridge.start()
+        try:
+            assert bridge._scheduler is not None
+            jobs = sorted(job.id for job in bridge._scheduler.get_jobs())
+            assert jobs == ["poll:0.5s", "poll:1s", "score:pump"]
+            await until(lambda: any(s.window_valid for _, s in sink.seen), 10, "a valid window")
+        finally:
+            await bridge.stop()
