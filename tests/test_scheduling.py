@@ -4,9 +4,11 @@ past its period. Real pymodbus servers on 127.0.0.1."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import struct
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -62,61 +64,54 @@ def _config(port_a: int, port_b: int, *, b_interval: float = 1.0, timeout: float
     })
 
 
+@contextlib.asynccontextmanager
+async def _running(config: Any) -> AsyncIterator[tuple[list[str], Scores]]:
+    """The bridge started with a score-recording sink; yields its scheduler's job ids."""
+    bridge = Bridge(config, speed=SPEED)
+    sink = Scores()
+    bridge.sinks.append(sink)
+    await bridge.start()
+    try:
+        assert bridge._scheduler is not None
+        yield sorted(job.id for job in bridge._scheduler.get_jobs()), sink
+    finally:
+        await bridge.stop()
+
+
+def _gaps(sink: Scores) -> list[float]:
+    return [b - a for a, b in itertools.pairwise(t for t, _ in sink.seen)]
+
+
 async def test_one_job_per_interval_and_the_model_scores_after_its_polls() -> None:
-    async with tcp_server({1: Unit(holding=_image())}) as server:
-        bridge = Bridge(_config(server.port, server.port), speed=SPEED)
-        sink = Scores()
-        bridge.sinks.append(sink)
-        await bridge.start()
-        try:
-            assert bridge._scheduler is not None
-            jobs = sorted(job.id for job in bridge._scheduler.get_jobs())
-            # Devices a and b share the 1 s interval: one job; the model (period 1 s, inputs
-            # from a and b) has none of its own.
-            assert jobs == ["poll:0.5s", "poll:1s"]
-            await until(lambda: any(s.window_valid for _, s in sink.seen), 10, "a valid window")
-        finally:
-            await bridge.stop()
+    async with (tcp_server({1: Unit(holding=_image())}) as server,
+                _running(_config(server.port, server.port)) as (jobs, sink)):
+        # Devices a and b share the 1 s interval: one job; the model (period 1 s, inputs from a
+        # and b) has none of its own.
+        assert jobs == ["poll:0.5s", "poll:1s"]
+        await until(lambda: any(s.window_valid for _, s in sink.seen), 10, "a valid window")
     valid = [s for _, s in sink.seen if s.window_valid]
     assert valid[0].score is not None and valid[0].scored == 1
     # Every row came from a finished poll: the window never held a missing or stale input.
     assert all("no reading" not in s.reason and "stale" not in s.reason for _, s in sink.seen)
-    times = [t for t, _ in sink.seen]
-    gaps = [b - a for a, b in itertools.pairwise(times)]
+    gaps = _gaps(sink)
     assert gaps and max(gaps) < 0.6, gaps  # one score per 0.1 s period; slack for a loaded box
 
 
 async def test_a_hung_input_device_delays_its_model_by_at_most_a_period() -> None:
-    async with tcp_server({1: Unit(holding=_image())}) as server, silent_tcp_server() as silent:
-        bridge = Bridge(_config(server.port, silent, timeout=2.0), speed=SPEED)
-        sink = Scores()
-        bridge.sinks.append(sink)
-        await bridge.start()
-        try:
-            await until(lambda: len(sink.seen) >= 20, 10, "20 scoring cycles (the window holds 16)")
-        finally:
-            await bridge.stop()
+    async with (tcp_server({1: Unit(holding=_image())}) as server, silent_tcp_server() as silent,
+                _running(_config(server.port, silent, timeout=2.0)) as (_, sink)):
+        await until(lambda: len(sink.seen) >= 20, 10, "20 scoring cycles (the window holds 16)")
     # Device b never answers (each poll waits its 2 s timeout, 20 periods at this speed): the
     # model is still scored about once a 0.1 s period, its windows invalid with b's tags named.
-    times = [t for t, _ in sink.seen]
-    gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert max(gaps) < 0.6, gaps
+    assert max(_gaps(sink)) < 0.6, _gaps(sink)
     assert all(not s.window_valid for _, s in sink.seen)
     last = sink.seen[-1][1]
     assert "temperature" in last.reason or "vibration" in last.reason, last
 
 
 async def test_a_model_with_another_period_keeps_its_own_job() -> None:
-    async with tcp_server({1: Unit(holding=_image())}) as server:
-        # b now polls faster than the model's period: the model samples on its own job.
-        bridge = Bridge(_config(server.port, server.port, b_interval=0.5), speed=SPEED)
-        sink = Scores()
-        bridge.sinks.append(sink)
-        await bridge.start()
-        try:
-            assert bridge._scheduler is not None
-            jobs = sorted(job.id for job in bridge._scheduler.get_jobs())
-            assert jobs == ["poll:0.5s", "poll:1s", "score:pump"]
-            await until(lambda: any(s.window_valid for _, s in sink.seen), 10, "a valid window")
-        finally:
-            await bridge.stop()
+    # b now polls faster than the model's period: the model samples on its own job.
+    async with (tcp_server({1: Unit(holding=_image())}) as server,
+                _running(_config(server.port, server.port, b_interval=0.5)) as (jobs, sink)):
+        assert jobs == ["poll:0.5s", "poll:1s", "score:pump"]
+        await until(lambda: any(s.window_valid for _, s in sink.seen), 10, "a valid window")
