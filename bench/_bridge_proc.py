@@ -6,6 +6,8 @@ Modes (``python -m bench._bridge_proc MODE ...``):
   handler that writes which heavy modules are loaded to ``$BENCH_PROBE_FILE``; this is how
   "a Modbus-only config never imports asyncua" is checked in the bridge's own process.
 * ``imports``: imports the libraries the bridge uses and idles: the RSS baseline.
+* ``imports-model``: the same plus one ONNX Runtime session of the default model (nothing of
+  the bridge): the floor of any process that polls and scores with these libraries.
 * ``raw-poll CONFIG SECONDS``: a raw pymodbus client polling the config's planned requests
   on each device's interval: the CPU and jitter baseline. Prints JSON stats.
 * ``jitter CONFIG SECONDS``: the bridge's runtime (scheduler, adapters, store) with poll
@@ -302,11 +304,21 @@ def main() -> None:
         from bridge.cli import main as cli_main
 
         sys.exit(cli_main(["run", *args]))
-    if mode == "imports":
+    if mode in ("imports", "imports-model"):
         import importlib
 
         for name in BASELINE_IMPORTS:
             importlib.import_module(name)
+        if mode == "imports-model":
+            import onnxruntime as ort
+
+            from bridge.config import DEFAULT_MODEL
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = options.inter_op_num_threads = 1
+            session = ort.InferenceSession(str(DEFAULT_MODEL), sess_options=options,
+                                           providers=["CPUExecutionProvider"])
+            assert session.get_inputs()
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
         print("READY", flush=True)
         signal.sigwait({signal.SIGTERM, signal.SIGINT})

@@ -97,6 +97,17 @@ def rss_parts_mb(pid: int) -> dict[str, float]:
             if line.startswith(("RssAnon:", "RssFile:", "RssShmem:")):
                 key, value = line.split()[:2]
                 parts[key.rstrip(":")] = int(value) * 1024 / 1e6
+    # PSS (shared pages divided among the processes mapping them) and USS (pages only this
+    # process maps): what it costs the box when other processes share the libraries.
+    private = 0
+    with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as fh:
+        for line in fh:
+            key, value = line.split()[:2]
+            if key == "Pss:":
+                parts["PSS"] = int(value) * 1024 / 1e6
+            elif key in ("Private_Clean:", "Private_Dirty:"):
+                private += int(value)
+    parts["USS"] = private * 1024 / 1e6
     return parts
 
 
