@@ -26,7 +26,7 @@ import math
 import os
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any
@@ -182,19 +182,15 @@ class _Line:
     def __post_init__(self) -> None:
         self.no_writers.set()
 
-    @contextlib.asynccontextmanager
-    async def turn(self, write: bool) -> AsyncIterator[None]:
-        """Hold the line for one request; a read lets waiting writes go first."""
+    async def acquire(self, write: bool) -> None:
+        """Take the line for one request (release with ``lock.release()``); a read lets
+        waiting writes go first. A method, not a context manager: it runs per request."""
         while True:
             await self.lock.acquire()
             if write or not self.writers:
-                break
+                return
             self.lock.release()
             await self.no_writers.wait()
-        try:
-            yield
-        finally:
-            self.lock.release()
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:
@@ -457,10 +453,12 @@ class ModbusAdapter:
         config = self.config
         bad_reply = ""
         for attempt in range((config.retries if retries is None else retries) + 1):
-            async with line.turn(write):
-                failure = await self._ensure_connected(line)
-                if failure is not None:
-                    raise failure
+            await line.acquire(write)
+            try:
+                if not line.client.connected:
+                    failure = await self._ensure_connected(line)
+                    if failure is not None:
+                        raise failure
                 # A bus needs silence between frames; this is timing, not waiting for state.
                 wait = line.last_request_end + config.inter_request_delay_ms / 1000 - time.monotonic()
                 if wait > 0:
@@ -490,6 +488,8 @@ class ModbusAdapter:
                 finally:
                     line.inflight = None
                     line.last_request_end = time.monotonic()
+            finally:
+                line.lock.release()
             if response is None:
                 if not line.client.connected:
                     raise _Failure("not_connected", "not connected: connection lost")
