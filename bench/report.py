@@ -133,48 +133,46 @@ def _closing(sections: list[dict[str, Any]]) -> list[str]:
 
 # Why, from the profiles and the code. Static text: re-read it when the numbers move.
 WHY = [
-    "Why, in short:",
+    "Why, in short (issue 15's work is in the Before and after section):",
     "",
     "- **Polling** (target 0.8 of raw registers/s): the raw baseline returns pymodbus' register "
-    "list undecoded; the bridge decodes every tag, checks it and builds a `Reading`. The decode path "
-    "is now compiled per planned request (`adapters/_modbus_codec.RequestDecoder`: one `struct` "
-    "pack of the reply and one unpack for all its tags, per-tag branches only for bits, "
-    "scale/offset and checked floats; Readings built by `map()`), and a request no longer runs "
-    "in a task of its own. What is left in the profile above is the `Reading` constructor (a "
-    "frozen dataclass: six `object.__setattr__` calls, ~0.8 µs a tag, in `bridge/tags.py`) and "
-    "pymodbus' own request path, which the raw client pays too. With 100 devices the remaining gap "
-    "is mostly garbage collection: 100 adapters' configs and plans are ~190,000 tracked objects, "
-    "and each full collection (about one a second while 200k Readings/s are made) took ~130 ms in "
-    "a profile; `gc.freeze()` after start-up (in the runtime) cut that to ~45 ms. The planner "
-    "itself is worth 20-35x against one request per tag.",
-    "- **Footprint**: importing the libraries costs ~81 MB before any work. The tag history is "
-    "now numpy ring buffers with 60 readings a tag by default (full within a minute at 1 Hz), "
-    "so the measured and projected RSS agree. CPU per tag read is 5-8x the raw poller's: "
-    "APScheduler's job dispatch (~0.25 ms per device poll: `_process_jobs`, `submit_job`), one "
-    "event-loop wake-up per device now that polls are staggered, `TagStore.put` (~1.7 µs a "
-    "reading into numpy arrays) and the decode above; the raw poller only sends and receives.",
-    "- **Soak**: not proven flat. After the warm-up RSS steps up ~1 MB in the first 15 s, then "
-    "creeps by a few hundred kB over the remaining minutes, a slope of a few MB/hour in the second "
-    "half (table above). That is far below one byte per reading (10,000 readings/s), so it is not "
-    "the tag path itself, but five minutes cannot tell allocator settling from a slow leak (~3 MB/h "
-    "would be ~70 MB a day): the next step is a one-hour soak with `tracemalloc` snapshots "
-    "diffed in the bridge process.",
-    "- **End-to-end**: the model now samples just after its devices' polls, so the tick wait is "
-    "a few ms instead of a whole period; net of the waits the bridge adds ~2 ms (p50) over a raw "
-    "read-and-write-back loop.",
-    "- **REST** `/api/v1/tags`: the body is rendered once per store change, so the bridge now "
-    "serves it faster than the bare app, which serialises the same 1,000-item list per request. "
-    "The latest-score p99 is still behind: requests share the event loop with polling and "
-    "scoring, so a request that arrives during a poll waits for it.",
+    "list undecoded; the bridge also decodes every tag, checks it and stores it. A reply's good "
+    "numbers now go to the TagStore as one `Columns` (numpy rings, slot-major: a few array "
+    "writes per reply instead of a Reading object and five array writes per tag); floats whose "
+    "only check is finiteness are checked together; the line lock is a plain acquire/release. "
+    "What is left in the profile is mostly pymodbus' own request path (its per-register "
+    "`struct.unpack` loop in `register_message.decode`, `pdu.__str__`, the transaction's "
+    "`wait_for`), which the raw client pays too, and the socket syscalls. The bridge process "
+    "shares the 2 cores with the server processes, so its extra CPU per request also slows the "
+    "servers; rows with many devices per server process feel that most.",
+    "- **Footprint, CPU**: devices sharing a poll interval are polled by one scheduler job (one "
+    "wake-up for all of them: spreading 10 devices' polls over the second cost twice the CPU, "
+    "measured), a model whose inputs are polled at its own period is scored right after those "
+    "polls instead of by a job of its own, the API's uvicorn loop wakes once a second instead of "
+    "ten times, and the API's auth check no longer runs in a worker thread. What is left is "
+    "mostly the kernel's work for each wake-up and socket call (`socket.send` heads the profile: "
+    "the raw poller pays it too) and pymodbus' decode.",
+    "- **Footprint, memory**: the libraries alone are ~81 MB once imported (numpy, ONNX Runtime, "
+    "pymodbus, FastAPI/pydantic, uvicorn, APScheduler), and the first ONNX Runtime session adds "
+    "~13 MB (its kernel registry pages in most of libonnxruntime): the checks above give that "
+    "floor, measured in a process that does nothing else. The bridge's own share (its modules, "
+    "config, API app, adapters, store) is the rest. A device outage no longer grows memory: a "
+    "bad reading is a state code and an interned reason in the store's arrays, not an object.",
+    "- **Soak**: see its table; RSS is sampled every few seconds after warm-up.",
+    "- **End-to-end**: a model is now sampled right after its devices' polls complete (no fixed "
+    "50 ms margin, no second job), so change → register is about the raw loop's; net of the "
+    "poll wait the bridge adds the sample, inference and write-back.",
+    "- **REST** `/api/v1/tags`: the body is rendered once per store change, so the bridge serves it "
+    "faster than the bare app, which serialises the same 1,000-item list per request.",
     "- **OPC UA**: a batched read through the adapter builds the ReadRequest itself (both "
     "timestamps) and turns each DataValue into a checked Reading; the bare client only decodes "
     "DataValues. Subscription rates are set by the server (one Python process rewriting 1,000 "
-    "variables); the client CPU rows show the per-notification cost of the adapter's Readings.",
-    "- **Scaling**: jitter is far below the raw poller's now that device polls are staggered over "
-    "the interval; CPU grows linearly with devices at several times the raw poller's (per-poll "
-    "scheduling and Readings, as under Footprint).",
-    "- **Pipeline**: one `Reading` object per value costs against numpy's vectorised arrays, "
-    "but stays far above the 10,000 values/s target.",
+    "variables).",
+    "- **Scaling**: one job per interval starts every device's poll at the same instant, so poll "
+    "durations include the wait for a shared line; CPU grows linearly with devices.",
+    "- **Pipeline**: values arrive as one `Columns` per reply and the window reads its inputs "
+    "vectorised; what is left against bare numpy + ONNX Runtime is the store's ring bookkeeping "
+    "(per-tag counts, the state byte) and the runner's window copy and score unpacking.",
 ]
 
 def _before_after(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
