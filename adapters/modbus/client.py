@@ -525,13 +525,14 @@ class ModbusAdapter:
         response = await self._execute(call, retries, write)
         # Bit responses are padded to whole bytes; register replies must match exactly: a
         # longer reply is as wrong as a short one (wrong request answered, broken gateway).
-        values = list(response.bits if request.is_bits else response.registers)
+        # The response's own list (pymodbus builds a new one per reply): no copy.
+        values: list[int] | list[bool] = response.bits if request.is_bits else response.registers
         expected = -(-count // 8) * 8 if request.is_bits else count
         if not count <= len(values) <= expected:
             what = "bits" if request.is_bits else "registers"
             raise _Failure("decode", f"decode error: reply carries {len(values)} {what}, "
                                      f"asked for {count}")
-        return values[:count]
+        return values if len(values) == count else values[:count]
 
     async def read(self) -> list[Reading]:
         """One Reading per tag, in plan order. Never raises for device faults."""
