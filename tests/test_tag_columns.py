@@ -146,3 +146,12 @@ def test_reasons_are_interned_and_the_table_stays_bounded() -> None:
     assert [r.reason for r in store.history("a")] == [f"out of range: {i} > valid_max 5"
                                                       for i in (19_993, 19_995, 19_997, 19_999)]
     assert len(store._reasons.text) <= 4097 + 1
+
+
+def test_a_window_may_read_one_tag_for_two_features() -> None:
+    store = TagStore(["a", "b"], history_size=4)
+    builder = WindowBuilder(store, ["a", "b", "a"], length=1, max_age=5.0)
+    store.put_columns(Columns(("a", "b"), [1.0, 2.0], np.zeros(2, dtype=np.uint8), 10.0))
+    window = builder.sample(now=10.0)
+    assert window.valid
+    np.testing.assert_array_equal(window.values, np.array([[1, 2, 1]], dtype=np.float32))

@@ -145,6 +145,7 @@ class TagStore:
         # its slot's overwrite at most until the slot holds an OTHER again: bounded.
         self._other: dict[tuple[int, int], Reading] = {}
         self._rows: dict[tuple[str, ...], np.ndarray] = {}
+        self._column_rows: dict[tuple[str, ...], np.ndarray] = {}  # names checked unique
         self.updates = 0
 
     def __contains__(self, tag: object) -> bool:
@@ -157,15 +158,14 @@ class TagStore:
         return len(self._index)
 
     def rows(self, tags: Sequence[str]) -> np.ndarray:
-        """Row numbers of ``tags`` (cached per tuple of names: a reply's names never change)."""
+        """Row numbers of ``tags`` (cached per tuple of names: a reply's names never change).
+        A tag may appear twice (a model may read one tag for two features)."""
         key = tuple(tags)
         found = self._rows.get(key)
         if found is None:
             unknown = [t for t in key if t not in self._index]
             if unknown:
                 raise KeyError(f"unknown tag {unknown[0]!r}")
-            if len(set(key)) != len(key):
-                raise ValueError("a tag appears twice in one set of columns")
             found = self._rows[key] = np.array([self._index[t] for t in key], dtype=np.intp)
         return found
 
@@ -203,7 +203,12 @@ class TagStore:
             self._value[slot, row] = value
 
     def put_columns(self, columns: Columns) -> None:
-        rows = self.rows(columns.names)
+        rows = self._column_rows.get(columns.names)
+        if rows is None:
+            # Checked once per set of names: a tag twice would be counted once by numpy.
+            if len(set(columns.names)) != len(columns.names):
+                raise ValueError("a tag appears twice in one set of columns")
+            rows = self._column_rows[columns.names] = self.rows(columns.names)
         count = self._count[rows]
         self._count[rows] = count + 1
         slot: Any = count[0] % self._size

@@ -436,7 +436,8 @@ class Bridge:
         """Swap a model's runner. Called in the event loop, so it lands between two cycles."""
         old = self.runners[name]
         self.runners[name] = runner
-        if self._scheduler is not None and runner.period != old.period:
+        # A new period, or inputs from other devices, may change how the model is scheduled.
+        if self._scheduler is not None and (runner.period != old.period or runner.tags != old.tags):
             if self._scheduler.get_job(f"score:{name}") is not None:
                 self._scheduler.remove_job(f"score:{name}")
             self._schedule_scoring(self._scheduler, runner)
