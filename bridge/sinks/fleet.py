@@ -42,7 +42,7 @@ import os
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,7 @@ from bridge.core.timefmt import iso
 from bridge.ports import BridgeView, SinkBase
 from bridge.sinks.fleet_broker import MqttError, fleet_client, sha256, topic
 from bridge.sinks.fleet_stats import LiveStatsBook
+from bridge.sinks.link import LinkStats
 from bridge.sinks.mqtt import Client, describe, read_password, tls_context
 
 __all__ = ["RESULTS", "FleetSink", "FleetStats", "Install", "ShadowOf", "Stage", "WatchWindows"]
@@ -82,20 +83,14 @@ WindowObserver = Callable[[str, np.ndarray, Score], None]
 WatchWindows = Callable[[WindowObserver], None]
 
 
-@dataclass
-class FleetStats:
+@dataclass(slots=True)
+class FleetStats(LinkStats):
     """The fleet sink's connection counters (``FleetSink.status``, /api/v1/health ``fleet``).
     No spool: what a bridge publishes is retained and derived from its records (results in
     ``state.json``, statistics), so after an outage it is published again, not replayed."""
 
-    connected: bool = False
     published: int = 0  # messages the broker acknowledged: status, results, statistics
     stats_published: int = 0  # of which statistics documents
-    connects: int = 0
-    connect_failures: int = 0
-    disconnects: int = 0
-    last_error: str | None = None
-    last_error_time: float | None = None
 
 
 class FleetSink(SinkBase):
@@ -170,9 +165,7 @@ class FleetSink(SinkBase):
         await self._live.save()
 
     def status(self) -> dict[str, Any]:
-        body = asdict(self.stats)
-        body["last_error_time"] = None if self.stats.last_error_time is None else iso(
-            self.stats.last_error_time)
+        body = self.stats.body()
         return {"broker": f"{self.config.host}:{self.config.effective_port}",
                 "topic_prefix": self.config.topic_prefix, "bridge_id": self.bridge_id, **body,
                 "results": dict(self.counts),
@@ -226,8 +219,8 @@ class FleetSink(SinkBase):
         while True:
             try:
                 async with fleet_client(self.config, self._password, online=True) as client:
-                    self.stats.connected, attempt = True, 0
-                    self.stats.connects += 1
+                    self.stats.up()
+                    attempt = 0
                     await self._send(client, topic(prefix, "status", self.bridge_id),
                                      json.dumps({"online": True, "time": iso(time.time())}).encode())
                     for model in self.models:
@@ -255,12 +248,7 @@ class FleetSink(SinkBase):
                         if result is not None:
                             await self._publish(client, result)
             except MqttError as exc:
-                if self.stats.connected:
-                    self.stats.disconnects += 1
-                else:
-                    self.stats.connect_failures += 1
-                self.stats.last_error = describe(exc, f"{self.config.host}:{self.config.effective_port}")
-                self.stats.last_error_time = time.time()
+                self.stats.down(describe(exc, f"{self.config.host}:{self.config.effective_port}"))
                 log.warning("fleet %s", self.stats.last_error)
             self._client = None
             self.stats.connected = False

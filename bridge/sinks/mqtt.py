@@ -40,7 +40,7 @@ import sqlite3
 import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -53,6 +53,7 @@ from bridge.core.files import read_text_file
 from bridge.core.scores import Score
 from bridge.core.timefmt import iso
 from bridge.ports import BridgeView
+from bridge.sinks.link import LinkStats
 from bridge.sinks.mqtt_messages import MessageBuilder
 from bridge.sinks.spool import Spool
 from bridge.sinks.spooled import SpooledSink
@@ -76,18 +77,12 @@ _BATCH = 200  # messages read from the spool at a time
 
 
 @dataclass(slots=True)
-class MqttStats:
-    connected: bool = False
+class MqttStats(LinkStats):
     published: int = 0  # acknowledged by the broker (or written, for QoS 0)
     spooled: int = 0  # written to the spool
     dropped: int = 0  # oldest messages dropped because the spool was full
     queued: int = 0  # in the spool now, not yet acknowledged
-    connects: int = 0
     reconnects: int = 0  # successful connections after the first
-    connect_failures: int = 0
-    disconnects: int = 0
-    last_error: str | None = None
-    last_error_time: float | None = None
 
 
 class MqttSink(SpooledSink[MqttStats]):
@@ -142,10 +137,7 @@ class MqttSink(SpooledSink[MqttStats]):
 
     def status(self) -> dict[str, Any]:
         """Counters for /api/v1/health."""
-        body = asdict(self.stats)
-        body["last_error_time"] = None if self.stats.last_error_time is None else iso(
-            self.stats.last_error_time)
-        return {"broker": self.broker, "topic_prefix": self._builder.prefix, **body}
+        return {"broker": self.broker, "topic_prefix": self._builder.prefix, **self.stats.body()}
 
     # -- publisher task ---------------------------------------------------------------------
 
@@ -227,8 +219,7 @@ class MqttSink(SpooledSink[MqttStats]):
         stats = self.stats
         if stats.connects:
             stats.reconnects += 1
-        stats.connects += 1
-        stats.connected = True
+        stats.up()
         if self._down_since is not None:
             log.info("mqtt connected broker=%s after %.1f s down, spooled=%d", self.broker,
                      time.time() - self._down_since, stats.queued + len(self._pending))
@@ -237,20 +228,13 @@ class MqttSink(SpooledSink[MqttStats]):
         self._down_since = None
 
     def _on_failure(self, exc: aiomqtt.MqttError) -> None:
-        stats = self.stats
         text = describe(exc, self.broker)
-        if stats.connected:
-            stats.disconnects += 1
-        else:
-            stats.connect_failures += 1
-        stats.connected = False
+        repeated = self.stats.down(text)
         # Log a failure once: ERROR when it starts (or changes), DEBUG while it stays the same.
-        level = logging.DEBUG if self._down_since is not None and text == stats.last_error else logging.ERROR
+        level = logging.DEBUG if self._down_since is not None and repeated else logging.ERROR
         log.log(level, "mqtt %s; messages are spooled in %s", text, self.config.spool_dir)
         if self._down_since is None:
             self._down_since = time.time()
-        stats.last_error = text
-        stats.last_error_time = time.time()
 
 async def until_disconnected(client: aiomqtt.Client) -> None:
     # The sink subscribes to nothing, so the iterator only ever ends by raising MqttError

@@ -28,7 +28,7 @@ import sqlite3
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +37,9 @@ from bridge.core.backoff import Backoff
 from bridge.core.errors import ConfigError
 from bridge.core.scores import Score
 from bridge.core.tags import Quality
-from bridge.core.timefmt import iso
 from bridge.ports import BridgeView
 from bridge.sinks import sparkplug_metrics as spm
+from bridge.sinks.link import LinkStats
 from bridge.sinks.mqtt import (
     Client,
     MqttError,
@@ -62,8 +62,7 @@ NAMESPACE = "spBv1.0"
 
 
 @dataclass(slots=True)
-class SparkplugStats:
-    connected: bool = False
+class SparkplugStats(LinkStats):
     host_online: bool | None = None  # None: no primary host configured
     bdseq: int | None = None
     seq: int | None = None  # of the last message given one (0-255; 0 is the session's NBIRTH)
@@ -73,11 +72,6 @@ class SparkplugStats:
     spooled: int = 0
     dropped: int = 0
     queued: int = 0
-    connects: int = 0
-    connect_failures: int = 0
-    disconnects: int = 0
-    last_error: str | None = None
-    last_error_time: float | None = None
 
 
 class _HostOffline(Exception):
@@ -141,10 +135,8 @@ class SparkplugSink(SpooledSink[SparkplugStats]):
             self._observe(home, spm.model_samples(score))
 
     def status(self) -> dict[str, Any]:
-        body = asdict(self.stats)
-        body["last_error_time"] = None if self.stats.last_error_time is None else iso(
-            self.stats.last_error_time)
-        return {"broker": self.broker, "group_id": self.group, "edge_node_id": self.node, **body}
+        return {"broker": self.broker, "group_id": self.group, "edge_node_id": self.node,
+                **self.stats.body()}
 
     # -- queueing (event loop, never blocks) -------------------------------------------------
 
@@ -348,22 +340,14 @@ class SparkplugSink(SpooledSink[SparkplugStats]):
     # -- bookkeeping ------------------------------------------------------------------------
 
     def _on_connected(self, bdseq: int) -> None:
-        self.stats.connects += 1
-        self.stats.connected = True
+        self.stats.up()
         self.stats.bdseq = bdseq
         log.info("sparkplug connected broker=%s bdSeq=%d", self.broker, bdseq)
 
     def _on_failure(self, exc: MqttError) -> None:
         text = describe(exc, self.broker)
-        if self.stats.connected:
-            self.stats.disconnects += 1
-        else:
-            self.stats.connect_failures += 1
-        level = logging.DEBUG if text == self.stats.last_error else logging.ERROR
+        level = logging.DEBUG if self.stats.down(text) else logging.ERROR
         log.log(level, "sparkplug %s; data is spooled in %s", text, self.config.spool_dir)
-        self.stats.connected = False
-        self.stats.last_error = text
-        self.stats.last_error_time = time.time()
 
 def _state_online(payload: bytes) -> bool:
     """Sparkplug 3.0 STATE is JSON ``{"online": bool, "timestamp": ms}``; 2.2 hosts send the
