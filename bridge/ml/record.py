@@ -24,7 +24,7 @@ import re
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -32,8 +32,8 @@ from typing import TextIO
 from bridge.config import DEFAULT_MODEL, Config, StorageSection, WritebackPolicyConfig
 from bridge.core.errors import ModelContractError
 from bridge.core.progress import ProgressLine, clock
-from bridge.core.tags import TagStore
 from bridge.core.timefmt import iso
+from bridge.scoring.windows import sample_row
 
 __all__ = ["RecordError", "RecordPlan", "RecordResult", "output_paths", "parse_duration", "plan",
            "record", "sample_row", "train_advice"]
@@ -118,25 +118,6 @@ def _model_period(file: Path | None) -> tuple[float, str]:
         # Recording comes before the first model: a configured file that does not exist yet
         # (or does not load) must not stop it.
         return DEFAULT_PERIOD, f"default {DEFAULT_PERIOD:g} s ({path.name} does not load)"
-
-
-def sample_row(store: TagStore, tags: Sequence[str], now: float,
-               max_age: float) -> tuple[list[float | None], str]:
-    """One row as ``WindowBuilder.sample`` sees it: values (None = unusable) and the first problem."""
-    values: list[float | None] = []
-    problem = ""
-    for tag in tags:
-        reading = store.latest(tag)
-        value = None if reading is None else reading.numeric()
-        if reading is None:
-            problem = problem or f"{tag}: no reading yet"
-        elif value is None:
-            problem = problem or f"{tag}: {reading.reason or f'quality {reading.quality.value}'}"
-        elif now - reading.received_time > max_age:
-            problem = problem or f"{tag}: stale ({now - reading.received_time:.1f} s old)"
-            value = None
-        values.append(value)
-    return values, problem
 
 
 def output_paths(out: Path, name: str) -> tuple[Path, Path]:

@@ -16,7 +16,7 @@ import numpy as np
 
 from bridge.core.tags import TagStore
 
-__all__ = ["Window", "WindowBuilder"]
+__all__ = ["Window", "WindowBuilder", "sample_row"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +25,26 @@ class Window:
     values: np.ndarray  # [length, features] float32, oldest row first
     valid: bool
     reason: str = ""
+
+
+def sample_row(store: TagStore, tags: Sequence[str], now: float,
+               max_age: float) -> tuple[list[float | None], str]:
+    """One row of the latest readings: values (None = unusable: no reading, not a good
+    finite number, or older than ``max_age``) and the first problem, named by tag."""
+    values: list[float | None] = []
+    problem = ""
+    for tag in tags:
+        reading = store.latest(tag)
+        value = None if reading is None else reading.numeric()
+        if reading is None:
+            problem = problem or f"{tag}: no reading yet"
+        elif value is None:
+            problem = problem or f"{tag}: {reading.reason or f'quality {reading.quality.value}'}"
+        elif now - reading.received_time > max_age:
+            problem = problem or f"{tag}: stale ({now - reading.received_time:.1f} s old)"
+            value = None
+        values.append(value)
+    return values, problem
 
 
 class WindowBuilder:
@@ -51,24 +71,11 @@ class WindowBuilder:
         row = self._rows[self._head]
         problem = ""
         numbers = self._store.latest_numbers(self._input_rows, now, self.max_age)
-        if numbers is not None:  # the usual case, without a Reading per input
+        if numbers is not None:  # the usual case: every input good and fresh, no Reading built
             row[:] = numbers
-        for column, tag in enumerate(() if numbers is not None else self.inputs):
-            reading = self._store.latest(tag)
-            if reading is None:
-                problem = problem or f"{tag}: no reading yet"
-                row[column] = np.nan
-                continue
-            value = reading.numeric()
-            if value is None:
-                why = reading.reason or f"quality {reading.quality.value}"
-                problem = problem or f"{tag}: {why}"
-                row[column] = np.nan
-            elif now - reading.received_time > self.max_age:
-                problem = problem or f"{tag}: stale ({now - reading.received_time:.1f} s old)"
-                row[column] = np.nan
-            else:
-                row[column] = value
+        else:
+            values, problem = sample_row(self._store, self.inputs, now, self.max_age)
+            row[:] = [np.nan if v is None else v for v in values]
         self._row_ok[self._head] = not problem
         if problem:
             self._last_problem = problem
