@@ -28,7 +28,6 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
 from typing import Any
 
 from pymodbus import FramerType
@@ -47,11 +46,10 @@ from bridge.core.errors import (
     DeviceTimeoutError,
     NotConnectedError,
 )
-from bridge.core.tags import Columns, Part, Quality, Reading, bad, expand, good
+from bridge.core.tags import Columns, Part, Reading, bad, expand, good, good_readings
 from bridge.ports import DeviceStatus, OnReadings
 
 _MAX_WRITE = 123  # registers per FC16 request (Modbus limit)
-_GOOD = Quality.GOOD
 _COLUMNS_FROM = 8  # tags in a reply from which one Columns beats a Reading per tag
 _EXACT = 2**53  # ints up to this magnitude are exact in the TagStore's float64 columns
 _READ_METHODS = {"holding": "read_holding_registers", "input": "read_input_registers",
@@ -733,7 +731,7 @@ class ModbusAdapter:
                 fixups.append((i, f))
         if not fixups:
             return self._good(decoder, final, received)
-        readings: list[Part] = list(map(Reading, decoder.names, final, repeat(_GOOD), repeat(received)))
+        readings: list[Part] = list(good_readings(decoder.names, final, received))
         for i, f in fixups:
             readings[i] = (self._value_problem(f, final[i], received) if f.kind == RAW  # type: ignore[arg-type]
                            else self._decode_field(f, values, received))
@@ -748,7 +746,7 @@ class ModbusAdapter:
         if len(values) >= _COLUMNS_FROM and not any(
                 abs(values[i]) > _EXACT for i in decoder.wide_at):  # type: ignore[arg-type]
             return [Columns(decoder.names, values, decoder.kinds, received)]  # type: ignore[arg-type]
-        return list(map(Reading, decoder.names, values, repeat(_GOOD), repeat(received)))
+        return list(good_readings(decoder.names, values, received))
 
     def _decode_field(self, f: FieldDecoder, values: list[int] | list[bool], received: float) -> Reading:
         return self._decode(f.tag, values[f.offset:f.offset + f.registers], received)

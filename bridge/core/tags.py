@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 __all__ = ["BOOL", "FLOAT", "INT", "NONE", "OTHER", "Columns", "Part", "Quality", "Reading", "TagStore",
-           "Value", "bad", "expand", "good"]
+           "Value", "bad", "expand", "good", "good_readings"]
 
 Value = float | int | bool | str | None
 
@@ -97,7 +97,12 @@ class Columns(NamedTuple):
     received: float
 
     def readings(self) -> list[Reading]:
-        return list(map(Reading, self.names, self.values, repeat(Quality.GOOD), repeat(self.received)))
+        return good_readings(self.names, self.values, self.received)
+
+
+def good_readings(names: Sequence[str], values: Sequence[Value], received: float) -> list[Reading]:
+    """A good Reading per name, all received at ``received`` (built by ``map`` in C)."""
+    return list(map(Reading, names, values, repeat(Quality.GOOD), repeat(received)))
 
 
 Part = Reading | Columns
