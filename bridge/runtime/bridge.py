@@ -193,6 +193,7 @@ class Bridge:
 
     def _track_job(self) -> None:
         # Jobs in flight, so stop() can let them finish instead of cancelling them mid-request.
+        # For the scheduler's own tasks; the tasks the bridge starts are tracked by _start_job.
         task = asyncio.current_task()
         if task is not None:
             self._jobs.add(task)
@@ -217,7 +218,7 @@ class Bridge:
         # and say so).
         if polls:
             await asyncio.wait(polls, timeout=0.9 * self.runners[model].period / self.speed)
-        await self.score_model(model)
+        await self._score(model)
 
     def _start_job(self, job: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """A task tracked from its creation, so a stop() right after sees it too."""
@@ -267,7 +268,6 @@ class Bridge:
         return latest is not None and latest.quality is Quality.GOOD
 
     async def poll_device(self, name: str) -> None:
-        self._track_job()
         adapter = self.adapters[name]
         budget = self._poll_budget[name]
         started = time.perf_counter()
@@ -302,7 +302,11 @@ class Bridge:
         return [bad(tag.name, reason, received_time=now) for tag in self.config.device(name).tags]
 
     async def score_model(self, name: str) -> Score:
+        """The scheduler's scoring job (a model with its own interval job)."""
         self._track_job()
+        return await self._score(name)
+
+    async def _score(self, name: str) -> Score:
         runner = self.runners[name]
         window = runner.windows.sample()
         score = runner.score_window(window)
