@@ -33,9 +33,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AdaptStatus", "AlarmStatus", "DeviceHealth", "ErrorDetail", "Event", "EventDetail",
-    "FleetLiveStats", "FleetModelState", "FleetStatus", "Health", "Live", "ModelChange", "ModelHealth",
-    "ModelInfo", "ModelScore", "ModelShadow", "MqttStatus", "RolloutDetail", "ShadowComparison",
-    "ShadowRule", "ShadowStatus", "SparkplugStatus", "TagReading", "WritebackHealth",
+    "FleetLiveStats", "FleetModelState", "FleetStatus", "Health", "LinkStatus", "Live", "ModelChange",
+    "ModelHealth", "ModelInfo", "ModelScore", "ModelShadow", "MqttStatus", "RolloutDetail",
+    "ShadowComparison", "ShadowRule", "ShadowStatus", "SparkplugStatus", "TagReading", "WritebackHealth",
     "hide_paths", "public_name", "scrub_paths",
 ]
 
@@ -150,39 +150,39 @@ class ModelHealth(Schema):
     writeback: WritebackHealth | None = Field(description="Null when the model writes nothing back.")
 
 
-class MqttStatus(Schema):
-    """Counters of the MQTT sink (``bridge.sinks.mqtt.MqttSink.status``)."""
+class LinkStatus(Schema):
+    """A sink's broker connection (``bridge.sinks.link.LinkStats``), shared by the MQTT,
+    Sparkplug and fleet blocks."""
 
     # Built from the sink's dict, owned by another module: a counter added there is left out
     # of /health (a test compares the two field lists) rather than failing the whole reply.
     model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
 
     broker: str = Field(description="``host:port`` of the broker.")
-    topic_prefix: str = Field(description="Prefix of every topic published.")
     connected: bool = Field(description="Connected to the broker now.")
-    published: int = Field(description="Messages the broker acknowledged (written, for QoS 0).")
-    spooled: int = Field(description="Messages written to the on-disk spool.")
-    dropped: int = Field(description="Oldest messages dropped because the spool was full.")
-    queued: int = Field(description="Messages in the spool now, not yet acknowledged.")
     connects: int = Field(description="Successful connections since start.")
-    reconnects: int = Field(description="Successful connections after the first.")
     connect_failures: int = Field(description="Connection attempts that failed.")
     disconnects: int = Field(description="Connections lost.")
     last_error: str | None = Field(description="Message of the last connection problem.")
     last_error_time: Time | None = _time("When ``last_error`` happened")
 
 
-class SparkplugStatus(Schema):
+class MqttStatus(LinkStatus):
+    """Counters of the MQTT sink (``bridge.sinks.mqtt.MqttSink.status``)."""
+
+    topic_prefix: str = Field(description="Prefix of every topic published.")
+    published: int = Field(description="Messages the broker acknowledged (written, for QoS 0).")
+    spooled: int = Field(description="Messages written to the on-disk spool.")
+    dropped: int = Field(description="Oldest messages dropped because the spool was full.")
+    queued: int = Field(description="Messages in the spool now, not yet acknowledged.")
+    reconnects: int = Field(description="Successful connections after the first.")
+
+
+class SparkplugStatus(LinkStatus):
     """Counters of the Sparkplug B edge node (``bridge.sinks.sparkplug.SparkplugSink.status``)."""
 
-    # As MqttStatus: a counter added to the sink without a field here is left out (a test
-    # compares the two field lists) rather than failing the whole reply.
-    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
-
-    broker: str = Field(description="``host:port`` of the broker.")
     group_id: str = Field(description="Sparkplug group id.")
     edge_node_id: str = Field(description="Sparkplug edge node id.")
-    connected: bool = Field(description="Connected to the broker now.")
     host_online: bool | None = Field(description="The primary host's last STATE; null when no "
                                                  "``primary_host_id`` is configured.")
     bdseq: int | None = Field(description="bdSeq of the current (or last) session: the NBIRTH's "
@@ -196,11 +196,6 @@ class SparkplugStatus(Schema):
     spooled: int = Field(description="Records written to the on-disk spool.")
     dropped: int = Field(description="Oldest records dropped because the spool was full.")
     queued: int = Field(description="Records in the spool now, not yet sent.")
-    connects: int = Field(description="Successful connections since start.")
-    connect_failures: int = Field(description="Connection attempts that failed.")
-    disconnects: int = Field(description="Connections lost.")
-    last_error: str | None = Field(description="Message of the last connection problem.")
-    last_error_time: Time | None = _time("When ``last_error`` happened")
 
 
 class FleetModelState(Schema):
@@ -223,23 +218,14 @@ class FleetLiveStats(Schema):
     period: float = Field(description="Seconds between samples the statistics are for.")
 
 
-class FleetStatus(Schema):
+class FleetStatus(LinkStatus):
     """Counters of the fleet member (``bridge.sinks.fleet.FleetSink.status``). It keeps no
     spool: its results and statistics are retained and published again after an outage."""
 
-    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
-
-    broker: str = Field(description="``host:port`` of the broker.")
     topic_prefix: str = Field(description="Prefix of the fleet topics.")
     bridge_id: str = Field(description="This bridge's id in the fleet topics.")
-    connected: bool = Field(description="Connected to the broker now.")
     published: int = Field(description="Messages the broker acknowledged: status, results, statistics.")
     stats_published: int = Field(description="Statistics documents among them.")
-    connects: int = Field(description="Successful connections since start.")
-    connect_failures: int = Field(description="Connection attempts that failed.")
-    disconnects: int = Field(description="Connections lost.")
-    last_error: str | None = Field(description="Message of the last connection problem.")
-    last_error_time: Time | None = _time("When ``last_error`` happened")
     results: dict[str, int] = Field(description="Fleet models handled since start, by result "
                                                 "(``repeated``: a model seen again, result re-sent).")
     models: dict[str, FleetModelState] = Field(description="Per model: the last fleet model handled.")
