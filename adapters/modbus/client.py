@@ -34,9 +34,18 @@ from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
 
-from adapters.modbus.codec import BIT, RAW, FieldDecoder, RequestDecoder, decode, encode_strict
+from adapters.modbus.codec import (
+    BIT,
+    RAW,
+    FieldDecoder,
+    RequestDecoder,
+    decode,
+    encode_strict,
+    words_to_registers,
+)
 from adapters.modbus.frames import Sent, check_reply, sent_frame
 from adapters.modbus.plan import ReadRequest, describe, describe_holes, plan_reads, request_for
+from adapters.modbus.replies import register_word_replies
 from bridge.config import ModbusDeviceConfig, ModbusTagConfig, RegisterTarget
 from bridge.core.backoff import Backoff
 from bridge.core.errors import (
@@ -103,6 +112,11 @@ class _Failure(Exception):
         self.kind = kind
         self.reason = reason
         self.code = code
+
+
+def _registers(values: bytes | list[bool]) -> list[int] | list[bool]:
+    """A reply as the tag-by-tag decode takes it: register values (or the bits as they are)."""
+    return words_to_registers(values) if isinstance(values, bytes) else values
 
 
 def _refused(failure: _Failure) -> bool:
@@ -263,12 +277,16 @@ def _new_client(config: ModbusDeviceConfig, line: _Line) -> _Client:
     }
     if config.transport == "rtu":
         assert config.serial_port is not None
-        return AsyncModbusSerialClient(
+        serial = AsyncModbusSerialClient(
             config.serial_port, framer=FramerType.RTU, baudrate=config.baudrate,
             bytesize=config.bytesize, parity=config.parity, stopbits=config.stopbits, **common)
+        register_word_replies(serial)
+        return serial
     assert config.host is not None
     framer = FramerType.RTU if config.transport == "rtu-over-tcp" else FramerType.SOCKET
-    return AsyncModbusTcpClient(config.host, port=config.port, framer=framer, **common)
+    client = AsyncModbusTcpClient(config.host, port=config.port, framer=framer, **common)
+    register_word_replies(client)
+    return client
 
 
 def _acquire_line(config: ModbusDeviceConfig) -> _Line:
@@ -513,7 +531,9 @@ class ModbusAdapter:
         raise _Failure("timeout", "timeout")
 
     async def _read_request(self, request: ReadRequest, retries: int | None = None,
-                            write: bool = False) -> list[int] | list[bool]:
+                            write: bool = False) -> bytes | list[bool]:
+        """The reply's register bytes (big-endian words, exactly ``count`` of them), or its
+        bits (``count`` of them)."""
         unit, address, count = self.config.unit_id, request.address, request.count
         method = _READ_METHODS[request.table]
 
@@ -523,14 +543,18 @@ class ModbusAdapter:
         response = await self._execute(call, retries, write)
         # Bit responses are padded to whole bytes; register replies must match exactly: a
         # longer reply is as wrong as a short one (wrong request answered, broken gateway).
-        # The response's own list (pymodbus builds a new one per reply): no copy.
-        values: list[int] | list[bool] = response.bits if request.is_bits else response.registers
-        expected = -(-count // 8) * 8 if request.is_bits else count
-        if not count <= len(values) <= expected:
-            what = "bits" if request.is_bits else "registers"
-            raise _Failure("decode", f"decode error: reply carries {len(values)} {what}, "
-                                     f"asked for {count}")
-        return values if len(values) == count else values[:count]
+        if request.is_bits:
+            bits: list[bool] = response.bits  # the response's own list: no copy
+            if not count <= len(bits) <= -(-count // 8) * 8:
+                raise _Failure("decode", f"decode error: reply carries {len(bits)} bits, asked for {count}")
+            return bits if len(bits) == count else bits[:count]
+        # HoldingWords/InputWords keep the reply's bytes; any other class (a client built
+        # elsewhere) is packed back to them.
+        words = getattr(response, "words", b"") or b"".join(r.to_bytes(2, "big") for r in response.registers)
+        if len(words) != 2 * count:
+            carries = f"{len(words) // 2} registers" if len(words) % 2 == 0 else f"{len(words)} data bytes"
+            raise _Failure("decode", f"decode error: reply carries {carries}, asked for {count}")
+        return words
 
     async def read(self) -> list[Reading]:
         """One Reading per tag, in plan order. Never raises for device faults."""
@@ -695,7 +719,7 @@ class ModbusAdapter:
         self._relearn_at = 0.0
         self._replan()
 
-    def _decode_request(self, decoder: RequestDecoder, values: list[int] | list[bool],
+    def _decode_request(self, decoder: RequestDecoder, values: bytes | list[bool],
                         received: float) -> list[Part]:
         """All tags of one reply: the compiled fast path of ``_decode``, same values. Good
         numbers of a reply with enough tags go out as one Columns (see bridge.core.tags)."""
@@ -704,7 +728,8 @@ class ModbusAdapter:
             if decoder.words is None:
                 bits = [bool(values[offset]) for _, offset in decoder.tags]
                 return self._good(decoder, bits, received)
-            return [self._decode(tag, values[offset:offset + tag.registers], received)
+            registers = _registers(values)
+            return [self._decode(tag, registers[offset:offset + tag.registers], received)
                     for tag, offset in decoder.tags]
         special = decoder.special
         fixups: list[tuple[int, FieldDecoder]] = []
@@ -748,8 +773,8 @@ class ModbusAdapter:
             return [Columns(decoder.names, values, decoder.kinds, received)]  # type: ignore[arg-type]
         return list(good_readings(decoder.names, values, received))
 
-    def _decode_field(self, f: FieldDecoder, values: list[int] | list[bool], received: float) -> Reading:
-        return self._decode(f.tag, values[f.offset:f.offset + f.registers], received)
+    def _decode_field(self, f: FieldDecoder, values: bytes | list[bool], received: float) -> Reading:
+        return self._decode(f.tag, _registers(values)[f.offset:f.offset + f.registers], received)
 
     def _value_problem(self, f: FieldDecoder, value: float, received: float) -> Reading:
         """A decoded value that is not finite or outside the valid range (as ``_decode``)."""
@@ -856,11 +881,12 @@ class ModbusAdapter:
                                             write=True)
         except _Failure as failure:
             raise self._write_error(failure, address) from None
-        if [int(v) for v in back] != registers:
+        read = [int(v) for v in _registers(back)]
+        if read != registers:
             self.status.write_mismatches += 1
             self.status.count("write_mismatch")
             audit.warning("read-back mismatch device=%s at=holding %d wrote=%s read=%s",
-                          self.name, address, registers, [int(v) for v in back])
+                          self.name, address, registers, read)
 
     def _write_error(self, failure: _Failure, address: int) -> Exception:
         if failure.kind == "timeout":

@@ -50,6 +50,7 @@ __all__ = [
     "decode_raw",
     "encode_saturating",
     "encode_strict",
+    "words_to_registers",
 ]
 
 
@@ -341,18 +342,19 @@ class RequestDecoder:
         if self.combined is None:
             self.unpackers = tuple((f.unpack, 2 * f.offset) for f in fields)
 
-    def raw(self, values: Sequence[int] | Sequence[bool]) -> Sequence[float | int | None] | None:
-        words = self.words
-        if words is None:
-            return None
-        try:
-            data = words.pack(*values)
-        except struct.error:
+    def raw(self, data: bytes | Sequence[bool]) -> Sequence[float | int | None] | None:
+        """``data``: the reply's register bytes (length checked by the caller), or its bits."""
+        if self.words is None or not isinstance(data, bytes):
             return None
         if self.combined is not None:
             return self.combined.unpack(data)
         return [unpack.unpack_from(data, at)[0] if unpack is not None else None
                 for unpack, at in self.unpackers]
+
+
+def words_to_registers(data: bytes) -> list[int]:
+    """Big-endian register bytes (a reply's data) -> register values."""
+    return list(_struct(f">{len(data) // 2}H").unpack(data))
 
 
 def _value_kind(f: FieldDecoder) -> int:
