@@ -70,7 +70,7 @@ async def test_device_health_in_metrics_and_rest() -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
     from bridge.api.schemas import DeviceHealth
-    from bridge.sinks.prometheus import PrometheusMetrics
+    from bridge.sinks.metrics import PrometheusMetrics
 
     async with tcp_server({1: Unit(holding={0: 5})}) as server:
         bridge = _bridge(server.port, tags=[{"name": "dev.v", "address": 0, "type": "uint16"},

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.runtime.bridge import Bridge
-from bridge.sinks.prometheus import PrometheusMetrics
+from bridge.sinks.metrics import PrometheusMetrics
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "packaging" / "grafana" / "plcbridge.json"

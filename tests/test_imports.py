@@ -33,3 +33,35 @@ def test_modbus_only_bridge_does_not_import_opcua_or_training_libraries() -> Non
     result = subprocess.run([sys.executable, "-c", _PROBE.format(root=str(ROOT))],
                             capture_output=True, text=True, timeout=60, check=True)
     assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout + result.stderr
+
+
+_METRICS_PROBE = """
+import asyncio, sys
+sys.path.insert(0, {root!r})
+import httpx
+from bridge.api.app import create_app
+from bridge.api.auth import TokenSet
+from bridge.cli.demo import demo_config
+from bridge.runtime.bridge import Bridge
+
+async def main():
+    bridge = Bridge(demo_config(1, api_port=0))  # [metrics] on by default
+    app = create_app(bridge, TokenSet([]))
+    await bridge.poll_device("plant")  # port 1: a failed poll, observed all the same
+    before = "prometheus_client" in sys.modules
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://b") as http:
+        response = await http.get("/metrics")
+    count = [line for line in response.text.splitlines()
+             if line.startswith('plcbridge_device_poll_duration_seconds_count{{device="plant"}}')]
+    print(before, response.status_code, "prometheus_client" in sys.modules, count)
+
+asyncio.run(main())
+"""
+
+
+def test_prometheus_client_loads_with_the_first_scrape_not_before() -> None:
+    result = subprocess.run([sys.executable, "-c", _METRICS_PROBE.format(root=str(ROOT))],
+                            capture_output=True, text=True, timeout=60, check=True)
+    last = result.stdout.strip().splitlines()[-1]
+    assert last == "False 200 True ['plcbridge_device_poll_duration_seconds_count{device=\"plant\"} 1.0']", \
+        result.stdout + result.stderr

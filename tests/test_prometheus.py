@@ -19,7 +19,7 @@ from bridge.api.auth import TokenSet, parse_tokens
 from bridge.api.security import require_scope
 from bridge.core.scores import Score
 from bridge.runtime.bridge import Bridge
-from bridge.sinks.prometheus import PrometheusMetrics, metrics_router
+from bridge.sinks.metrics import PrometheusMetrics, metrics_router
 from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(60)
@@ -168,3 +168,39 @@ async def test_inference_time_from_the_score_and_separate_registries(bridge: Bri
     other = PrometheusMetrics(bridge.view)
     assert other.registry is not metrics.registry
     assert 'plcbridge_model_inference_duration_seconds_count{model="pump"} 0.0' in other.exposition().decode()
+
+
+def test_own_histogram_exposes_what_the_client_librarys_histogram_would() -> None:
+    """The sink counts durations itself (prometheus_client loads only when scraped): the same
+    observations, bucket bounds included, give the same _bucket/_count/_sum samples."""
+    import random
+
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from bridge.core.histogram import Histogram as Own
+    from bridge.sinks.metrics import POLL_BUCKETS
+    from bridge.sinks.prometheus import HistogramCollector
+
+    reference = CollectorRegistry(auto_describe=False)
+    theirs = Histogram("x_seconds", "doc", ["device"], registry=reference, buckets=POLL_BUCKETS)
+    ours = Own("x_seconds", "doc", "device", POLL_BUCKETS)
+    ours.add("idle")
+    theirs.labels("idle")
+    rng = random.Random(3)
+    amounts = [*POLL_BUCKETS, 0.0, 11.0, *(rng.uniform(0, 12) for _ in range(500))]  # bounds land in their own bucket
+    for amount in amounts:
+        device = rng.choice(["a", "b"])
+        ours.observe(device, amount)
+        theirs.labels(device).observe(amount)
+    mine = CollectorRegistry(auto_describe=False)
+    mine.register(HistogramCollector([ours]))
+
+    def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        text = generate_latest(registry).decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(text) for s in f.samples  # type: ignore[no-untyped-call]
+                if not s.name.endswith("_created")}
+
+    got, want = samples(mine), samples(reference)
+    assert set(got) == set(want) and len(got) == 3 * (len(POLL_BUCKETS) + 3)
+    assert all(math.isclose(got[k], want[k], rel_tol=1e-12) for k in want), (got, want)

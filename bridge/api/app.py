@@ -337,7 +337,7 @@ def create_app(bridge: Bridge, tokens: TokenSet | None = None) -> FastAPI:
 
     app.include_router(api)
     if bridge.config.metrics.enabled:
-        from bridge.sinks.prometheus import PrometheusMetrics, metrics_router  # only if asked
+        from bridge.sinks.metrics import PrometheusMetrics, metrics_router  # only if asked
 
         metrics = bridge.sink(PrometheusMetrics)
         if metrics is not None:  # the runtime builds it when [metrics] is enabled

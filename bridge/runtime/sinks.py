@@ -54,7 +54,7 @@ def build_sinks(config: Config, view: BridgeView,
                                features={m.name: (tuple(m.feature_names), m.max_age) for m in config.models},
                                **rollout))  # ConfigError: secrets, TLS, fleet.models
     if config.metrics.enabled:
-        from bridge.sinks.prometheus import PrometheusMetrics  # prometheus-client only if asked
+        from bridge.sinks.metrics import PrometheusMetrics  # prometheus-client only when scraped
 
         sinks.append(PrometheusMetrics(view))
     return sinks

@@ -1,14 +1,10 @@
-"""Prometheus metrics at ``GET /metrics`` (text format 0.0.4, or OpenMetrics when asked for).
+"""The exposition behind ``GET /metrics``, built with prometheus_client on the first scrape
+(``bridge.sinks.metrics`` imports this module only then).
 
 Most values already live in the bridge (device status, model counters, latest scores), so a
 custom collector reads them through the sinks' ``BridgeView`` at scrape time: nothing to keep
-in sync, no cost between scrapes. Only distributions need observations as they happen;
-``PrometheusMetrics`` is a Sink for that: ``on_score`` observes the inference time the Score
-carries and ``on_poll`` observes poll duration (the runtime calls it after each poll).
-
-Each ``PrometheusMetrics`` has its own ``CollectorRegistry``, never the process-global one,
-so several bridges in one process (tests) never collide, and no process/platform metrics
-sneak in unasked.
+in sync, no cost between scrapes. Only distributions need observations as they happen; the
+``PrometheusMetrics`` sink counts those in its own ``Histogram`` objects, rendered here.
 """
 
 from __future__ import annotations
@@ -16,25 +12,19 @@ from __future__ import annotations
 import math
 import os
 import resource
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable
 
-from fastapi import APIRouter, Request, Response
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import choose_encoder
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from bridge import __version__
-from bridge.core.scores import Score
-from bridge.ports import BridgeView, DeviceStatus, SinkBase
+from bridge.core.histogram import Histogram
+from bridge.ports import BridgeView, DeviceStatus
 
-__all__ = ["BridgeCollector", "PrometheusMetrics", "metrics_router"]
+__all__ = ["BridgeCollector", "HistogramCollector", "build_registry"]
 
-# Poll durations: a Modbus TCP poll on a LAN takes ms; RTU at 9600 baud and timeouts take s.
-POLL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-# Inference: a PCA scores in ~4 µs, an IsolationForest in ~640 µs (DESIGN.md).
-INFERENCE_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.1)
 _WRITEBACK_RESULTS = ("written", "dry_run", "refused", "failed", "skipped_rate")
 _Family = type[GaugeMetricFamily] | type[CounterMetricFamily]
 _DEVICE_HEALTH: tuple[tuple[str, _Family, str, Callable[[DeviceStatus], float | None]], ...] = (
@@ -160,63 +150,25 @@ def _resident_bytes(usage: resource.struct_rusage) -> float:
         return float(usage.ru_maxrss * 1024)  # kB on Linux and BSD
 
 
-class PrometheusMetrics(SinkBase):
-    """The registry behind /metrics, and the Sink that feeds its histograms."""
+class HistogramCollector(Collector):
+    """The sink's histograms as Prometheus histogram families (``_bucket``, ``_count``, ``_sum``)."""
 
-    name = "prometheus"
+    def __init__(self, histograms: Iterable[Histogram]) -> None:
+        self.histograms = tuple(histograms)
 
-    def __init__(self, view: BridgeView) -> None:
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(BridgeCollector(view))
-        self.poll_duration = Histogram(
-            "plcbridge_device_poll_duration_seconds", "duration of each poll, failed ones included",
-            ["device"], registry=self.registry, buckets=POLL_BUCKETS)
-        self.inference_duration = Histogram(
-            "plcbridge_model_inference_duration_seconds", "ONNX Runtime time per scored window",
-            ["model"], registry=self.registry, buckets=INFERENCE_BUCKETS)
-        for name in view.devices():  # every series exists from the first scrape, at 0
-            self.poll_duration.labels(name)
-        for name in view.models():
-            self.inference_duration.labels(name)
-
-    # -- Sink -----------------------------------------------------------------------------
-
-    async def start(self, view: BridgeView) -> None:
-        return None  # nothing to connect: the API server serves the registry
-
-    async def stop(self) -> None:
-        return None
-
-    def on_score(self, score: Score) -> None:
-        if score.inference_seconds is not None:  # None: the window was not scored
-            self.inference_duration.labels(score.model).observe(score.inference_seconds)
-
-    def on_poll(self, device: str, seconds: float) -> None:
-        """Called by the runtime after each poll of ``device`` with its wall-clock duration."""
-        self.poll_duration.labels(device).observe(seconds)
-
-    # -- exposition -----------------------------------------------------------------------
-
-    def exposition(self) -> bytes:
-        """The registry in Prometheus text format 0.0.4."""
-        return generate_latest(self.registry)
+    def collect(self) -> Iterable[Metric]:
+        for histogram in self.histograms:
+            family = HistogramMetricFamily(histogram.name, histogram.documentation, labels=[histogram.label])
+            bounds = [floatToGoString(b) for b in histogram.bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
+            for value in list(histogram.series):
+                counts, total = histogram.cumulative(value)
+                family.add_metric([value], list(zip(bounds, counts, strict=True)), total)
+            yield family
 
 
-def metrics_router(metrics: PrometheusMetrics, *, dependencies: Sequence[Any] = ()) -> APIRouter:
-    """``GET /metrics`` for the runtime's metrics sink; pass the API's read-scope dependency so
-    a token guards it the same way."""
-    router = APIRouter(dependencies=list(dependencies))
-
-    # async on purpose: the scrape then runs in the event loop, between the jobs that change
-    # the state it reads, never concurrently with them (a sync route would run in a thread).
-    @router.get("/metrics", response_class=Response,
-                responses={200: {"content": {"text/plain": {}, "application/openmetrics-text": {}},
-                                 "description": "Prometheus text format, or OpenMetrics if accepted"}})
-    async def metrics_endpoint(request: Request) -> Response:
-        """Prometheus metrics: devices, models, poll and inference durations."""
-        # The client library's own negotiation: text 0.0.4 by default, OpenMetrics or text
-        # 1.0.0 when the scraper's Accept header asks for it (Prometheus 2.x/3.x do).
-        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-        return Response(encoder(metrics.registry), media_type=content_type)
-
-    return router
+def build_registry(view: BridgeView, histograms: Iterable[Histogram]) -> CollectorRegistry:
+    """A registry of this bridge's own (never the process-global one)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(BridgeCollector(view))
+    registry.register(HistogramCollector(histograms))
+    return registry
