@@ -1,13 +1,8 @@
 """Child processes for footprint and scaling runs, and the parent-side handle that drives them.
 
-Modes (``python -m bench._bridge_proc MODE ...``):
+Modes (``python -m bench._bridge_proc MODE ...``); the bridge itself and the RSS baselines run
+from ``bench/_footprint_child.py``, a script that imports nothing of the benchmark:
 
-* ``run CONFIG``: exactly ``plcbridge run CONFIG`` (``bridge.cli.main``), plus a SIGUSR1
-  handler that writes which heavy modules are loaded to ``$BENCH_PROBE_FILE``; this is how
-  "a Modbus-only config never imports asyncua" is checked in the bridge's own process.
-* ``imports``: imports the libraries the bridge uses and idles: the RSS baseline.
-* ``imports-model``: the same plus one ONNX Runtime session of the default model (nothing of
-  the bridge): the floor of any process that polls and scores with these libraries.
 * ``raw-poll CONFIG SECONDS``: a raw pymodbus client polling the config's planned requests
   on each device's interval: the CPU and jitter baseline. Prints JSON stats.
 * ``jitter CONFIG SECONDS``: the bridge's runtime (scheduler, adapters, store) with poll
@@ -36,21 +31,19 @@ from typing import Any
 
 from bench._common import PYTHON, ROOT, percentile, rss_mb, wait_until
 
-# What ``imports`` loads: the bridge's runtime libraries, nothing of the bridge itself.
-BASELINE_IMPORTS = ("numpy", "onnxruntime", "pymodbus.client", "fastapi", "uvicorn", "apscheduler",
-                    "pydantic")
-WATCHED_MODULES = ("asyncua", "onnx", "matplotlib", "httpx")
+FOOTPRINT_CHILD = Path(__file__).with_name("_footprint_child.py")
 
 
 class BridgeProcess:
-    """``python -m bench._bridge_proc run CONFIG``; ``url`` is the API once it listens."""
+    """``plcbridge run CONFIG`` in its own process (``_footprint_child.py run``); ``url`` is the
+    API once it listens."""
 
     def __init__(self, config_path: Path, workdir: Path) -> None:
         self._log = workdir / f"{config_path.stem}.log"
         self._probe = workdir / f"{config_path.stem}.probe.json"
         env = {**os.environ, "BENCH_PROBE_FILE": str(self._probe)}
         with open(self._log, "w") as log:
-            self._process = subprocess.Popen([PYTHON, "-m", "bench._bridge_proc", "run", str(config_path)],
+            self._process = subprocess.Popen([PYTHON, str(FOOTPRINT_CHILD), "run", str(config_path)],
                                              cwd=ROOT, stderr=log, stdout=subprocess.DEVNULL, env=env)
         self.pid = self._process.pid
         self.url = ""
@@ -102,8 +95,9 @@ def run_child(mode: str, *args: str, timeout: float = 120.0) -> dict[str, Any]:
 
 
 def start_idle(mode: str = "imports") -> subprocess.Popen[str]:
-    """A child that prints READY and idles until terminated."""
-    process = subprocess.Popen([PYTHON, "-m", "bench._bridge_proc", mode], cwd=ROOT, text=True,
+    """A baseline child (``imports`` or ``imports-model``) that prints READY and idles until
+    terminated."""
+    process = subprocess.Popen([PYTHON, str(FOOTPRINT_CHILD), mode], cwd=ROOT, text=True,
                                stdout=subprocess.PIPE)
     assert process.stdout is not None
     if process.stdout.readline().strip() != "READY":
@@ -113,20 +107,6 @@ def start_idle(mode: str = "imports") -> subprocess.Popen[str]:
 
 
 # --------------------------------------------------------------------------- child side
-
-
-def _install_probe() -> None:
-    path = os.environ.get("BENCH_PROBE_FILE")
-    if not path:
-        return
-
-    def probe(_signum: int, _frame: object) -> None:
-        state = {"pid": os.getpid(), "modules": len(sys.modules),
-                 **{name: name in sys.modules for name in WATCHED_MODULES}}
-        Path(path + ".tmp").write_text(json.dumps(state))
-        os.replace(path + ".tmp", path)  # atomic: the parent never reads half a file
-
-    signal.signal(signal.SIGUSR1, probe)
 
 
 def _jitter_stats(completions: dict[str, list[float]], interval: float) -> dict[str, float]:
@@ -299,30 +279,6 @@ async def _raw_echo(port: int, interval: float) -> None:
 
 def main() -> None:
     mode, args = sys.argv[1], sys.argv[2:]
-    if mode == "run":
-        _install_probe()
-        from bridge.cli import main as cli_main
-
-        sys.exit(cli_main(["run", *args]))
-    if mode in ("imports", "imports-model"):
-        import importlib
-
-        for name in BASELINE_IMPORTS:
-            importlib.import_module(name)
-        if mode == "imports-model":
-            import onnxruntime as ort
-
-            from bridge.config import DEFAULT_MODEL
-
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = options.inter_op_num_threads = 1
-            session = ort.InferenceSession(str(DEFAULT_MODEL), sess_options=options,
-                                           providers=["CPUExecutionProvider"])
-            assert session.get_inputs()
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-        print("READY", flush=True)
-        signal.sigwait({signal.SIGTERM, signal.SIGINT})
-        return
     if mode == "jitter":
         print(json.dumps(asyncio.run(_bridge_jitter(args[0], float(args[1])))))
     elif mode == "profile":

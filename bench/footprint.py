@@ -120,6 +120,7 @@ def run(ctx: Context) -> Section:
         if tags == 1000:
             section.checks["asyncua imported (Modbus-only config, 1,000 tags)"] = m["probe"]["asyncua"]
             section.checks["onnx imported at runtime"] = m["probe"]["onnx"]
+            section.checks["prometheus_client imported (no scrape yet)"] = m["probe"]["prometheus_client"]
             section.checks["RSS at 1,000 tags with default model, MB"] = round(m["rss_mb"], 1)
             section.checks["of which the bridge's own (RSS minus libraries + session), MB"] = round(
                 m["rss_mb"] - floor_rss, 1)
