@@ -7,6 +7,9 @@ RSS, ~6-14 MB of it).
 * ``imports``: imports the libraries the bridge uses and idles: the RSS baseline.
 * ``imports-model``: the same plus one ONNX Runtime session of the default model (nothing of
   the bridge itself).
+* ``stages CONFIG SECONDS``: where the bridge's RSS comes from: the process above, then each
+  step ``plcbridge run`` takes (import and load the config, import the runtime, build the
+  Bridge, import the API, run bridge and API for SECONDS), RSS after each. Prints JSON.
 
 ``imports`` modes print READY and wait for SIGTERM/SIGINT.
 """
@@ -19,6 +22,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 # What ``imports`` loads: the bridge's runtime libraries, nothing of the bridge itself.
@@ -42,20 +46,68 @@ def _install_probe() -> None:
     signal.signal(signal.SIGUSR1, probe)
 
 
+def _session() -> Any:
+    """One ONNX Runtime session of the default model, as the bridge opens it (one thread)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(DEFAULT_MODEL), sess_options=options, providers=["CPUExecutionProvider"])
+
+
 def _idle(with_model: bool) -> None:
     for name in BASELINE_IMPORTS:
         importlib.import_module(name)
-    if with_model:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = options.inter_op_num_threads = 1
-        session = ort.InferenceSession(str(DEFAULT_MODEL), sess_options=options,
-                                       providers=["CPUExecutionProvider"])
-        assert session.get_inputs()
+    session = _session() if with_model else None  # held until the process ends
+    assert session is None or session.get_inputs()
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     print("READY", flush=True)
     signal.sigwait({signal.SIGTERM, signal.SIGINT})
+
+
+def _rss_mb() -> float:
+    """VmRSS in MB of 10^6 bytes, as ``bench._common.rss_mb``."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024 / 1e6
+    return float("nan")
+
+
+def _stages(config_path: str, seconds: float) -> list[tuple[str, float]]:
+    import asyncio
+
+    steps: list[tuple[str, float]] = []
+    for name in BASELINE_IMPORTS:
+        importlib.import_module(name)
+    steps.append(("libraries imported", _rss_mb()))
+    session = _session()
+    steps.append(("+ one ONNX Runtime session of the default model", _rss_mb()))
+    sys.path.insert(0, str(ROOT))
+    from bridge.config import load_config
+
+    steps.append(("+ bridge.config imported (the config's pydantic models)", _rss_mb()))
+    config = load_config(config_path)
+    steps.append(("+ the config loaded", _rss_mb()))
+    from bridge.runtime.bridge import Bridge
+
+    steps.append(("+ the runtime imported", _rss_mb()))
+    bridge = Bridge(config)
+    steps.append(("+ the Bridge built (adapters, plans, store, model runner, sinks)", _rss_mb()))
+    from bridge.api.serve import run_until_stopped
+
+    steps.append(("+ the API imported", _rss_mb()))
+
+    async def run() -> None:
+        task = asyncio.create_task(run_until_stopped(bridge))
+        await asyncio.sleep(seconds)
+        steps.append((f"+ bridge and API running for {seconds:g} s", _rss_mb()))
+        signal.raise_signal(signal.SIGINT)  # run_until_stopped's own way out
+        await task
+
+    asyncio.run(run())
+    del session
+    return steps
 
 
 def main() -> None:
@@ -68,6 +120,9 @@ def main() -> None:
         sys.exit(cli_main(["run", *args]))
     if mode in ("imports", "imports-model"):
         _idle(mode == "imports-model")
+        return
+    if mode == "stages":
+        print(json.dumps(_stages(args[0], float(args[1]))))
         return
     raise SystemExit(f"unknown mode {mode!r}")
 

@@ -10,12 +10,14 @@ CPU of a raw pymodbus client polling the same planned requests on the same sched
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-from bench._bridge_proc import BridgeProcess, run_child, start_idle
-from bench._common import Context, Result, Section, cpu_seconds, rss_mb, rss_parts_mb
+from bench._bridge_proc import FOOTPRINT_CHILD, BridgeProcess, run_child, start_idle
+from bench._common import PYTHON, ROOT, Context, Result, Section, cpu_seconds, rss_mb, rss_parts_mb
 from bench._servers import fleet_config, registers_for, servers, to_toml
 from bridge.config import BridgeSection
 
@@ -47,6 +49,15 @@ def _measure_bridge(path: Path, ctx: Context, warm: float, window: float) -> dic
                 "probe": bridge.probe(), "uptime_s": warm + window}
     finally:
         bridge.stop()
+
+
+def _stages(path: Path, seconds: float) -> list[tuple[str, float]]:
+    """RSS after each step of a ``plcbridge run`` rebuilt by hand in one process."""
+    done = subprocess.run([PYTHON, str(FOOTPRINT_CHILD), "stages", str(path), str(seconds)], cwd=ROOT,
+                          text=True, capture_output=True, timeout=seconds + 60, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"footprint stages failed: {done.stderr[-2000:]}")
+    return [(stage, float(rss)) for stage, rss in json.loads(done.stdout.strip().splitlines()[-1])]
 
 
 def run(ctx: Context) -> Section:
@@ -94,6 +105,7 @@ def run(ctx: Context) -> Section:
                 # Where the bridge's CPU goes at 1,000 tags (its runtime, without the API).
                 profile = run_child("profile", str(path), str(ctx.pick(4.0, 15.0)))
                 section.profile = profile["profile"]
+                stages = _stages(path, warm + window)
         reads = m["polls"] * TAGS_PER_DEVICE
         raw_reads = raw["polls"] * TAGS_PER_DEVICE
         per_read["plcbridge"].append(round(m["cpu_s"] / max(reads, 1) * 1000, 5))
@@ -126,6 +138,11 @@ def run(ctx: Context) -> Section:
                 m["rss_mb"] - floor_rss, 1)
             for part, size in m["rss_parts"].items():  # how much of it is shared library code
                 section.checks[f"{part} at 1,000 tags, MB"] = round(size, 1)
+            previous = 0.0
+            for stage, rss in stages:  # where the RSS at 1,000 tags comes from, step by step
+                section.checks[f"RSS step: {stage}, MB"] = (
+                    f"{rss:.1f}" + (f" (+{rss - previous:.1f})" if previous else ""))
+                previous = rss
             limit = f"RSS < {RSS_LIMIT_MB:g} MB at 1,000 tags"
             section.checks[f"{limit} (as measured)"] = m["rss_mb"] < RSS_LIMIT_MB
             section.checks["RSS at 1,000 tags, history full (projected), MB"] = round(steady, 1)
