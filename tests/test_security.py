@@ -175,3 +175,28 @@ async def test_tls(tmp_path: Path) -> None:
     finally:
         await api.stop()
         await bridge.stop()
+
+
+async def test_date_header_stays_current_with_no_server_timer() -> None:
+    """uvicorn refreshes its Date header from a timer; the bridge's server has none (an idle
+    bridge does not wake up), so the protocol refreshes it when a request arrives, also on a
+    kept-alive connection."""
+    import asyncio
+    import time
+    from email.utils import parsedate_to_datetime
+
+    bridge = _bridge()
+    api = ApiServer(bridge, "127.0.0.1", 0)
+    await api.start()
+    try:
+        async with httpx.AsyncClient() as client:  # one kept-alive connection
+            dates = []
+            for _ in range(2):
+                response = await client.get(f"{api.url}/api/v1/live")
+                dates.append(parsedate_to_datetime(response.headers["date"]).timestamp())
+                assert abs(dates[-1] - time.time()) <= 1.5
+                await asyncio.sleep(1.1)
+        assert dates[1] > dates[0]
+    finally:
+        await api.stop()
+        await bridge.stop()
