@@ -84,11 +84,11 @@ class WindowBuilder:
         return self._window(now)
 
     def _window(self, now: float) -> Window:
-        order = np.roll(np.arange(self.length), -self._head)
-        values = self._rows[order].copy()
+        head = self._head
+        values = np.concatenate((self._rows[head:], self._rows[:head]))  # oldest row first, a copy
         if self._filled < self.length:
             return Window(now, values, False, f"filling ({self._filled}/{self.length} samples)")
-        bad_rows = int(self.length - self._row_ok.sum())
+        bad_rows = self.length - int(np.count_nonzero(self._row_ok))
         if bad_rows:
             return Window(now, values, False,
                           f"{bad_rows}/{self.length} samples invalid; last: {self._last_problem}")
