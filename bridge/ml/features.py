@@ -8,8 +8,11 @@ the z-scored window ``z`` [L, F] by up to three numbers, all computed from the w
 (causal: nothing after the newest sample):
 
 - **level** ``mean_t z[t]``, only for inputs whose level holds still over the training part
-  (``level_stable``: block means within ``DRIFT_LIMIT`` within-block sds); for the others the
-  level is what drifts, and their dispersion and residual still see a fault;
+  (``level_stable``: block means within ``DRIFT_LIMIT`` within-block sds) or whose reading is
+  quantised coarser than its training spread (``quantum`` > training sd: a reading that
+  dithers between two steps moves its block means by a step, which the drift statistic would
+  read as drift); for the others the level is what drifts, and their dispersion and residual
+  still see a fault;
 - **dispersion** ``log(c + mean_t |z[t] - z[t-1]|)``, the mean absolute successive difference:
   noise on a steady signal, large when a signal starts to shake; the log makes its
   right-skewed law close to symmetric, which the squared statistics of the heads assume;
@@ -29,8 +32,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-__all__ = ["DISPERSION_FLOOR", "DRIFT_BLOCKS", "DRIFT_LIMIT", "FEATURES", "Layout", "drift",
-           "dynamic_features", "dynamic_nodes", "level_stable", "recent"]
+__all__ = ["DISPERSION_FLOOR", "DRIFT_BLOCKS", "DRIFT_LIMIT", "FEATURES", "QUANTUM_TOLERANCE", "Layout",
+           "drift", "dynamic_features", "dynamic_nodes", "level_stable", "quantised", "quantum", "recent"]
 
 FEATURES = ("level", "dynamic")
 # Added to the mean absolute difference (z units) before the log: a quantised signal that did
@@ -44,6 +47,9 @@ DISPERSION_FLOOR = 0.1
 DRIFT_LIMIT = 0.5
 # Contiguous blocks the training part is cut into for ``drift``.
 DRIFT_BLOCKS = 4
+# ``quantum``: distinct training values closer than this many training sd are one step (the
+# jitter of a quantised reading, e.g. SKAB's flow reads 31.003, 31.004, 32.000, ...).
+QUANTUM_TOLERANCE = 0.05
 
 
 def drift(rows: np.ndarray, blocks: int = DRIFT_BLOCKS) -> np.ndarray:
@@ -56,9 +62,29 @@ def drift(rows: np.ndarray, blocks: int = DRIFT_BLOCKS) -> np.ndarray:
     return np.ptp(means, axis=0) / np.maximum(within, 1e-12)  # type: ignore[no-any-return]
 
 
+def quantum(values: np.ndarray) -> float:
+    """The step of a quantised reading from its training values [N]: the median gap between
+    consecutive distinct values, counting only gaps wider than ``QUANTUM_TOLERANCE`` training sd
+    (narrower ones are jitter within one step); 0 when there is none. About the reading's
+    resolution for a quantised input (SKAB's flow: 1 l/min at a 0.4 l/min sd), a small share of
+    the sd for a continuous one (the gaps between its sparse tail values)."""
+    steps = np.diff(np.unique(values))
+    wide = steps[steps > QUANTUM_TOLERANCE * float(np.std(values))]
+    return float(np.median(wide)) if len(wide) else 0.0
+
+
+def quantised(rows: np.ndarray) -> np.ndarray:
+    """Per input of good training rows [N, F]: whether its ``quantum`` exceeds its training sd.
+    Such a reading spends stretches on one step or the next, so its block means move by a
+    step without any drift, and 400 rows cannot tell that dither from a wandering level."""
+    sd = rows.std(axis=0)
+    return np.array([quantum(rows[:, j]) > sd[j] > 0 for j in range(rows.shape[1])], dtype=bool)
+
+
 def level_stable(rows: np.ndarray, limit: float = DRIFT_LIMIT) -> tuple[int, ...]:
-    """Indices of the inputs whose level feature is kept: ``drift`` within ``limit``."""
-    return tuple(int(j) for j in np.flatnonzero(drift(rows) <= limit))
+    """Indices of the inputs whose level feature is kept: ``drift`` within ``limit``, or a reading
+    quantised coarser than its training sd (``quantised``)."""
+    return tuple(int(j) for j in np.flatnonzero((drift(rows) <= limit) | quantised(rows)))
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from bridge.core.extras import require_extra
 from bridge.core.moments import STATS_FORMAT, STATS_VERSION
 from bridge.ml.card import write_card
 from bridge.ml.dataset import DataError, Table
-from bridge.ml.features import DRIFT_BLOCKS, Layout, drift, level_stable
+from bridge.ml.features import DRIFT_BLOCKS, Layout, drift, level_stable, quantised, quantum
 from bridge.ml.guards import InputProblem, bad_row_reasons, input_problems, min_rows
 from bridge.ml.options import KINDS, TrainOptions, TrainResult
 from bridge.ml.replay import replay
@@ -222,15 +222,19 @@ def _layout(opts: TrainOptions, inputs: Sequence[str], rows: np.ndarray) -> tupl
     """The dynamic front end's features, chosen from the training part alone (never labels)."""
     if opts.features == "level":
         return None, ["Features: window mean of each z-scored input (level front end)"]
-    shift = drift(rows)
+    shift, steps = drift(rows), quantised(rows)
     layout = Layout(len(inputs), level_stable(rows, opts.drift_limit))
     slow = [f"`{inputs[j]}` ({shift[j]:.2f} sd)" for j in range(len(inputs)) if j not in layout.levels]
+    coarse = [f"`{inputs[j]}` (step {quantum(rows[:, j]):.4g})" for j in layout.levels
+              if steps[j] and shift[j] > opts.drift_limit]
     return layout, [
         "Features (dynamic front end, `bridge.ml.features`): per input the log mean absolute successive "
         "difference and the newest samples minus their trailing baseline; a level (window mean) only "
         f"for inputs whose {DRIFT_BLOCKS} block means over the training rows stay within "
-        f"{opts.drift_limit:g} within-block sd of each other: "
-        + (", ".join(f"`{inputs[j]}`" for j in layout.levels) or "none"),
+        f"{opts.drift_limit:g} within-block sd of each other, or whose reading is quantised in steps "
+        "wider than its training sd: "
+        + (", ".join(f"`{inputs[j]}`" for j in layout.levels) or "none")
+        + (f"; kept as quantised although its block means moved: {', '.join(coarse)}" if coarse else ""),
         "Level dropped as drifting over the training part (block-mean range / within-block sd): "
         + (", ".join(slow) or "none")
         + (f"; each still alarms when its window mean leaves the training mean by {opts.guard_sd:g} "
