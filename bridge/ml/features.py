@@ -40,10 +40,9 @@ FEATURES = ("level", "dynamic")
 # not move in a window has MASD 0, and log(0) would be an infinite feature.
 DISPERSION_FLOOR = 0.1
 # Level kept when the training part's block means stay within this many within-block standard
-# deviations of each other (``drift``). Chosen on the design files (valve1/0-7 and anomaly-free;
-# docs/skab.md) from 0.4-2.5: at 0.5 the accelerometer levels of anomaly-free (0.59, 0.72),
-# which climb 7-17 sd over its 2.6 hours, are dropped; above 0.6 its FAR is > 90 %; at 0.4 the
-# valve1 flow levels go too (F1 0.34).
+# deviations of each other (``drift``). Chosen on the design files only (valve1/0-7 and
+# anomaly-free); the figures for the alternatives are in docs/skab.md's design section
+# (``python -m models.recipes.skab_design``), not repeated here where they would go stale.
 DRIFT_LIMIT = 0.5
 # Contiguous blocks the training part is cut into for ``drift``.
 DRIFT_BLOCKS = 4

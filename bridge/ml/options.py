@@ -19,18 +19,17 @@ KINDS = ("pca", "iforest", "ae")
 # land; the unbounded squared statistics of pca and ae get room for drift instead.
 DEFAULT_MARGIN = {"pca": 2.0, "iforest": 1.0, "ae": 2.0}
 # The drift-robust pca recipe (issue 12), chosen on the design files only (valve1/0-7 and
-# anomaly-free, models.recipes.skab_report): dynamic features, extreme-value threshold, windows
-# of 20 samples, alarm persistence of 3 windows. Round 2 added the quantised-level rule
-# (bridge.ml.features.quantised) and raised the stated FAR from 5 % to 8 %: design F1 0.77 at
-# FAR 5.3 % (was 0.75 at 4.0 %), anomaly-free FAR 4.1 % against the stated 8 % (docs/skab.md has
-# the grid, the rule and the leave-one-file-out check). On the report files (valve1/8-15, scored
-# once after the choice) F1 0.73 / MAR 37 % (round 1: 0.66 / 48 %) but FAR 10.9 %, over the
-# 10 % target; it also needs more rows than the level recipe. So it stays opt-in (these options,
-# or --features dynamic --threshold evt --window 20 --persist 3 --target-far 0.08), not the default.
+# anomaly-free): dynamic features, extreme-value threshold, windows of 20 samples, alarm
+# persistence of 3 windows, the quantised-level rule (bridge.ml.features.quantised), a stated
+# FAR of 8 %. docs/skab.md has the figures (design grid and leave-one-file-out check from
+# models.recipes.skab_design; report files from models.recipes.skab_report): on the report files
+# its FAR is over the 10 % target, and it needs more rows than the level recipe, so it stays
+# opt-in (these options, or --features dynamic --threshold evt --window 20 --persist 3
+# --target-far 0.08), not the default.
 DYNAMIC_RECIPE: dict[str, str | int | float] = {"features": "dynamic", "threshold": "evt", "window": 20,
                                                 "persist": 3, "target_far": 0.08}
 # Each kind's default recipe: the settings an option left at 0 / "" takes (the recipe before
-# issue 12 for every kind; the dynamic ae was also worse on the design files, F1 0.38-0.55).
+# issue 12 for every kind; the dynamic ae was also worse on the design files in round 1).
 RECIPES: dict[str, dict[str, str | int | float]] = {
     "pca": {"features": "level", "threshold": "margin", "window": 5, "persist": 1, "target_far": 0.01},
     "ae": {"features": "level", "threshold": "margin", "window": 5, "persist": 1, "target_far": 0.01},
