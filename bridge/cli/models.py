@@ -293,7 +293,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                    "dispersion, trailing-baseline residual); default level")
     p.add_argument("--drift-limit", type=float, default=0.5,
                    help="dynamic: keep an input's level when its training block means stay within this "
-                   "many within-block sd (default 0.5)")
+                   "many within-block sd (default 0.5); a reading quantised in steps wider than its "
+                   "training sd keeps its level whatever this says")
     p.add_argument("--threshold", choices=("margin", "evt"), default="",
                    help="margin: widened held-out quantile; evt: Pareto tail of cross-fitted scores "
                    "over the whole training part (default margin)")
