@@ -24,12 +24,24 @@ if str(ROOT) not in sys.path:
 # `make test` runs the suite in pytest-xdist workers (Makefile: -n 2). A test marked
 # ``serial`` measures a rate or a latency against a wall-clock bound that a neighbour test
 # loading the CPU could break: no other test runs while it does. Every test of a run holds one
-# lock file for its whole setup-call-teardown, shared, and a serial one exclusively; a second
-# lock (the turnstile) queues new tests behind a serial one that waits, so it is not starved.
-# Outside xdist (one process) there is nothing to take. The marker: pyproject.toml.
+# lock file for its whole setup-call-teardown, shared, and a serial one exclusively (kept from
+# one serial test to the next); a second lock (the turnstile) queues new tests behind a serial
+# one that waits, so it is not starved. Under xdist the serial tests come first, back to back,
+# so the other worker waits once. Outside xdist (one process) nothing changes. The marker:
+# pyproject.toml.
+
+
+def _serial(item: pytest.Item | None) -> bool:
+    return item is not None and item.get_closest_marker("serial") is not None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if hasattr(config, "workerinput"):  # the same (stable) order on every worker
+        items.sort(key=lambda item: not _serial(item))
 
 
 _locks: list[IO[bytes]] = []
+_exclusive: list[bool] = []  # this worker holds the lock exclusively since the last serial test
 
 
 def _run_locks(config: pytest.Config) -> list[IO[bytes]]:
@@ -50,15 +62,24 @@ def pytest_runtest_protocol(item: pytest.Item,
     if not locks:
         return (yield)
     turnstile, lock = locks
-    fcntl.flock(turnstile, fcntl.LOCK_EX)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX if item.get_closest_marker("serial") else fcntl.LOCK_SH)
-    finally:
-        fcntl.flock(turnstile, fcntl.LOCK_UN)
+    serial = _serial(item)
+    if _exclusive and not serial:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        _exclusive.clear()
+    if not _exclusive:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX if serial else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
     try:
         return (yield)
     finally:
-        fcntl.flock(lock, fcntl.LOCK_UN)
+        if serial and _serial(nextitem):
+            _exclusive.append(True)
+        else:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            _exclusive.clear()
 
 
 @pytest_asyncio.fixture(autouse=True)
