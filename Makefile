@@ -15,8 +15,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/plcbridge demo
 
+# Two pytest-xdist workers: most tests wait on sockets, subprocesses and sped-up plants, so two
+# share a 2-core box well; a test marked serial runs alone (tests/conftest.py). `-n 0` (or a plain
+# `pytest`) runs in one process.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal
 
 lint: $(STAMP)
 	$(BIN)/ruff check bridge adapters bench models

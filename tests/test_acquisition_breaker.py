@@ -110,6 +110,7 @@ async def _live_rate(breaker_after: int, window: float = 2.0) -> tuple[float, Mo
         return rate, dead
 
 
+@pytest.mark.serial  # polls/s of the live unit over a fixed window
 async def test_dead_unit_does_not_drag_its_line() -> None:
     before, _ = await _live_rate(breaker_after=0)
     after, dead = await _live_rate(breaker_after=3)

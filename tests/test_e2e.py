@@ -96,6 +96,7 @@ def _dead_port() -> int:
     return port
 
 
+@pytest.mark.serial  # counts polls in a fixed 2 s span
 async def test_dead_device_does_not_slow_the_live_one() -> None:
     sim = await start_simulator("127.0.0.1", 0, seed=3)
     tags = '[[devices.tags]]\nname = "{n}"\ntable = "input"\naddress = 0\ntype = "float32"\n'

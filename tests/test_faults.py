@@ -44,6 +44,7 @@ def _latest(bridge: Bridge, tag: str) -> Reading:
     return reading
 
 
+@pytest.mark.serial  # the healthy device's poll count over the fault
 @pytest.mark.parametrize("mode", ["drop", "reset", "blackhole", "delay"])
 async def test_fault_shows_bad_then_recovers(mode: str) -> None:
     units = {1: Unit(holding={0: 42})}

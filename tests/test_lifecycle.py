@@ -22,6 +22,9 @@ from bridge.cli.demo import DEMO_TOML
 from tests.waiting import until
 
 ROOT = Path(__file__).resolve().parent.parent
+# The plant and the bridge under SIGTERM run this much faster (`run --speed`, as the
+# walkthroughs do): the first 16 s window fills in 2 s; timeouts and shutdown are not scaled.
+SPEED = 8.0
 pytestmark = pytest.mark.timeout(60)
 
 
@@ -60,7 +63,7 @@ async def _get(url: str) -> tuple[int, object]:
 
 @pytest_asyncio.fixture
 async def sim() -> AsyncIterator[SimulatorHandle]:
-    handle = await start_simulator("127.0.0.1", 0, seed=5, step=0.01, speed=1)
+    handle = await start_simulator("127.0.0.1", 0, seed=5, step=0.01, speed=SPEED)
     yield handle
     await handle.stop()
 
@@ -68,12 +71,12 @@ async def sim() -> AsyncIterator[SimulatorHandle]:
 async def test_sigterm_writes_fail_safe_and_exits_0(tmp_path: Path, sim: SimulatorHandle) -> None:
     api = _free_port()
     config = _config(tmp_path, sim.port, api)
-    proc = await _bridge(config)
+    proc = await _bridge(config, "--speed", str(SPEED))
     try:
         async def writing() -> bool:
             return sim.holding(103, 1)[0] > 0 and sim.holding(104, 1) == [1]
 
-        # The heartbeat counts once the first (16 s) window is valid.
+        # The heartbeat counts once the first (16 s of plant time) window is valid.
         await until(writing, 30, "heartbeat and window_valid from the bridge")
         status, body = await _get(f"http://127.0.0.1:{api}/api/v1/health")
         assert status == 200 and body["status"] == "ok"  # type: ignore[index]

@@ -141,6 +141,7 @@ async def _poll_for(adapter: ModbusAdapter, seconds: float, pause: float = 0.0) 
     return good
 
 
+@pytest.mark.serial  # good polls in fixed 1 s spans, alone and beside the dead device
 @pytest.mark.asyncio
 @pytest.mark.parametrize("fault", ["closed-port", "hung"])
 async def test_dead_device_does_not_slow_a_live_one(fault: str) -> None:

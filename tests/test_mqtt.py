@@ -236,6 +236,7 @@ def test_config_rejects_a_password_without_source_and_wildcards(tmp_path: Path) 
                                             "password_env": "TEST_MQTT_UNSET"}))
 
 
+@pytest.mark.serial  # 1000 calls within a wall-clock bound
 async def test_on_score_never_waits_for_the_broker(tmp_path: Path) -> None:
     sink = MqttSink(config(1, tmp_path / "spool", scores=True), backoff=FAST)
     await sink.start()
