@@ -155,7 +155,7 @@ WHY = [
     "ten times, and the API's auth check no longer runs in a worker thread. What is left is "
     "mostly the kernel's work for each wake-up and socket call (`socket.send` heads the profile: "
     "the raw poller pays it too) and pymodbus' decode.",
-    "- **Footprint, memory**: the libraries alone are ~81 MB once imported (numpy, ONNX Runtime, "
+    "- **Footprint, memory**: the libraries alone are ~80 MB once imported (numpy, ONNX Runtime, "
     "pymodbus, FastAPI/pydantic, uvicorn, APScheduler), and the first ONNX Runtime session adds "
     "~10 MB (its kernel and operator-schema registries page in most of libonnxruntime, whatever "
     "the session options: arena, memory patterns, threads and optimisation level were tried): "
