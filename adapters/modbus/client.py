@@ -548,9 +548,7 @@ class ModbusAdapter:
             if not count <= len(bits) <= -(-count // 8) * 8:
                 raise _Failure("decode", f"decode error: reply carries {len(bits)} bits, asked for {count}")
             return bits if len(bits) == count else bits[:count]
-        # HoldingWords/InputWords keep the reply's bytes; any other class (a client built
-        # elsewhere) is packed back to them.
-        words = getattr(response, "words", b"") or b"".join(r.to_bytes(2, "big") for r in response.registers)
+        words: bytes = response.words  # HoldingWords/InputWords: every client is built by _new_client
         if len(words) != 2 * count:
             carries = f"{len(words) // 2} registers" if len(words) % 2 == 0 else f"{len(words)} data bytes"
             raise _Failure("decode", f"decode error: reply carries {carries}, asked for {count}")
@@ -723,14 +721,10 @@ class ModbusAdapter:
                         received: float) -> list[Part]:
         """All tags of one reply: the compiled fast path of ``_decode``, same values. Good
         numbers of a reply with enough tags go out as one Columns (see bridge.core.tags)."""
+        if not isinstance(values, bytes):  # a bit reply: one bool per tag
+            bits = [bool(values[offset]) for _, offset in decoder.tags]
+            return self._good(decoder, bits, received)
         raws = decoder.raw(values)
-        if raws is None:  # bits, or a register that is not 16-bit: tag by tag
-            if decoder.words is None:
-                bits = [bool(values[offset]) for _, offset in decoder.tags]
-                return self._good(decoder, bits, received)
-            registers = _registers(values)
-            return [self._decode(tag, registers[offset:offset + tag.registers], received)
-                    for tag, offset in decoder.tags]
         special = decoder.special
         fixups: list[tuple[int, FieldDecoder]] = []
         if decoder.finite_at and not all(map(math.isfinite, [raws[i] for i in decoder.finite_at])):  # type: ignore[arg-type]

@@ -298,8 +298,8 @@ def compile_field(tag: ModbusTagConfig, offset: int, byte_order: str, word_order
 
 
 class RequestDecoder:
-    """All tags of one planned request. ``raw(values)`` -> one raw value per tag (None for
-    GENERIC tags), or None if the reply is bits or cannot be packed (then decode each tag).
+    """All tags of one planned request. ``raw(data)`` -> one raw value per tag (None for
+    GENERIC tags) from a register reply's bytes; bit replies are read tag by tag.
 
     Built for the poll loop of many devices: per tag it keeps only the name; tags that need
     more than "the raw value, good" (bits, scaled, checked, GENERIC) get a FieldDecoder in
@@ -307,13 +307,12 @@ class RequestDecoder:
     """
 
     __slots__ = ("combined", "finite", "finite_at", "kinds", "names", "special", "special_at", "tags",
-                 "unpackers", "wide_at", "words")
+                 "unpackers", "wide_at")
 
     def __init__(self, tags: Sequence[tuple[ModbusTagConfig, int]], count: int, *, is_bits: bool,
                  byte_order: str, word_order: str) -> None:
         self.tags = tags  # the request's own (tag, offset) pairs, shared with the plan
         self.names = tuple(tag.name for tag, _ in tags)
-        self.words: struct.Struct | None = None
         self.combined: struct.Struct | None = None
         self.unpackers: tuple[tuple[struct.Struct | None, int], ...] = ()
         self.special_at: tuple[int, ...] = ()
@@ -337,15 +336,12 @@ class RequestDecoder:
         finite = [(i, f) for i, f in enumerate(fields) if f.finite_only]
         self.finite_at = tuple(i for i, _ in finite)
         self.finite = tuple(f for _, f in finite)
-        self.words = _struct(f">{count}H")
         self.combined = _combined(fields, count)
         if self.combined is None:
             self.unpackers = tuple((f.unpack, 2 * f.offset) for f in fields)
 
-    def raw(self, data: bytes | Sequence[bool]) -> Sequence[float | int | None] | None:
-        """``data``: the reply's register bytes (length checked by the caller), or its bits."""
-        if self.words is None or not isinstance(data, bytes):
-            return None
+    def raw(self, data: bytes) -> Sequence[float | int | None]:
+        """``data``: the reply's register bytes (length checked by the caller)."""
         if self.combined is not None:
             return self.combined.unpack(data)
         return [unpack.unpack_from(data, at)[0] if unpack is not None else None
