@@ -40,6 +40,7 @@ from bridge.ml.evaluate import AlarmConfig, FileResult, evaluate_table
 from bridge.ml.options import DYNAMIC_RECIPE
 from bridge.ml.train import TrainOptions, train
 from bridge.scoring.detector import Detector
+from models.recipes import skab_report
 from models.recipes._adapt_sim import (
     ADAPT,
     STATS,
@@ -54,7 +55,7 @@ from models.recipes._adapt_sim import (
 
 __all__ = ["ADAPT", "ALARM", "BEGIN", "END", "main", "section"]
 
-BEGIN, END = "<!-- adapt:begin -->", "<!-- adapt:end -->"
+BEGIN, END = skab_report.ADAPT_BEGIN, skab_report.ADAPT_END
 TRAIN_ROWS = 400  # SKAB protocol
 DESIGN, REPORT = tuple(str(i) for i in range(8)), tuple(str(i) for i in range(8, 16))
 # The hysteresis measured, chosen on the design files (--choose prints the grid it was chosen
@@ -307,17 +308,6 @@ def _reading() -> list[str]:
     ]
 
 
-def _write(out: Path, text: str) -> None:
-    old = out.read_text(encoding="utf-8") if out.is_file() else ""
-    if BEGIN in old and END in old:
-        before, rest = old.split(BEGIN, 1)
-        after = rest.split(END, 1)[1]
-        new = before + text + after
-    else:
-        new = old.rstrip("\n") + "\n\n" + text + "\n"
-    out.write_text(new, encoding="utf-8")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[3] / "shared/data/skab")
@@ -330,11 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("\n".join(choose(args.data, Path(tmp))))
             return 0
         text = section(args.data, Path(tmp))
-    if args.out == "-":
-        print(text)
-    else:
-        _write(Path(args.out), text)
-        print(f"wrote {args.out}")
+    skab_report.emit_section(text, args.out, BEGIN, END)
     return 0
 
 

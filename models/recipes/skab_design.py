@@ -38,11 +38,12 @@ from bridge.ml.evaluate import evaluate_table
 from bridge.ml.options import DYNAMIC_RECIPE
 from bridge.ml.train import TrainOptions, train
 from bridge.scoring.detector import Detector
+from models.recipes import skab_report
 from models.recipes.skab_report import DESIGN_FILES, TRAIN_ROWS, free_far
 
 __all__ = ["BEGIN", "END", "Result", "lofo", "main", "pick", "section", "write_section"]
 
-BEGIN, END = "<!-- design:begin -->", "<!-- design:end -->"
+BEGIN, END = skab_report.DESIGN_BEGIN, skab_report.DESIGN_END
 # The shipped recipe at the training length of the SKAB protocol; every alternative varies it.
 BASE = TrainOptions(kind="pca", train_rows=TRAIN_ROWS, **DYNAMIC_RECIPE)  # type: ignore[arg-type]
 # The selection grid at the recipe's window: stated FAR x alarm persistence.
@@ -289,14 +290,8 @@ def section(data: Path, tmp: Path, cache: Path | None = None) -> str:
 
 
 def write_section(out: Path, text: str) -> None:
-    """Replace the part of ``out`` between the markers with ``text`` (append it if they are absent)."""
-    old = out.read_text(encoding="utf-8") if out.is_file() else ""
-    if BEGIN in old and END in old:
-        before, rest = old.split(BEGIN, 1)
-        new = before + text + rest.split(END, 1)[1]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text + "\n"
-    out.write_text(new, encoding="utf-8")
+    """Replace this section of ``out`` with ``text`` (append it if the markers are absent)."""
+    skab_report.write_section(out, text, BEGIN, END)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -315,11 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         text = section(args.data, Path(tmp), args.cache)
-    if args.out == "-":
-        print(text)
-    else:
-        write_section(Path(args.out), text)
-        print(f"wrote {args.out}")
+    skab_report.emit_section(text, args.out, BEGIN, END)
     return 0
 
 

@@ -37,7 +37,7 @@ from bridge.ml.replay import replay
 from bridge.ml.train import TrainOptions, train
 from bridge.scoring.detector import Detector
 
-__all__ = ["keep_sections", "main"]
+__all__ = ["emit_section", "keep_sections", "main", "write_section"]
 
 # Markers of the sections models.recipes.skab_adapt and models.recipes.skab_design write into the
 # same file (kept as they are when this command regenerates the rest).
@@ -548,6 +548,28 @@ def _round2_transfer(rows: list[Row], diag: Diagnosis, limit: float) -> list[str
         "estimate that is robust to jitter (e.g. gaps over a larger share of the sd, or clustering the "
         "values first) is the next round's first candidate, to be chosen on fresh design files.",
     ]
+
+
+def write_section(out: Path, text: str, begin: str, end: str) -> None:
+    """Replace the part of ``out`` from ``begin`` to ``end`` with ``text`` (which carries the
+    markers itself); append it if the markers are absent. How skab_design and skab_adapt write
+    their sections."""
+    old = out.read_text(encoding="utf-8") if out.is_file() else ""
+    if begin in old and end in old:
+        before, rest = old.split(begin, 1)
+        new = before + text + rest.split(end, 1)[1]
+    else:
+        new = old.rstrip("\n") + "\n\n" + text + "\n"
+    out.write_text(new, encoding="utf-8")
+
+
+def emit_section(text: str, out: str, begin: str, end: str) -> None:
+    """``out`` "-": print the section; else write it into that file (``write_section``)."""
+    if out == "-":
+        print(text)
+    else:
+        write_section(Path(out), text, begin, end)
+        print(f"wrote {out}")
 
 
 def keep_sections(text: str, old: str) -> str:
