@@ -84,13 +84,17 @@ class BridgeProcess:
                 self._process.wait()
 
 
-def run_child(mode: str, *args: str, timeout: float = 120.0) -> dict[str, Any]:
-    """Run a stats-printing mode to completion; its last stdout line is JSON."""
-    done = subprocess.run([PYTHON, "-m", "bench._bridge_proc", mode, *args], cwd=ROOT, text=True,
-                          capture_output=True, timeout=timeout, check=False)
+def child_json(command: list[str], what: str, timeout: float) -> Any:
+    """Run a child process to completion; its last stdout line is JSON."""
+    done = subprocess.run(command, cwd=ROOT, text=True, capture_output=True, timeout=timeout, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"bench child {mode} failed: {done.stderr[-2000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"bench child {what} failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_child(mode: str, *args: str, timeout: float = 120.0) -> dict[str, Any]:
+    """Run one of this module's stats-printing modes to completion (``child_json``)."""
+    result: dict[str, Any] = child_json([PYTHON, "-m", "bench._bridge_proc", mode, *args], mode, timeout)
     return result
 
 

@@ -10,14 +10,12 @@ CPU of a raw pymodbus client polling the same planned requests on the same sched
 
 from __future__ import annotations
 
-import json
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-from bench._bridge_proc import FOOTPRINT_CHILD, BridgeProcess, run_child, start_idle
-from bench._common import PYTHON, ROOT, Context, Result, Section, cpu_seconds, rss_mb, rss_parts_mb
+from bench._bridge_proc import FOOTPRINT_CHILD, BridgeProcess, child_json, run_child, start_idle
+from bench._common import PYTHON, Context, Result, Section, cpu_seconds, rss_mb, rss_parts_mb
 from bench._servers import fleet_config, registers_for, servers, to_toml
 from bridge.config import BridgeSection
 
@@ -53,11 +51,9 @@ def _measure_bridge(path: Path, ctx: Context, warm: float, window: float) -> dic
 
 def _stages(path: Path, seconds: float) -> list[tuple[str, float]]:
     """RSS after each step of a ``plcbridge run`` rebuilt by hand in one process."""
-    done = subprocess.run([PYTHON, str(FOOTPRINT_CHILD), "stages", str(path), str(seconds)], cwd=ROOT,
-                          text=True, capture_output=True, timeout=seconds + 60, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"footprint stages failed: {done.stderr[-2000:]}")
-    return [(stage, float(rss)) for stage, rss in json.loads(done.stdout.strip().splitlines()[-1])]
+    steps = child_json([PYTHON, str(FOOTPRINT_CHILD), "stages", str(path), str(seconds)], "footprint stages",
+                       seconds + 60)
+    return [(stage, float(rss)) for stage, rss in steps]
 
 
 def run(ctx: Context) -> Section:
