@@ -5,9 +5,9 @@ types, polled back to back for a fixed time. Three variants run in the same proc
 
 * raw: one ``AsyncModbusTcpClient`` per server, cycling through its devices' planned requests
   (the bridge's own plan, so both send the same bytes); no decoding.
-* bridge: one ``ModbusAdapter`` per device, each looping ``poll()`` into a ``TagStore`` (decode,
-  quality checks, the store's columns): the runtime's own path; devices on one server share a
-  line, as in production.
+* bridge: one ``ModbusAdapter`` per device, ``poll()`` into a ``TagStore`` (decode, quality
+  checks, the store's columns): the runtime's own path. Devices on one server share a line,
+  and one task per line walks them in turn, as the runtime does (``Bridge._walk_line``).
 * uncoalesced: the bridge with one request per tag, i.e. without the planner.
 
 Throughput is tag registers delivered per second.
@@ -60,23 +60,27 @@ async def _timed(workers: list[Callable[[float], Awaitable[int]]], seconds: floa
 
 async def _bridge_rate(adapters: list[ModbusAdapter], seconds: float) -> float:
     store = TagStore([tag.name for adapter in adapters for tag in adapter.config.tags])
+    lines: dict[str, list[ModbusAdapter]] = {}
+    for adapter in adapters:
+        lines.setdefault(adapter.config.line, []).append(adapter)
 
-    def worker(adapter: ModbusAdapter) -> Callable[[float], Awaitable[int]]:
-        per_read = sum(tag.registers for tag in adapter.config.tags)
-        first = adapter.config.tags[0].name
+    def worker(members: list[ModbusAdapter]) -> Callable[[float], Awaitable[int]]:
+        per_read = [sum(tag.registers for tag in adapter.config.tags) for adapter in members]
 
         async def run(deadline: float) -> int:
             done = 0
             while time.perf_counter() < deadline:
-                store.put_many(await adapter.poll())
-                done += per_read
-            latest = store.latest(first)
-            if adapter.status.errors or latest is None or latest.quality.value != "good":
-                raise RuntimeError(f"{adapter.name}: {adapter.status.last_error or latest}")
+                for adapter, registers in zip(members, per_read, strict=True):
+                    store.put_many(await adapter.poll())
+                    done += registers
+            for adapter in members:
+                latest = store.latest(adapter.config.tags[0].name)
+                if adapter.status.errors or latest is None or latest.quality.value != "good":
+                    raise RuntimeError(f"{adapter.name}: {adapter.status.last_error or latest}")
             return done
         return run
 
-    return await _timed([worker(a) for a in adapters], seconds)
+    return await _timed([worker(m) for m in lines.values()], seconds)
 
 
 async def _raw_rate(adapters: list[ModbusAdapter], seconds: float) -> float:

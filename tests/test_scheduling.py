@@ -15,6 +15,7 @@ import pytest
 
 from bridge.config import parse_config
 from bridge.core.scores import Score
+from bridge.core.tags import Quality
 from bridge.ports import BridgeView, SinkBase
 from bridge.runtime.bridge import Bridge
 from tests.modbus_servers import Unit, silent_tcp_server, tcp_server
@@ -115,3 +116,70 @@ async def test_a_model_with_another_period_keeps_its_own_job() -> None:
                 _running(_config(server.port, server.port, b_interval=0.5)) as (jobs, sink)):
         assert jobs == ["poll:0.5s", "poll:1s", "score:pump"]
         await until(lambda: any(s.window_valid for _, s in sink.seen), 10, "a valid window")
+
+
+def _line_config(line_port: int, other_port: int) -> Any:
+    """Three units behind one server (one line) and a device on a server of its own; two
+    requests per device (max_gap 0), so interleaved polls would show."""
+    def device(name: str, port: int, unit: int) -> dict[str, Any]:
+        return {"name": name, "host": "127.0.0.1", "port": port, "unit_id": unit, "poll_interval": 1.0,
+                "timeout": 0.5, "retries": 0, "max_gap": 0,
+                "tags": [{"name": f"{name}_lo", "address": 0, "type": "uint16"},
+                         {"name": f"{name}_hi", "address": 100, "type": "uint16"}]}
+    return parse_config({"api": {"enabled": False},
+                         "devices": [device("u1", line_port, 1), device("u2", line_port, 2),
+                                     device("u3", line_port, 3), device("alone", other_port, 1)]})
+
+
+def _spans(bridge: Bridge) -> dict[str, list[tuple[float, float]]]:
+    """Record (start, end) of every adapter poll, by device."""
+    spans: dict[str, list[tuple[float, float]]] = {name: [] for name in bridge.adapters}
+    for name, adapter in bridge.adapters.items():
+        def timed(poll: Any = adapter.poll, name: str = name) -> Any:
+            async def run() -> Any:
+                start = time.monotonic()
+                try:
+                    return await poll()
+                finally:
+                    spans[name].append((start, time.monotonic()))
+            return run
+        adapter.poll = timed()  # type: ignore[method-assign]
+    return spans
+
+
+async def test_the_devices_of_a_line_are_polled_in_turn_and_lines_in_parallel() -> None:
+    image = Unit(holding={0: 7, 100: 8})
+    async with tcp_server({1: image, 2: image, 3: image}) as line, tcp_server({1: image}) as other:
+        bridge = Bridge(_line_config(line.port, other.port), speed=SPEED)
+        spans = _spans(bridge)
+        await bridge.start()
+        try:
+            await until(lambda: min(map(len, spans.values())) >= 5, 10, "5 polls of every device")
+        finally:
+            await bridge.stop()
+    for cycle in range(5):
+        u1, u2, u3, alone = (spans[name][cycle] for name in ("u1", "u2", "u3", "alone"))
+        # One line: a device's requests all go before the next device's (no interleaving),
+        # in config order; the other line's device runs beside them, not after them.
+        assert u1[1] <= u2[0] and u2[1] <= u3[0], (u1, u2, u3)
+        assert alone[0] < u1[1], (alone, u1)
+    for name in ("u1", "u2", "u3", "alone"):
+        latest = bridge.store.latest(f"{name}_hi")
+        assert latest is not None and latest.value == 8 and latest.quality is Quality.GOOD
+
+
+async def test_a_failing_poll_does_not_starve_the_rest_of_its_line(caplog: pytest.LogCaptureFixture) -> None:
+    image = Unit(holding={0: 7, 100: 8})
+    async with tcp_server({1: image, 2: image, 3: image}) as line, tcp_server({1: image}) as other:
+        bridge = Bridge(_line_config(line.port, other.port), speed=SPEED)
+
+        async def broken() -> Any:
+            raise RuntimeError("a bug in the adapter")
+        bridge.adapters["u1"].poll = broken  # type: ignore[method-assign]
+        await bridge.start()
+        try:
+            await until(lambda: bridge.adapters["u3"].status.polls >= 3, 10, "3 polls of u3")
+        finally:
+            await bridge.stop()
+    assert bridge.adapters["u2"].status.polls >= 3
+    assert "poll failed device=u1" in caplog.text and "a bug in the adapter" in caplog.text

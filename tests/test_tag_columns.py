@@ -35,6 +35,30 @@ def test_columns_and_readings_store_the_same_thing() -> None:
     assert by_columns.updates == by_readings.updates == 18
 
 
+@pytest.mark.parametrize("order", [("a", "b", "c"), ("c", "a", "b"), ("b", "c", "a")],
+                         ids=["rows-in-order", "rows-out-of-order", "rows-wrapped"])
+def test_columns_land_where_readings_would_whatever_the_row_order(order: tuple[str, ...]) -> None:
+    """A reply whose rows follow each other in the store is written through a slice, others
+    through row numbers; tags whose counts drifted apart (one got a single Reading, as when a
+    re-plan isolates it) each take their own slot. All must match the Reading-per-tag path."""
+    rows = ("x", *order, "y")
+    by_columns, by_readings = TagStore(rows, 5), TagStore(rows, 5)
+    names = ("a", "b", "c")
+    kinds = np.array([FLOAT, INT, FLOAT], dtype=np.uint8)
+    for step in range(8):
+        if step == 3:  # "b" alone gets a bad reading: its slot runs one ahead of a and c
+            for store in (by_columns, by_readings):
+                store.put(bad("b", "timeout", received_time=50.0))
+        values = [0.25 * step, step, -1.5 * step]
+        by_columns.put_columns(Columns(names, values, kinds, 10.0 + step))
+        by_readings.put_many([good(n, v, received_time=10.0 + step)
+                              for n, v in zip(names, values, strict=True)])
+    for name in (*names, "x", "y"):
+        assert by_columns.history(name) == by_readings.history(name), name
+    assert by_columns.latest("b") == good("b", 7, received_time=17.0)
+    assert by_columns.latest("x") is None and by_columns.updates == by_readings.updates == 25
+
+
 def test_every_kind_of_reading_round_trips() -> None:
     store = TagStore(["a"], history_size=8)
     readings = [good("a", 1.5, received_time=1.0), bad("a", "timeout", received_time=2.0),

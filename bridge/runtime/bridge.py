@@ -1,8 +1,10 @@
 """Wires config → adapters → TagStore → ModelRunners → sinks, and runs them in one event loop.
 
-One APScheduler ``AsyncIOScheduler`` holds one interval job per device (poll) and one per
-model (score), each ``max_instances=1, coalesce=True`` so a slow device skips cycles instead
-of piling them up. uvicorn serves the API from the same loop.
+One APScheduler ``AsyncIOScheduler`` holds one interval job per poll interval (it starts one
+task per line, walking the line's devices in turn) and one per model that is not scored right
+after its devices' polls, each ``max_instances=1, coalesce=True``; a device whose previous
+poll still runs skips a cycle (an overrun) instead of piling polls up. uvicorn serves the API
+from the same loop.
 """
 
 from __future__ import annotations
@@ -19,7 +21,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from adapters import create_adapter
-from bridge.config import DEFAULT_MODEL, Config, ModbusTagConfig, OpcuaTagConfig, ShadowRuleConfig
+from bridge.config import (
+    DEFAULT_MODEL,
+    Config,
+    ModbusDeviceConfig,
+    ModbusTagConfig,
+    OpcuaTagConfig,
+    ShadowRuleConfig,
+)
 from bridge.core.errors import ConfigError, ModelContractError
 from bridge.core.extras import MissingExtraError
 from bridge.core.scores import Score, ScoreStore
@@ -147,7 +156,8 @@ class Bridge:
         self._jobs: set[asyncio.Task[Any]] = set()
         # The poll in flight per device, and the devices in an overrun episode (a poll still
         # running when the next was due), so each episode logs one line, not one per skip.
-        self._polls: dict[str, asyncio.Task[None]] = {}
+        self._polls: dict[str, asyncio.Future[None]] = {}  # a task, or a line's future per device
+        self._stopping = False
         self._overrunning: set[str] = set()
         # Models scored right after their input devices' polls (see _schedule_scoring): model
         # -> its devices; and the scoring in flight per model.
@@ -199,11 +209,12 @@ class Bridge:
             self._jobs.add(task)
             task.add_done_callback(self._jobs.discard)
 
-    async def poll_group(self, names: list[str]) -> None:
-        """The scheduler's poll job for one interval: start every device's poll that is due,
-        then the scoring of the models that wait for those polls."""
-        for name in names:
-            await self.poll_due(name)
+    async def poll_group(self, lines: list[list[str]], names: frozenset[str]) -> None:
+        """The scheduler's poll job for one interval: start the due polls of every line (the
+        devices sharing a connection, see ``_lines``), then the scoring of the models that
+        wait for those polls."""
+        for line in lines:
+            self._poll_line(line)
         for model, devices in self._driven.items():
             if devices[0] not in names:
                 continue
@@ -213,7 +224,35 @@ class Bridge:
             polls = [self._polls[d] for d in devices if d in self._polls]
             self._scoring[model] = self._start_job(self._score_after(model, polls), f"score:{model}")
 
-    async def _score_after(self, model: str, polls: list[asyncio.Task[None]]) -> None:
+    def _poll_line(self, line: list[str]) -> None:
+        """Start the polls of one line's due devices: one task walks them in turn, as a Modbus
+        master does. Devices on one connection are served one request at a time anyway; one
+        task per device made every request a lock hand-off between tasks and interleaved the
+        devices' requests, so each device's values were spread over the whole line's cycle.
+        Each device gets a future that completes when its own poll is done (the model
+        scoring waits for those, not for the whole line)."""
+        due = [name for name in line if self._due(name)]
+        if len(due) == 1:
+            self._polls[due[0]] = self._start_job(self._poll_logged(due[0]), f"poll:{due[0]}")
+        elif due:
+            loop = asyncio.get_running_loop()
+            done = {name: loop.create_future() for name in due}
+            self._polls.update(done)
+            self._start_job(self._walk_line(done), f"poll:{due[0]}+{len(due) - 1}")
+
+    async def _walk_line(self, done: dict[str, asyncio.Future[None]]) -> None:
+        try:
+            for name, finished in done.items():
+                if self._stopping:
+                    break  # stop() waits for the jobs: not for the rest of the line
+                await self._poll_logged(name)
+                finished.set_result(None)
+        finally:
+            for finished in done.values():
+                if not finished.done():
+                    finished.cancel()  # waiters (the scoring) see it done, never hang
+
+    async def _score_after(self, model: str, polls: list[asyncio.Future[None]]) -> None:
         # Bounded: a hung device must not hold the model past its next cycle (its rows go stale
         # and say so).
         if polls:
@@ -227,10 +266,16 @@ class Bridge:
         task.add_done_callback(self._jobs.discard)
         return task
 
-    async def poll_due(self, name: str) -> None:
-        """The scheduler's poll job: start a poll of ``name`` unless one is still running (an
-        overrun: counted, logged once per episode). Returns at once, so the scheduler never
-        skips the job itself (APScheduler would log a warning per skip)."""
+    async def _poll_logged(self, name: str) -> None:
+        try:
+            await self.poll_device(name)
+        except Exception:  # a bug in one device's poll must not starve its line's neighbours
+            log.exception("poll failed device=%s", name)
+
+    def _due(self, name: str) -> bool:
+        """Whether ``name`` is polled this cycle: not while its previous poll still runs (an
+        overrun: counted, logged once per episode). Never blocks, so the scheduler never skips
+        the job itself (APScheduler would log a warning per skip)."""
         status = self.adapters[name].status
         self._update_stale(name)
         running = self._polls.get(name)
@@ -241,11 +286,11 @@ class Bridge:
                 log.warning("poll overrun device=%s: the previous poll is still running at the "
                             "next due time; polls are skipped (counted as overruns) until it ends",
                             name)
-            return
+            return False
         if name in self._overrunning:
             self._overrunning.discard(name)
             log.info("poll overrun ended device=%s overruns=%d", name, status.overruns)
-        self._polls[name] = self._start_job(self.poll_device(name), f"poll:{name}")
+        return True
 
     def _update_stale(self, name: str) -> None:
         """A device is stale when no poll succeeded within ``stale_after`` (default three poll
@@ -388,7 +433,8 @@ class Bridge:
         # and wakes the process, and one wake-up that starts every due poll at once measured
         # half the CPU of the same polls spread over the interval (bench/footprint.py).
         for interval, names in groups.items():
-            scheduler.add_job(self.poll_group, "interval", args=[names], seconds=interval / self.speed,
+            scheduler.add_job(self.poll_group, "interval", args=[self._lines(names), frozenset(names)],
+                              seconds=interval / self.speed,
                               id=f"poll:{interval:g}s", max_instances=1, coalesce=True,
                               next_run_time=now, misfire_grace_time=None)
         self._pushed = pushed
@@ -414,6 +460,16 @@ class Bridge:
         gc.freeze()
         log.info("bridge started devices=%d tags=%d models=%d writeback=%s",
                  len(self.adapters), len(self.store), len(self.runners), self.config.writeback.mode)
+
+    def _lines(self, names: list[str]) -> list[list[str]]:
+        """``names`` grouped by the connection they share (a Modbus line: one TCP server or
+        serial port), in config order; every other device is a line of its own."""
+        lines: dict[str, list[str]] = {}
+        for name in names:
+            device = self.config.device(name)
+            key = device.line if isinstance(device, ModbusDeviceConfig) else f"device:{name}"
+            lines.setdefault(key, []).append(name)
+        return list(lines.values())
 
     def _schedule_scoring(self, scheduler: AsyncIOScheduler, runner: ModelRunner) -> None:
         """A model whose inputs all come from polled devices with the model's own period is
@@ -463,6 +519,7 @@ class Bridge:
         device that does not answer cannot hold up the shutdown.
         """
         started = self._scheduler is not None
+        self._stopping = True
         if self._scheduler is not None:
             self._scheduler.pause()  # no new jobs; the running ones finish (bounded)
             running = [t for t in self._jobs if t is not asyncio.current_task()]
