@@ -407,8 +407,8 @@ def render(rows: list[Row], window: int, seconds: float, faults: list[str], diag
         f"{pca.persist} window scores (the window holds {pca.window} + {pca.persist - 1} samples), so an "
         "alarm needs that many consecutive windows above the threshold. It is computed in the graph, so "
         "the stateless runtime raises exactly the alarms counted here. Hysteresis with separate on/off "
-        "levels needs state across windows and is not offered (the runtime, not owned here, would "
-        "have to keep it).",
+        "levels and minimum durations is kept by the runtime (`[models.alarm]`, off by default) and "
+        "measured in *Online adaptation and alarm hysteresis* below; the columns here are without it.",
         "",
         DESIGN_BEGIN,
         "## Design round 2 (design files only)",
