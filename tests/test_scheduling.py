@@ -4,6 +4,7 @@ past its period. Real pymodbus servers on 127.0.0.1."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import struct
@@ -183,3 +184,25 @@ async def test_a_failing_poll_does_not_starve_the_rest_of_its_line(caplog: pytes
             await bridge.stop()
     assert bridge.adapters["u2"].status.polls >= 3
     assert "poll failed device=u1" in caplog.text and "a bug in the adapter" in caplog.text
+
+
+async def test_stop_ends_a_line_walk_between_devices() -> None:
+    image = Unit(holding={0: 7, 100: 8})
+    async with tcp_server({1: image, 2: image, 3: image}) as line, tcp_server({1: image}) as other:
+        bridge = Bridge(_line_config(line.port, other.port), speed=SPEED)
+        spans = _spans(bridge)
+        first = bridge.adapters["u1"].poll
+        entered = asyncio.Event()
+
+        async def slow() -> Any:
+            entered.set()
+            await asyncio.sleep(0.3)
+            return await first()
+        bridge.adapters["u1"].poll = slow  # type: ignore[method-assign]
+        await bridge.start()
+        await asyncio.wait_for(entered.wait(), 10)
+        await bridge.stop()
+    # u1's poll in flight finished (stop waits for running jobs); u2 and u3 were not started.
+    assert spans["u2"] == spans["u3"] == []
+    latest = bridge.store.latest("u1_hi")
+    assert latest is not None and latest.quality is Quality.GOOD
