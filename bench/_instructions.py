@@ -29,7 +29,7 @@ from bench._servers import mixed_tags
 from bridge.config import ModbusDeviceConfig
 from bridge.core.tags import TagStore
 
-REQUESTS = 3000  # counted per variant: enough that connection set-up and warm-up do not show
+REQUESTS = 2000  # counted per variant: enough that connection set-up and warm-up do not show
 
 
 def _adapters(servers: list[tuple[int, list[int]]], registers: int) -> list[ModbusAdapter]:
