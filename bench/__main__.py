@@ -12,7 +12,7 @@ import traceback
 from pathlib import Path
 
 from bench import report
-from bench._common import Context, Section, environment
+from bench._common import Context, Section, compile_own_packages, environment
 
 BENCHMARKS = {"poll": "bench.poll", "inference": "bench.infer", "pipeline": "bench.pipeline",
               "footprint": "bench.footprint", "rest": "bench.rest", "e2e": "bench.e2e",
@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         print(report.write_markdown(json.loads(report.RESULTS.read_text())))
         return 0
     names = args.only or [n for n in BENCHMARKS if not (args.quick and n in NOT_QUICK)]
+    compile_own_packages()  # measure what a deployed bridge runs (see there)
     sections = []
     with tempfile.TemporaryDirectory(prefix="plcbridge-bench-") as workdir:
         ctx = Context(quick=args.quick, workdir=Path(workdir), soak_seconds=args.soak_seconds)

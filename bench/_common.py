@@ -150,6 +150,23 @@ def cpu_seconds(pid: int) -> float:
     return total / 1e9
 
 
+# The packages of this repository that the measured processes import.
+OWN_PACKAGES = ("bridge", "adapters", "models")
+
+
+def compile_own_packages() -> None:
+    """Byte-compile this repository's packages into ``__pycache__``, as ``pip install`` does on
+    a deployed box (wheel or Docker image). A checkout run with PYTHONDONTWRITEBYTECODE set (as
+    this sandbox, CI and many containers do) has no bytecode for them and compiles every module
+    from source at each start: measured, ~1.9 MB more RSS after importing the bridge (6.9
+    against 5.0 MB, 3 runs each) and start-up CPU that an installed bridge never pays."""
+    import compileall
+
+    for package in OWN_PACKAGES:
+        if not compileall.compile_dir(ROOT / package, quiet=1):
+            raise RuntimeError(f"cannot byte-compile {ROOT / package}")
+
+
 def environment(quick: bool) -> dict[str, Any]:
     versions: dict[str, str | None] = {}
     for name in LIBRARIES:
@@ -171,6 +188,7 @@ def environment(quick: bool) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "libraries": versions,
+        "bytecode": f"{', '.join(OWN_PACKAGES)} byte-compiled before the run, as pip install does",
     }
 
 
