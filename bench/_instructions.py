@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 
 from adapters.modbus.client import ModbusAdapter
 from bench._servers import mixed_tags
+from bench.poll import by_server, raw_clients
 from bridge.config import ModbusDeviceConfig
 from bridge.core.tags import TagStore
 
@@ -40,19 +41,12 @@ def _adapters(servers: list[tuple[int, list[int]]], registers: int) -> list[Modb
 
 
 async def _run(variant: str, servers: list[tuple[int, list[int]]], registers: int) -> int:
-    from pymodbus.client import AsyncModbusTcpClient
-
     adapters = _adapters(servers, registers)
     for adapter in adapters:
         await adapter.connect()
     store = TagStore([tag.name for adapter in adapters for tag in adapter.config.tags])
-    lines: dict[int, list[ModbusAdapter]] = {}
-    for adapter in adapters:
-        lines.setdefault(adapter.config.port, []).append(adapter)
-    clients = {port: AsyncModbusTcpClient("127.0.0.1", port=port, timeout=5, retries=0, reconnect_delay=0)
-               for port in lines}
-    for client in clients.values():
-        await client.connect()
+    lines = by_server(adapters)
+    clients = await raw_clients(lines)
 
     def raw_line(port: int) -> Callable[[], Awaitable[None]]:
         client = clients[port]

@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +65,7 @@ async def _timed(workers: list[Callable[[float], Awaitable[int]]], seconds: floa
 
 async def _bridge_rate(adapters: list[ModbusAdapter], seconds: float) -> float:
     store = TagStore([tag.name for adapter in adapters for tag in adapter.config.tags])
-    lines: dict[str, list[ModbusAdapter]] = {}
-    for adapter in adapters:
-        lines.setdefault(adapter.config.line, []).append(adapter)
+    lines = by_server(adapters)  # one line per server, as the runtime groups them
 
     def worker(members: list[ModbusAdapter]) -> Callable[[float], Awaitable[int]]:
         per_read = [sum(tag.registers for tag in adapter.config.tags) for adapter in members]
@@ -88,16 +86,28 @@ async def _bridge_rate(adapters: list[ModbusAdapter], seconds: float) -> float:
     return await _timed([worker(m) for m in lines.values()], seconds)
 
 
-async def _raw_rate(adapters: list[ModbusAdapter], seconds: float) -> float:
+def by_server(adapters: list[ModbusAdapter]) -> dict[int, list[ModbusAdapter]]:
+    """The adapters of each server port (one line each), in order."""
+    found: dict[int, list[ModbusAdapter]] = {}
+    for adapter in adapters:
+        found.setdefault(adapter.config.port, []).append(adapter)
+    return found
+
+
+async def raw_clients(ports: Iterable[int]) -> dict[int, Any]:
+    """One connected bare pymodbus client per server port: the raw baseline's."""
     from pymodbus.client import AsyncModbusTcpClient
 
-    by_port: dict[int, list[ModbusAdapter]] = {}
-    for adapter in adapters:
-        by_port.setdefault(adapter.config.port, []).append(adapter)
     clients = {port: AsyncModbusTcpClient("127.0.0.1", port=port, timeout=5, retries=0, reconnect_delay=0)
-               for port in by_port}
+               for port in ports}
     for client in clients.values():
         await client.connect()
+    return clients
+
+
+async def _raw_rate(adapters: list[ModbusAdapter], seconds: float) -> float:
+    by_port = by_server(adapters)
+    clients = await raw_clients(by_port)
 
     def worker(port: int) -> Callable[[float], Awaitable[int]]:
         client, members = clients[port], by_port[port]
