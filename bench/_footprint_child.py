@@ -4,7 +4,8 @@ RSS, ~6-14 MB of it).
 
 * ``run CONFIG``: exactly ``plcbridge run CONFIG`` (``bridge.cli.main``), plus a SIGUSR1 probe
   that writes which watched modules are loaded to ``$BENCH_PROBE_FILE``.
-* ``imports``: imports the libraries the bridge uses and idles: the RSS baseline.
+* ``imports``: imports the libraries the bridge uses, the way it imports them, and idles: the
+  RSS baseline.
 * ``imports-model``: the same plus one ONNX Runtime session of the default model (nothing of
   the bridge itself).
 * ``stages CONFIG SECONDS``: where the bridge's RSS comes from: the process above, then each
@@ -55,9 +56,20 @@ def _session() -> Any:
     return ort.InferenceSession(str(DEFAULT_MODEL), sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def _idle(with_model: bool) -> None:
+def _import_libraries() -> None:
+    """BASELINE_IMPORTS as the bridge has them: ``bridge.api.embedded`` first (uvicorn's package
+    without its command line, ~1.2 MB the bridge no longer loads), which also imports the
+    ``bridge`` package, whose ORT_DISABLE_TELEMETRY default must precede onnxruntime's import
+    as it does in the bridge (both tiny next to the libraries)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    importlib.import_module("bridge.api.embedded")
     for name in BASELINE_IMPORTS:
         importlib.import_module(name)
+
+
+def _idle(with_model: bool) -> None:
+    _import_libraries()
     session = _session() if with_model else None  # held until the process ends
     assert session is None or session.get_inputs()
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
@@ -78,12 +90,10 @@ def _stages(config_path: str, seconds: float) -> list[tuple[str, float]]:
     import asyncio
 
     steps: list[tuple[str, float]] = []
-    for name in BASELINE_IMPORTS:
-        importlib.import_module(name)
+    _import_libraries()
     steps.append(("libraries imported", _rss_mb()))
     session = _session()
     steps.append(("+ one ONNX Runtime session of the default model", _rss_mb()))
-    sys.path.insert(0, str(ROOT))
     from bridge.config import load_config
 
     steps.append(("+ bridge.config imported (the config's pydantic models)", _rss_mb()))

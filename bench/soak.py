@@ -29,7 +29,8 @@ TAGS_PER_DEVICE = 100
 POLL_INTERVAL = 0.1
 SERVER_PROCESSES = 2
 # The API keeps the last ApiConfig.score_history Scores per model; the default model scores
-# once a second, so that buffer fills (and stops growing) this many seconds after start.
+# once a second, so that ring is full this many seconds after start (its memory is allocated
+# at start, but the slope after it is full covers every bounded buffer).
 SCORE_HISTORY_FULL_S = ApiConfig().score_history * 1.0
 
 
@@ -134,8 +135,9 @@ def run(ctx: Context) -> Section:
         f"{DEVICES * TAGS_PER_DEVICE:,} tags at {1 / POLL_INTERVAL:g} Hz for {wall:.0f} s after a "
         f"{warm:.0f} s warm-up (history_size = {history}: full after {history * POLL_INTERVAL:g} s); "
         f"RSS sampled every {every:g} s. The score history (3,600 Scores per model, one a second) "
-        "fills during the first hour: the slope after it is full is the one that says whether "
-        "memory still grows; a run of minutes cannot exclude a slow leak of a few MB per day.")
+        "is a ring of columns written at start, so filling it in the first hour no longer moves the "
+        "RSS; the slope after that hour is still the one that says whether memory grows once every "
+        "bounded buffer is full; a run of minutes cannot exclude a slow leak of a few MB per day.")
     section.curves["RSS over the soak"] = {
         "x": [round(t, 1) for t in times], "xlabel": "seconds after warm-up", "ylabel": "RSS, MB",
         "xscale": "linear", "series": {"bridge": [round(v, 2) for v in rss],

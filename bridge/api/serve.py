@@ -12,11 +12,10 @@ from types import FrameType
 from typing import Any
 
 import h11
-import uvicorn
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from bridge.api.app import create_app
 from bridge.api.auth import TokenSet, load_tokens
+from bridge.api.embedded import Config, H11Protocol, Server
 from bridge.runtime.bridge import Bridge
 
 __all__ = ["ApiServer", "run_until_stopped"]
@@ -105,14 +104,14 @@ def guarded_http(request_timeout: float, max_connections: int) -> type[asyncio.P
     return GuardedH11
 
 
-class _QuietServer(uvicorn.Server):
+class _QuietServer(Server):
     """uvicorn's main loop wakes ten times a second, to see whether it should exit and once a
     second to refresh the Date header. On an idle bridge that was all of its CPU (0.25 % of a
     core at ten wake-ups; still ~0.25 ms a second at one, about a sixth of the bridge's CPU at
     100 tags polled at 1 Hz, measured with /proc/PID/schedstat). This one sleeps until it is
     told to stop; the protocol refreshes the Date header when a request arrives."""
 
-    def __init__(self, config: uvicorn.Config) -> None:
+    def __init__(self, config: Config) -> None:
         super().__init__(config)
         self.exit_now = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -137,7 +136,7 @@ class ApiServer:
         settings = bridge.config.api
         tls = settings.tls_cert is not None
         app = create_app(bridge, tokens)
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning",
+        config = Config(app, host=host, port=port, log_level="warning",
                                 lifespan="off", access_log=False,
                                 http=guarded_http(settings.request_timeout, settings.max_connections),
                                 timeout_keep_alive=settings.keep_alive_timeout,
