@@ -146,8 +146,12 @@ WHY = [
     "per-register `struct.unpack` loop and its `str(pdu)` for a debug line, both of which the "
     "raw baseline (pymodbus' stock classes) still pays. What is left in the profile is "
     "pymodbus' request path (the transaction's `wait_for`, framing) and the socket syscalls. "
-    "The bridge process shares the 2 cores with the server processes, so its extra CPU per "
-    "request also slows the servers; rows with many devices per server process feel that most.",
+    "Devices sharing a line (one server here) are polled by one task that walks them in turn, "
+    "as the runtime does and as the raw loop does; one task per device made every request a "
+    "lock hand-off between tasks (427k against 353k instructions per request at 10 devices × "
+    "100 registers, callgrind). The instruction counts show the bridge doing less work per "
+    "request than the raw client; the rates, which share 2 cores with the server processes, "
+    "move by about ±0.1 between runs on the rows with many devices.",
     "- **Footprint, CPU**: devices sharing a poll interval are polled by one scheduler job (one "
     "wake-up for all of them: spreading 10 devices' polls over the second cost twice the CPU, "
     "measured), a model whose inputs are polled at its own period is scored right after those "
@@ -155,18 +159,22 @@ WHY = [
     "ten times, and the API's auth check no longer runs in a worker thread. What is left is "
     "mostly the kernel's work for each wake-up and socket call (`socket.send` heads the profile: "
     "the raw poller pays it too) and pymodbus' decode.",
-    "- **Footprint, memory**: the libraries alone are ~80 MB once imported (numpy, ONNX Runtime, "
+    "- **Footprint, memory**: the libraries alone are ~77 MB once imported (numpy, ONNX Runtime, "
     "pymodbus, FastAPI/pydantic, uvicorn, APScheduler), and the first ONNX Runtime session adds "
     "~10 MB (its kernel and operator-schema registries page in most of libonnxruntime, whatever "
     "the session options: arena, memory patterns, threads and optimisation level were tried): "
     "the checks above give that floor, measured in a process that does nothing else, and the "
     "`RSS step` checks show where the rest comes from, step by step, in one process. The "
     "bridge's share is mostly code and class definitions, not data: the config's pydantic "
-    "models, the runtime's modules, FastAPI's route models (FastAPI imports `pydantic.v1` to "
-    "check each response model, ~1.4 MB), ~0.9 kB of config and ~0.2 kB of plan per tag, and "
-    "the store's rings (28 bytes a reading). prometheus-client loads with the first scrape of "
-    "`/metrics`, not before. A device outage no longer grows memory: a bad reading is a state "
-    "code and an interned reason in the store's arrays, not an object.",
+    "models, the runtime's modules, FastAPI's route objects, ~0.9 kB of config and ~0.2 kB of "
+    "plan per tag, the store's rings (17 bytes a good reading once full) and the score history "
+    "(a preallocated ring of numpy columns, ~0.4 MB per model at the default 3,600 scores, so it "
+    "does not grow as it fills). Not loaded: `pydantic.v1` (FastAPI imports it to ask whether "
+    "each response model is a v1 model; the routes are built with it marked absent, ~1 MB), "
+    "uvicorn's command line (click and the supervisors, ~1.3 MB; `bridge/api/embedded.py`), "
+    "prometheus-client (until the first scrape of `/metrics`). The bench byte-compiles the "
+    "bridge's packages first, as an installed bridge has them. A device outage does not grow "
+    "memory: a bad reading is a state code and an interned reason in the store's arrays.",
     "- **Soak**: see its table; RSS is sampled every few seconds after warm-up.",
     "- **End-to-end**: a model is now sampled right after its devices' polls complete (no fixed "
     "50 ms margin, no second job), so change → register is about the raw loop's; net of the "
@@ -177,8 +185,8 @@ WHY = [
     "timestamps) and turns each DataValue into a checked Reading; the bare client only decodes "
     "DataValues. Subscription rates are set by the server (one Python process rewriting 1,000 "
     "variables).",
-    "- **Scaling**: one job per interval starts every device's poll at the same instant, so poll "
-    "durations include the wait for a shared line; CPU grows linearly with devices.",
+    "- **Scaling**: one job per interval starts one task per line, which polls the line's devices "
+    "in turn, so a device's poll duration is its own requests; CPU grows linearly with devices.",
     "- **Pipeline**: values arrive as one `Columns` per reply and the window reads its inputs "
     "vectorised; what is left against bare numpy + ONNX Runtime is the store's ring bookkeeping "
     "(per-tag counts, the state byte) and the runner's window copy and score unpacking.",
