@@ -148,7 +148,7 @@ WHY = [
     "pymodbus' request path (the transaction's `wait_for`, framing) and the socket syscalls. "
     "Devices sharing a line (one server here) are polled by one task that walks them in turn, "
     "as the runtime does and as the raw loop does; one task per device made every request a "
-    "lock hand-off between tasks (427k against 353k instructions per request at 10 devices × "
+    "lock hand-off between tasks (427k against 368k instructions per request at 10 devices × "
     "100 registers, callgrind). The instruction counts show the bridge doing less work per "
     "request than the raw client; the rates, which share 2 cores with the server processes, "
     "move by about ±0.1 between runs on the rows with many devices.",
