@@ -25,23 +25,14 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from adapters.modbus.client import ModbusAdapter
-from bench._servers import mixed_tags
-from bench.poll import by_server, raw_clients
-from bridge.config import ModbusDeviceConfig
+from bench.poll import by_server, devices_on, raw_clients
 from bridge.core.tags import TagStore
 
 REQUESTS = 2000  # counted per variant: enough that connection set-up and warm-up do not show
 
 
-def _adapters(servers: list[tuple[int, list[int]]], registers: int) -> list[ModbusAdapter]:
-    return [ModbusAdapter(ModbusDeviceConfig.model_validate({
-        "name": f"s{port}u{unit}", "host": "127.0.0.1", "port": port, "unit_id": unit, "timeout": 5.0,
-        "retries": 0, "tags": mixed_tags(f"s{port}u{unit}", registers)}))
-        for port, units in servers for unit in units]
-
-
 async def _run(variant: str, servers: list[tuple[int, list[int]]], registers: int) -> int:
-    adapters = _adapters(servers, registers)
+    adapters = [ModbusAdapter(device) for device in devices_on(servers, registers)]
     for adapter in adapters:
         await adapter.connect()
     store = TagStore([tag.name for adapter in adapters for tag in adapter.config.tags])

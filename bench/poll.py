@@ -39,15 +39,20 @@ NAME = "poll"
 TITLE = "Poll throughput"
 
 
-def _devices(started: list[ServerProcess], registers: int) -> list[ModbusDeviceConfig]:
+def devices_on(servers: Iterable[tuple[int, Iterable[int]]], registers: int) -> list[ModbusDeviceConfig]:
+    """One device per (port, unit id), each with ``registers`` holding registers of mixed tags."""
     devices = []
-    for server in started:
-        for unit in server.units:
-            name = f"s{server.port}u{unit}"
+    for port, units in servers:
+        for unit in units:
+            name = f"s{port}u{unit}"
             devices.append(ModbusDeviceConfig.model_validate({
-                "name": name, "host": "127.0.0.1", "port": server.port, "unit_id": unit,
+                "name": name, "host": "127.0.0.1", "port": port, "unit_id": unit,
                 "timeout": 5.0, "retries": 0, "tags": mixed_tags(name, registers)}))
     return devices
+
+
+def _devices(started: list[ServerProcess], registers: int) -> list[ModbusDeviceConfig]:
+    return devices_on([(server.port, server.units) for server in started], registers)
 
 
 def _unplanned(adapter: ModbusAdapter) -> list[ReadRequest]:
