@@ -142,7 +142,10 @@ class Bridge:
                 writebacks[model.name] = ModelWriteback(
                     model.name, model.writeback, writer,
                     mode=config.writeback.mode, min_interval=config.writeback.min_interval)
-        self.scores = ScoreStore(self.runners, config.api.score_history)
+        # Each ring's contributions block sized up front from the model's inputs: the whole
+        # history is resident from the start instead of growing at the first Score.
+        self.scores = ScoreStore(self.runners, config.api.score_history,
+                                 {name: r.detector.contract.inputs for name, r in self.runners.items()})
         self.writeback = WritebackSink(writebacks)
         self.storage: EventStore | None = None
         if config.storage.data_dir is not None:
